@@ -1,0 +1,148 @@
+"""ArchSpec -> `nn.Sequential`; shapes come from running the layers, never from hand-worked sizes.
+
+The model starts with its own input normalisation, so it takes float images in [0, 1], N×C×H×W,
+as torchvision's `ToTensor` gives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from nas.errors import NasError
+from nas.space import ArchSpec, BlockSpec
+
+# One registry per kind of name a space may use; a test checks they match the space's names.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.1),  # the slope of the LeNet tutorial
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+CONVS: dict[str, tuple[int, ...]] = {"conv3x3": (3,), "conv5x5": (5,), "conv3x3x2": (3, 3)}  # stacked kernels
+POOLS: dict[str, Callable[[], nn.Module] | None] = {
+    "max": lambda: nn.MaxPool2d(2),
+    "avg": lambda: nn.AvgPool2d(2),
+    "none": None,
+}
+INITS: dict[str, Callable[[torch.Tensor], object] | None] = {
+    "default": None,  # PyTorch's own
+    "xavier": nn.init.xavier_uniform_,
+    "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "normal": lambda w: nn.init.normal_(w, 0.0, 0.02),
+}
+
+
+class ShapeError(NasError):
+    """The architecture does not fit the input: a feature map would shrink below 1×1."""
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; the statistics travel in the state_dict."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    layers: list[tuple[str, tuple[int, ...]]]  # each layer and its output shape (C, H, W) or (F,)
+    n_params: int
+    flops: int  # forward pass of one image, 2 × multiply-accumulates of convs and linears
+
+
+def build_model(
+    spec: ArchSpec,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Sequential:
+    """The network of `spec` for C×H×W inputs; raises ShapeError when it does not fit them."""
+    c = input_shape[0]
+    layers: list[nn.Module] = [Normalize(mean or [0.0] * c, std or [1.0] * c)]
+    x = torch.zeros(1, *input_shape)
+    with torch.no_grad():
+        for i, block in enumerate(spec.blocks, 1):
+            modules = _block(block, x.shape[1])
+            for m in modules:
+                m.eval()  # shape inference must not update BatchNorm statistics or draw dropout masks
+                if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and min(x.shape[2:]) < _window(m):
+                    raise ShapeError(
+                        f"block {i} ({block.conv}, padding {block.padding}) gets a {x.shape[2]}×{x.shape[3]} "
+                        f"feature map, too small for its {type(m).__name__}: use fewer blocks or padding 'same'."
+                    )
+                x = m(x)
+            layers += modules
+    layers.append(nn.Flatten())
+    width = x[0].numel()
+    for h in spec.head:
+        layers += [nn.Linear(width, h.units), ACTIVATIONS[h.activation]()]
+        layers += [nn.Dropout(h.dropout)] if h.dropout else []
+        width = h.units
+    layers.append(nn.Linear(width, n_classes))
+    model = nn.Sequential(*layers).train()
+    _initialize(model, spec.init)
+    return model
+
+
+def model_info(model: nn.Sequential, input_shape: tuple[int, int, int]) -> ModelInfo:
+    """Output shape of every layer, parameter count and FLOPs, from one forward pass of a zero image."""
+    rows, flops = [], 0
+    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()  # leave BatchNorm statistics and the random number stream untouched
+    with torch.no_grad():
+        for m in model:
+            y = m(x)
+            if isinstance(m, nn.Conv2d):
+                flops += 2 * y.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+            elif isinstance(m, nn.Linear):
+                flops += 2 * m.in_features * m.out_features
+            rows.append((type(m).__name__, tuple(y.shape[1:])))
+            x = y
+    model.train(was_training)
+    return ModelInfo(rows, sum(p.numel() for p in model.parameters()), flops)
+
+
+def _block(block: BlockSpec, in_channels: int) -> list[nn.Module]:
+    modules: list[nn.Module] = []
+    for k in CONVS[block.conv]:
+        pad = k // 2 if block.padding == "same" else 0
+        modules.append(nn.Conv2d(in_channels, block.channels, k, padding=pad, bias=not block.batch_norm))
+        modules += [nn.BatchNorm2d(block.channels)] if block.batch_norm else []
+        modules.append(ACTIVATIONS[block.activation]())
+        in_channels = block.channels
+    pool = POOLS[block.pool]
+    modules += [pool()] if pool else []
+    modules += [nn.Dropout2d(block.dropout)] if block.dropout else []
+    return modules
+
+
+def _window(m: nn.Module) -> int:
+    k = m.kernel_size
+    k = k[0] if isinstance(k, tuple) else k
+    pad = m.padding[0] if isinstance(m.padding, tuple) else m.padding
+    return k - 2 * pad if isinstance(pad, int) else 1
+
+
+def _initialize(model: nn.Module, name: str) -> None:
+    init = INITS[name]
+    if init is None:
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            init(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,546 @@
+"""Search spaces: YAML -> validated `Space`; `sample(space, trial)` -> `ArchSpec`, plain data.
+
+A value in the YAML is a constant, `{choice: [...]}`, `{int: [lo, hi]}` or `{float: [lo, hi], log: true}`.
+Per-block and per-layer values are sampled per block and named by path (`block2.channels`,
+`fc1.units`), so a block that does not exist has no parameters. The model builder never sees a
+trial: sampling returns an `ArchSpec`, and a file of constants only is a fixed architecture.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import yaml
+
+from nas.errors import NasError
+
+# The names a space may use; model.py holds a builder for each (a test keeps the two in step).
+CONVS = ("conv3x3", "conv5x5", "conv3x3x2")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
+POOLS = ("max", "avg", "none")
+PADDINGS = ("valid", "same")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
+INITS = ("default", "xavier", "kaiming", "normal")
+
+
+class SpaceError(NasError):
+    """A space file that cannot be used: the message names the file, the path in it and what is allowed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Dimensions
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+
+Dim = Const | Choice | IntRange | FloatRange
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What one field accepts: `kind` is name, int, float or bool; names come from `allowed`."""
+
+    kind: str
+    default: Any
+    allowed: tuple = ()
+    low: float = -math.inf
+    high: float = math.inf
+
+    def describe(self) -> str:
+        if self.kind == "name":
+            return "one of " + ", ".join(self.allowed)
+        if self.kind == "bool":
+            return "true or false"
+        noun = "an integer" if self.kind == "int" else "a number"
+        if self.high == math.inf:
+            return f"{noun} >= {self.low:g}"
+        return f"{noun} in [{self.low:g}, {self.high:g}]"
+
+
+_BLOCK = {
+    "conv": _Kind("name", "conv5x5", CONVS),
+    "channels": _Kind("int", 16, low=1, high=4096),
+    "activation": _Kind("name", "relu", ACTIVATIONS),
+    "batch_norm": _Kind("bool", False),
+    "pool": _Kind("name", "max", POOLS),
+    "padding": _Kind("name", "valid", PADDINGS),
+    "dropout": _Kind("float", 0.0, low=0.0, high=0.95),
+}
+_LAYER = {
+    "units": _Kind("int", 120, low=1, high=65536),
+    "activation": _Kind("name", "relu", ACTIVATIONS),
+    "dropout": _Kind("float", 0.0, low=0.0, high=0.95),
+}
+_TRAINING = {
+    "optimizer": _Kind("name", "adam", OPTIMIZERS),
+    "lr": _Kind("float", 1e-3, low=1e-12, high=100.0),
+    "batch_size": _Kind("int", 256, low=1, high=1 << 20),
+    "weight_decay": _Kind("float", 0.0, low=0.0, high=1.0),
+    "momentum": _Kind("float", 0.9, low=0.0, high=1.0),  # used by sgd only, sampled only for sgd
+}
+_INIT = _Kind("name", "default", INITS)
+_COUNT = _Kind("int", 2, low=0, high=64)
+
+# ---------------------------------------------------------------------------------------------
+# The plain-data description of one network and its training
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    conv: str
+    channels: int
+    activation: str
+    batch_norm: bool
+    pool: str
+    padding: str
+    dropout: float
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    units: int
+    activation: str
+    dropout: float
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    optimizer: str
+    lr: float
+    batch_size: int
+    weight_decay: float
+    momentum: float
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One network and how to train it; round-trips exactly through `to_dict` / `from_dict`."""
+
+    blocks: tuple[BlockSpec, ...]
+    head: tuple[LayerSpec, ...]
+    init: str
+    training: TrainSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"blocks": [asdict(b) for b in self.blocks], "head": [asdict(h) for h in self.head]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        return cls(
+            blocks=tuple(BlockSpec(**b) for b in d["blocks"]),
+            head=tuple(LayerSpec(**h) for h in d["head"]),
+            init=d["init"],
+            training=TrainSpec(**d["training"]),
+        )
+
+    def flat(self) -> dict[str, Any]:
+        """Values by parameter name, as `sample` names them (`block2.channels`, `fc1.units`, `lr`)."""
+        out: dict[str, Any] = {"blocks": len(self.blocks), "head.layers": len(self.head), "init": self.init}
+        for i, b in enumerate(self.blocks, 1):
+            out |= {f"block{i}.{k}": v for k, v in asdict(b).items()}
+        for i, h in enumerate(self.head, 1):
+            out |= {f"fc{i}.{k}": v for k, v in asdict(h).items()}
+        return out | asdict(self.training)
+
+    def describe(self) -> str:
+        """The architecture in one readable line."""
+        parts = []
+        for b in self.blocks:
+            extras = [b.activation] + ["bn"] * b.batch_norm + (["same"] if b.padding == "same" else [])
+            extras += [] if b.pool == "none" else [f"{b.pool}pool"]
+            extras += [f"drop{b.dropout:.2f}"] if b.dropout else []
+            parts.append(f"{b.conv}:{b.channels} " + " ".join(extras))
+        for h in self.head:
+            parts.append(f"fc{h.units} {h.activation}" + (f" drop{h.dropout:.2f}" if h.dropout else ""))
+        t = self.training
+        opt = f"{t.optimizer} lr={t.lr:.2g} bs={t.batch_size}" + (f" wd={t.weight_decay:.2g}" if t.weight_decay else "")
+        init = "" if self.init == "default" else f" init={self.init}"
+        return " → ".join(parts) + f" | {opt}{init}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The validated space
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    dataset: str
+    epochs: int
+    val_fraction: float
+    subset: int | None
+    max_params: int | None
+    max_mflops: float | None
+    n_blocks: Dim | None  # None: `blocks` is a fixed list of templates
+    blocks: tuple[dict[str, Dim], ...]
+    n_layers: Dim | None
+    layers: tuple[dict[str, Dim], ...]
+    init: Dim
+    training: dict[str, Dim]
+    baselines: tuple[Path, ...] = ()
+    path: Path | None = None
+
+    def dimensions(self) -> dict[str, Dim]:
+        """Every searched (non-constant) dimension by parameter name, blocks at their largest count."""
+        out: dict[str, Dim] = {}
+
+        def record(name: str, dim: Dim) -> Any:
+            if not isinstance(dim, Const):
+                out[name] = dim
+            return _largest(dim)
+
+        _walk(self, record)
+        momentum, optimizer = self.training["momentum"], self.training["optimizer"]
+        if not isinstance(momentum, Const) and _contains(optimizer, "sgd"):
+            out["momentum"] = momentum  # conditional on sgd, which the walk above may not have picked
+        return out
+
+
+class Trial(Protocol):
+    """What `sample` needs of a trial: Optuna's `Trial` and `FixedTrial` both fit."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int: ...
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+
+def sample(space: Space, trial: Trial | None = None) -> ArchSpec:
+    """Turn a trial into an ArchSpec; a fixed space needs no trial."""
+
+    def pick(name: str, dim: Dim) -> Any:
+        if isinstance(dim, Const):
+            return dim.value
+        if trial is None:
+            raise SpaceError(f"{_where(space)}: `{name}` is searched, so this space is not a fixed architecture.")
+        if isinstance(dim, Choice):
+            return trial.suggest_categorical(name, list(dim.values))
+        if isinstance(dim, IntRange):
+            return trial.suggest_int(name, dim.low, dim.high, log=dim.log)
+        return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+
+    return _walk(space, pick)
+
+
+def to_params(space: Space, spec: ArchSpec, source: str = "the architecture") -> dict[str, Any]:
+    """The trial parameters that make `sample` return `spec`; error if `spec` lies outside `space`."""
+    values, params = spec.flat(), {}
+
+    def pick(name: str, dim: Dim) -> Any:
+        value = values[name]
+        if not _contains(dim, value):
+            raise SpaceError(
+                f"{source} does not fit the space {_where(space)}: `{name}` is {value!r}, "
+                f"but the space allows {dim_text(dim)}. Widen the space or fix the baseline."
+            )
+        if not isinstance(dim, Const):
+            params[name] = value
+        return value
+
+    _walk(space, pick)
+    return params
+
+
+def baseline_params(space: Space) -> list[dict[str, Any]]:
+    """Trial parameters of each baseline file, to enqueue as a study's first trials."""
+    out = []
+    for path in space.baselines:
+        base = load_space(path)
+        out.append(to_params(space, sample(base), source=f"baseline {path}"))
+    return out
+
+
+def _walk(space: Space, pick: Callable[[str, Dim], Any]) -> ArchSpec:
+    """Visit every dimension in one fixed order, naming each; `pick` gives its value."""
+    blocks = space.blocks * pick("blocks", space.n_blocks) if space.n_blocks else space.blocks
+    layers = space.layers * pick("head.layers", space.n_layers) if space.n_layers else space.layers
+    block_specs = tuple(
+        BlockSpec(**{k: pick(f"block{i}.{k}", d) for k, d in t.items()}) for i, t in enumerate(blocks, 1)
+    )
+    layer_specs = tuple(LayerSpec(**{k: pick(f"fc{i}.{k}", d) for k, d in t.items()}) for i, t in enumerate(layers, 1))
+    init = pick("init", space.init)
+    tr = {k: pick(k, d) for k, d in space.training.items() if k != "momentum"}
+    tr["momentum"] = pick("momentum", space.training["momentum"]) if tr["optimizer"] == "sgd" else 0.0
+    return ArchSpec(block_specs, layer_specs, init, TrainSpec(**tr))
+
+
+def _contains(dim: Dim, value: Any) -> bool:
+    if isinstance(dim, Const):
+        return value == dim.value
+    if isinstance(dim, Choice):
+        return value in dim.values
+    return dim.low <= value <= dim.high
+
+
+def _largest(dim: Dim) -> Any:
+    if isinstance(dim, Const):
+        return dim.value
+    if isinstance(dim, Choice):
+        return max(dim.values) if all(isinstance(v, (int, float)) for v in dim.values) else dim.values[0]
+    return dim.high
+
+
+def dim_text(dim: Dim) -> str:
+    """A dimension in a few words, for tables and errors."""
+    if isinstance(dim, Const):
+        return f"only {dim.value!r}"
+    if isinstance(dim, Choice):
+        return f"choice {list(dim.values)}"
+    return f"[{dim.low}, {dim.high}]" + (" (log)" if dim.log else "")
+
+
+def n_combinations(space: Space) -> tuple[int, int]:
+    """(discrete architectures and settings, number of continuous dimensions) over all block counts."""
+    n_continuous = sum(isinstance(d, FloatRange) for d in space.dimensions())
+
+    def count(dim: Dim) -> int:
+        if isinstance(dim, Choice):
+            return len(dim.values)
+        if isinstance(dim, IntRange):
+            return dim.high - dim.low + 1
+        return 1
+
+    def product(template: dict[str, Dim]) -> int:
+        return math.prod(count(d) for d in template.values())
+
+    def repeated(n_dim: Dim | None, templates: tuple[dict[str, Dim], ...]) -> int:
+        if n_dim is None:
+            return math.prod(product(t) for t in templates)
+        counts = n_dim.values if isinstance(n_dim, Choice) else range(_low(n_dim), _largest(n_dim) + 1)
+        return sum(product(templates[0]) ** n for n in counts)
+
+    tr = {k: d for k, d in space.training.items() if k != "momentum"}
+    total = repeated(space.n_blocks, space.blocks) * repeated(space.n_layers, space.layers)
+    return total * count(space.init) * product(tr), n_continuous
+
+
+def _low(dim: Dim) -> int:
+    return dim.value if isinstance(dim, Const) else dim.low
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+_TOP = ("name", "description", "dataset", "budget", "constraints", "architecture", "training", "baselines")
+_BUDGET = ("epochs", "val_fraction", "subset")
+_CONSTRAINTS = ("max_params", "max_mflops")
+_ARCH = ("blocks", "block", "head", "init")
+_HEAD = ("layers", *_LAYER)
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and validate a space file; every mistake names its path in the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such space file. Pass an existing YAML file to --space (see search_spaces/).")
+    except OSError as e:
+        raise SpaceError(f"{path}: cannot read the space file ({e.strerror}).")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpaceError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}. Fix the syntax and retry.")
+    return parse_space(raw, path)
+
+
+def parse_space(raw: Any, path: Path | None = None) -> Space:
+    """Validate an already-loaded mapping (see `load_space`)."""
+    p = _Parser(str(path) if path else "<space>")
+    top = p.mapping(raw, "", _TOP)
+    budget = p.mapping(top.get("budget", {}), "budget", _BUDGET)
+    cons = p.mapping(top.get("constraints", {}), "constraints", _CONSTRAINTS)
+    arch = p.mapping(top.get("architecture", {}), "architecture", _ARCH)
+    head = p.mapping(arch.get("head", {}), "architecture.head", _HEAD)
+    block = p.template(arch.get("block", {}), "architecture.block", _BLOCK, {})
+    layer = p.template({k: v for k, v in head.items() if k != "layers"}, "architecture.head", _LAYER, {})
+    n_blocks, blocks = p.repeated(arch.get("blocks", 2), "architecture.blocks", _BLOCK, block)
+    n_layers, layers = p.repeated(head.get("layers", 2), "architecture.head.layers", _LAYER, layer)
+    training = p.template(top.get("training", {}), "training", _TRAINING, {})
+    base_dir = path.parent if path else Path(".")
+    baselines = tuple(base_dir / b for b in p.string_list(top.get("baselines", []), "baselines"))
+    for i, b in enumerate(baselines):
+        if not b.is_file():
+            p.fail(f"baselines[{i}]", f"no such file {str(b)!r} (paths are relative to the space file)")
+    name = top.get("name", path.stem if path else "study")
+    if not isinstance(name, str) or not name.strip():
+        p.fail("name", f"expected a non-empty study name, got {name!r}")
+    dataset = top.get("dataset", "fashion-mnist")
+    if not isinstance(dataset, str) or not dataset:
+        p.fail("dataset", f"expected a dataset name or a path, got {dataset!r}")
+    return Space(
+        name=name,
+        dataset=dataset,
+        epochs=p.number(budget.get("epochs", 10), "budget.epochs", int, 1, 10_000),
+        val_fraction=p.number(budget.get("val_fraction", 0.1), "budget.val_fraction", float, 0.01, 0.9),
+        subset=p.optional(budget.get("subset"), "budget.subset", int, 10),
+        max_params=p.optional(cons.get("max_params"), "constraints.max_params", int, 1),
+        max_mflops=p.optional(cons.get("max_mflops"), "constraints.max_mflops", float, 1e-6),
+        n_blocks=n_blocks,
+        blocks=blocks,
+        n_layers=n_layers,
+        layers=layers,
+        init=p.value(arch.get("init", "default"), "architecture.init", _INIT),
+        training=training,
+        baselines=baselines,
+        path=path,
+    )
+
+
+def fixed_space_dict(spec: ArchSpec, name: str, dataset: str, epochs: int, val_fraction: float = 0.1) -> dict:
+    """A space file of constants only that describes `spec` (what `nas train --space` reads back)."""
+    d = spec.to_dict()
+    return {
+        "name": name,
+        "dataset": dataset,
+        "budget": {"epochs": epochs, "val_fraction": val_fraction},
+        "architecture": {"blocks": d["blocks"], "head": {"layers": d["head"]}, "init": d["init"]},
+        "training": d["training"],
+    }
+
+
+def _where(space: Space) -> str:
+    return str(space.path) if space.path else space.name
+
+
+class _Parser:
+    """Walks a raw YAML tree, failing with `file: path: message` at the first mistake."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, where: str, message: str) -> None:
+        raise SpaceError(f"{self.file}: {where or 'top level'}: {message}.")
+
+    def mapping(self, raw: Any, where: str, allowed: tuple[str, ...]) -> dict:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.fail(where, f"expected a mapping, got {_show(raw)}")
+        for key in raw:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.fail(_join(where, key), f"unknown key; {hint}allowed keys are {', '.join(allowed)}")
+        return raw
+
+    def template(self, raw: Any, where: str, kinds: dict[str, _Kind], base: dict[str, Dim]) -> dict[str, Dim]:
+        """Fields of a block / layer / training mapping, over `base`, with defaults for the rest."""
+        raw = self.mapping(raw, where, tuple(kinds))
+        out = {k: base.get(k, Const(kind.default)) for k, kind in kinds.items()}
+        return out | {k: self.value(v, _join(where, k), kinds[k]) for k, v in raw.items()}
+
+    def repeated(self, raw: Any, where: str, kinds: dict[str, _Kind], template: dict[str, Dim]):
+        """A count dimension over one template, or a list of per-item overrides of it."""
+        if isinstance(raw, list):
+            items = tuple(self.template(item, f"{where}[{i}]", kinds, template) for i, item in enumerate(raw))
+            return None, items
+        count = self.value(raw, where, _COUNT)
+        return count, (template,)
+
+    def value(self, raw: Any, where: str, kind: _Kind) -> Dim:
+        if not isinstance(raw, dict):
+            return Const(self.constant(raw, where, kind))
+        forms = [k for k in ("choice", "int", "float") if k in raw]
+        extra = set(raw) - {"choice", "int", "float", "log"}
+        if len(forms) != 1 or extra:
+            self.fail(where, f"expected a constant, {{choice: [...]}}, {{int: [lo, hi]}} or {{float: [lo, hi]}}, got {_show(raw)}")
+        form, log = forms[0], raw.get("log", False)
+        if not isinstance(log, bool):
+            self.fail(_join(where, "log"), f"expected true or false, got {_show(log)}")
+        if form == "choice":
+            values = raw["choice"]
+            if not isinstance(values, list) or not values:
+                self.fail(_join(where, "choice"), f"expected a non-empty list of {kind.describe()}, got {_show(values)}")
+            values = [self.constant(v, f"{where}.choice[{i}]", kind) for i, v in enumerate(values)]
+            if len(set(values)) != len(values):
+                dup = next(v for v in values if values.count(v) > 1)
+                self.fail(_join(where, "choice"), f"{dup!r} is listed twice; list each value once")
+            if log:
+                self.fail(_join(where, "log"), "log applies to int and float ranges only")
+            return Choice(tuple(values))
+        if kind.kind != form and not (kind.kind == "float" and form == "int"):
+            self.fail(where, f"{{{form}: ...}} does not fit this field, which takes {kind.describe()}")
+        bounds = raw[form]
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            self.fail(_join(where, form), f"expected [low, high], got {_show(bounds)}")
+        cast = int if form == "int" else float
+        low, high = (self.number(b, f"{where}.{form}[{i}]", cast, kind.low, kind.high) for i, b in enumerate(bounds))
+        if low > high:
+            self.fail(_join(where, form), f"low {low} is greater than high {high}; write [low, high]")
+        if log and low <= 0:
+            self.fail(_join(where, form), f"a log range needs low > 0, got {low}")
+        return IntRange(low, high, log) if form == "int" else FloatRange(low, high, log)
+
+    def constant(self, raw: Any, where: str, kind: _Kind) -> Any:
+        if kind.kind == "name":
+            if raw not in kind.allowed:
+                close = difflib.get_close_matches(str(raw), kind.allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.fail(where, f"got {_show(raw)}{hint}; expected {kind.describe()}")
+            return raw
+        if kind.kind == "bool":
+            if not isinstance(raw, bool):
+                self.fail(where, f"expected true or false, got {_show(raw)}")
+            return raw
+        return self.number(raw, where, int if kind.kind == "int" else float, kind.low, kind.high)
+
+    def number(self, raw: Any, where: str, cast: type, low: float, high: float) -> Any:
+        value = raw
+        if cast is float and isinstance(raw, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(raw)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if cast is int:
+            ok = ok and float(value).is_integer()
+        if not ok or not low <= value <= high:
+            noun = "an integer" if cast is int else "a number"
+            span = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            self.fail(where, f"expected {noun} {span}, got {_show(raw)}")
+        return cast(value)
+
+    def optional(self, raw: Any, where: str, cast: type, low: float) -> Any:
+        return None if raw is None else self.number(raw, where, cast, low, math.inf)
+
+    def string_list(self, raw: Any, where: str) -> list[str]:
+        if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+            self.fail(where, f"expected a list of file paths, got {_show(raw)}")
+        return raw
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _show(raw: Any) -> str:
+    return f"{type(raw).__name__} {raw!r}" if raw is not None else "nothing (null)"

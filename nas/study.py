@@ -1,0 +1,150 @@
+"""Studies: storage URLs, samplers, pruners, create-or-resume, and reading results back.
+
+Optuna does the work (RDB storage, TPE, median / Hyperband pruners); this module only chooses and
+wires them, and records on the study what a resume or an export must reproduce (dataset, split).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from nas.errors import NasError
+from nas.space import Space, baseline_params
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class StudyError(NasError):
+    """A study that is missing, empty or does not match what was asked of it."""
+
+
+def quiet_optuna() -> None:
+    """The CLI shows its own progress: keep Optuna's per-trial log lines to warnings."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_url(url: str) -> str:
+    """The storage URL, with the folder of a SQLite file created so a first run just works."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # group=True lets multivariate TPE model the conditional per-block parameters together.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed, constant_liar=True)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(
+    space: Space, name: str, storage: str, sampler: str, pruner: str, seed: int, epochs: int, data_attrs: dict[str, Any]
+) -> optuna.Study:
+    """Create the study, or resume it; a new one gets the space's baselines enqueued first."""
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage_url(storage),
+        direction="maximize",
+        pruner=make_pruner(pruner, epochs),
+        load_if_exists=True,
+    )
+    known = study.user_attrs.get("data")
+    if known is None:
+        study.set_user_attr("data", data_attrs)
+        study.set_user_attr("space", space.name)
+        for params in baseline_params(space):
+            study.enqueue_trial(params, skip_if_exists=True)
+    elif known["dataset"] != data_attrs["dataset"]:
+        raise StudyError(
+            f"study {name!r} in {storage} was searched on {known['dataset']!r}, not {data_attrs['dataset']!r}: "
+            "resume it with the same --dataset, or pass a new --study name."
+        )
+    # A resumed run must not replay the first run's random draws: seed by how far the study got.
+    study.sampler = make_sampler(sampler, seed + len(study.trials))
+    return study
+
+
+def load_study(name: str | None, storage: str) -> optuna.Study:
+    """An existing study; with no name, the storage's only study."""
+    names = optuna.get_all_study_names(storage_url(storage))
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name not in names:
+        have = ", ".join(names) or "none yet; run `nas search` first"
+        what = f"no study named {name!r}" if name else "several studies, so pass --study NAME"
+        raise StudyError(f"{storage} holds {what}. Studies there: {have}.")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def list_studies(storage: str) -> list[dict[str, Any]]:
+    rows = []
+    for s in optuna.get_all_study_summaries(storage_url(storage), include_best_trial=True):
+        rows.append({
+            "name": s.study_name,
+            "trials": s.n_trials,
+            "best": s.best_trial.value if s.best_trial else None,
+            "started": s.datetime_start.isoformat(" ", "seconds") if s.datetime_start else None,
+        })
+    return rows
+
+
+def run_search(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int | None,
+    timeout: float | None,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> None:
+    """Run `n_trials` more trials (or until `timeout`); a trial that raises fails alone."""
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=timeout,
+        catch=(RuntimeError, ValueError),
+        callbacks=[on_trial] if on_trial else None,
+        gc_after_trial=True,
+    )
+
+
+def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The k completed trials with the highest validation accuracy, best first."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial yet ({len(study.trials)} in all): "
+            "run `nas search` on it until one completes."
+        )
+    return sorted(done, key=lambda t: t.value, reverse=True)[:k]
+
+
+def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """One trial as plain data, for tables and --json."""
+    a = t.user_attrs
+    return {
+        "number": t.number,
+        "state": t.state.name.lower(),
+        "val_accuracy": t.value,
+        "n_params": a.get("n_params"),
+        "flops": a.get("flops"),
+        "epochs_run": len(a.get("curve", [])),
+        "seconds": a.get("seconds"),
+        "arch": a.get("arch"),
+        "reason": a.get("reason"),
+    }
