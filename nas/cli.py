@@ -217,7 +217,7 @@ def train_cmd(
             console.print(f"{spec.describe()}\n{ds.name}: {len(prepared.train)} train / {len(prepared.val)} test images on {dev}")
         model, history = objective.train_spec(spec, prepared, epochs, seed, dev, None if json_out else _print_epoch)
         metrics = {"epochs": epochs, "seed": seed} | exporting.describe_model(model, spec, ds)
-        metrics |= objective.test_metrics(model, prepared.val, ds.classes)
+        metrics |= objective.score_on_test(model, prepared.val, ds.classes)
         metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
         if export is not None:
             exporting.write_export(export, model, spec, metrics | {"study": sp.name}, force)

@@ -21,7 +21,7 @@ from torch import nn
 from nas.data import Dataset, test_split
 from nas.errors import NasError
 from nas.model import build_model, model_info
-from nas.objective import prepare_final_data, prepare_search_data, test_metrics, train_spec
+from nas.objective import prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.space import ArchSpec, SpaceError, fixed_space_dict, load_space, sample
 from nas.train import EpochRecord
 
@@ -63,7 +63,7 @@ def export_trial(
         "retrained_on_train_and_val": bool(retrain_epochs),
         "epochs": epochs,
         "seed": seed,
-    } | describe_model(model, spec, ds) | test_metrics(model, test_split(ds).to(device), ds.classes)
+    } | describe_model(model, spec, ds) | score_on_test(model, test_split(ds).to(device), ds.classes)
     write_export(out, model, spec, metrics, force)
     return metrics
 
@@ -120,7 +120,7 @@ def load_model(path: str | Path) -> nn.Module:
     try:
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+    except Exception as e:  # unpickling, size and key mismatches all mean: not these weights
         raise ExportError(f"{path / 'model.pt'}: the weights do not load into the architecture of arch.yaml "
                           f"({str(e).splitlines()[0]}). Export the model again.")
     return model.eval()

@@ -64,7 +64,7 @@ def train_spec(
     return model, fit(model, data.train, data.val, epochs=epochs, seed=seed, on_epoch=on_epoch, **asdict(spec.training))
 
 
-def test_metrics(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:
+def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:
     """Accuracy and per-class accuracy (by class name) on the test set."""
     pred = predict(model, test.x)
     per_class = per_class_accuracy(pred, test.y, len(classes))

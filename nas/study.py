@@ -71,11 +71,12 @@ def open_study(
         study.set_user_attr("space", space.name)
         for params in baseline_params(space):
             study.enqueue_trial(params, skip_if_exists=True)
-    elif known["dataset"] != data_attrs["dataset"]:
-        raise StudyError(
-            f"study {name!r} in {storage} was searched on {known['dataset']!r}, not {data_attrs['dataset']!r}: "
-            "resume it with the same --dataset, or pass a new --study name."
-        )
+    for key in ("dataset", "subset"):
+        if known is not None and known[key] != data_attrs[key]:
+            raise StudyError(
+                f"study {name!r} in {storage} was searched with {key} {known[key]!r}, not {data_attrs[key]!r}: "
+                f"resume it with the same --{key}, or pass a new --study name."
+            )
     # A resumed run must not replay the first run's random draws: seed by how far the study got.
     study.sampler = make_sampler(sampler, seed + len(study.trials))
     return study

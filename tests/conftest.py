@@ -1,0 +1,106 @@
+"""Tiny datasets written in the real on-disk formats (IDX gz, npz), and isolation from the machine's data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+N_CLASSES = 10
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    """Write `array` (uint8) as an IDX file, gzip-compressed like the distributed files."""
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + np.ascontiguousarray(array, np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.GzipFile(path, "wb", mtime=0) as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_images(n_per_class: int, seed: int, shape=(28, 28), channels: int | None = None):
+    """Easy-to-learn images: class c lights a band of rows c*2..c*2+4, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(N_CLASSES), n_per_class)
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(len(y), *shape), dtype=np.uint8)
+    for c in range(N_CLASSES):
+        x[y == c, c * 2 : c * 2 + 5, :] = 230
+    if channels:
+        x = np.repeat(x[..., None], channels, axis=-1)
+    return x, y.astype(np.uint8)
+
+
+def write_idx_dataset(folder: Path, n_train: int = 40, n_test: int = 10, gz: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        x, y = make_images(n, seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", x, gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y, gz)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """No test downloads, reads the user's cache or finds the machine's installed datasets by accident."""
+    monkeypatch.setenv("NAS_OFFLINE", "1")
+    monkeypatch.delenv("NAS_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("nas.data.SYSTEM_DIRS", ())
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory) -> Path:
+    """A tiny Fashion-MNIST-shaped dataset as four IDX gz files (400 train, 100 test images)."""
+    return write_idx_dataset(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(scope="session")
+def npz_gray(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("npz") / "gray.npz"
+    (xt, yt), (xs, ys) = make_images(30, 1, shape=(20, 20)), make_images(10, 2, shape=(20, 20))
+    np.savez(path, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+    return path
+
+
+@pytest.fixture(scope="session")
+def npz_colour(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("npz") / "colour.npz"
+    (xt, yt), (xs, ys) = make_images(30, 1, shape=(24, 24), channels=3), make_images(10, 2, shape=(24, 24), channels=3)
+    np.savez(path, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+    return path
+
+
+TINY_SPACE = """
+name: tiny
+dataset: fashion-mnist
+budget: {epochs: 2, val_fraction: 0.2}
+architecture:
+  blocks: {int: [1, 2]}
+  block:
+    conv: {choice: [conv5x5, conv3x3x2]}
+    channels: {choice: [4, 8]}
+    activation: {choice: [relu, gelu]}
+    batch_norm: {choice: [false, true]}
+  head:
+    layers: 1
+    units: {choice: [16, 32]}
+training:
+  optimizer: adam
+  lr: {float: [1.0e-3, 1.0e-2], log: true}
+  batch_size: 32
+"""
+
+
+@pytest.fixture
+def tiny_space(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return path

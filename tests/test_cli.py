@@ -1,0 +1,145 @@
+"""Every command end to end through Typer's CliRunner, on tiny real-format data and a real SQLite study."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import nas
+from nas.cli import app
+from nas.data import load_dataset
+
+SPACES = Path(__file__).parent.parent / "search_spaces"
+runner = CliRunner()
+
+
+def nas_cli(*args: str, code: int = 0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result
+
+
+def squash(text: str) -> str:
+    """Output with Rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from nas.cli import app; from typer.testing import CliRunner; " \
+           "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_validate_shows_dimensions_size_and_sampled_shapes():
+    out = squash(nas_cli("validate", "--space", SPACES / "lenet.yaml").output)
+    for text in ("block3.channels", "choice ['conv5x5', 'conv3x3x2']", "discrete combinations", "2 baselines",
+                 "sample 1", "sample 3", "parameters", "MFLOPs"):
+        assert text in out
+    assert "1×28×28 →" in out
+
+
+def test_validate_a_fixed_architecture():
+    out = squash(nas_cli("validate", "--space", SPACES / "seed_lenet.yaml").output)
+    assert "a fixed architecture" in out and "1×28×28 → 6×12×12 → 16×4×4 → 120 → 84 → 10; 44,426 parameters" in out
+
+
+@pytest.mark.parametrize("text,where", [
+    ("architecture: {block: {chanels: 8}}", "architecture.block.chanels: unknown key; did you mean 'channels'?"),
+    ("training: {batch_size: big}", "training.batch_size: expected an integer"),
+    ("architecture: {block: {conv: {choice: []}}}", "architecture.block.conv.choice: expected a non-empty list"),
+    ("training: {lr: {float: [0.1, 0.01]}}", "training.lr.float: low 0.1 is greater than high 0.01"),
+])
+def test_a_broken_space_gets_one_paragraph_and_exit_2(tmp_path, text, where):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    for command in (["validate"], ["search", "--storage", f"sqlite:///{tmp_path}/s.db"], ["train"]):
+        result = runner.invoke(app, [*command, "--space", str(path)])
+        assert result.exit_code == 2
+        assert where in squash(result.output) and "Traceback" not in result.output
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_search_resume_best_export_load_and_train(tmp_path, tiny_space, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    common = ["--storage", db, "--data-dir", idx_dir]
+    out = squash(nas_cli("search", "--space", tiny_space, "--trials", 3, *common).output)
+    assert "3 trials in study 'tiny'" in out and "val acc" in out
+    out = squash(nas_cli("search", "--space", tiny_space, "--trials", 2, *common).output)
+    assert "3 finished trials so far" in out and "5 trials in study 'tiny'" in out
+    study = optuna.load_study(study_name="tiny", storage=db)
+    assert len(study.trials) == 5 and len({t.number for t in study.trials}) == 5
+
+    rows = json.loads(nas_cli("best", "--storage", db, "--top", 2, "--json").stdout)["trials"]
+    assert rows[0]["val_accuracy"] == study.best_value and rows[0]["val_accuracy"] >= rows[-1]["val_accuracy"]
+
+    out_dir = tmp_path / "export"
+    report = json.loads(nas_cli("best", "--storage", db, "--export", out_dir, "--retrain-epochs", 2, "--data-dir",
+                                idx_dir, "--json").stdout)["export"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["arch.yaml", "metrics.json", "model.pt"]
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == report["test_accuracy"] and metrics["trial"] == study.best_trial.number
+    assert set(metrics["per_class_accuracy"]) == set(load_dataset("fashion-mnist", idx_dir).classes)
+    torch.load(out_dir / "model.pt", weights_only=True)
+
+    model = nas.load_model(out_dir)
+    ds = load_dataset("fashion-mnist", idx_dir)
+    with torch.no_grad():
+        pred = model(ds.x_test.float() / 255).argmax(1)  # what ToTensor gives: floats in [0, 1]
+    assert (pred == ds.y_test).float().mean().item() == pytest.approx(metrics["test_accuracy"])
+    assert not model.training
+
+    again = squash(nas_cli("best", "--storage", db, "--export", out_dir, "--data-dir", idx_dir, code=2).output)
+    assert "already exists; pass --force" in again
+
+    trained = json.loads(nas_cli("train", "--space", out_dir / "arch.yaml", "--epochs", 1, "--data-dir", idx_dir,
+                                 "--json").stdout)
+    assert len(trained["history"]) == 1 and 0 <= trained["test_accuracy"] <= 1
+
+    listing = json.loads(nas_cli("studies", "--storage", db, "--json").stdout)
+    assert [(s["name"], s["trials"]) for s in listing] == [("tiny", 5)]
+
+
+def test_export_without_retraining_reproduces_the_trial(tmp_path, tiny_space, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--data-dir", idx_dir)
+    out = squash(nas_cli("best", "--storage", db, "--export", tmp_path / "e", "--data-dir", idx_dir).output)
+    study = optuna.load_study(study_name="tiny", storage=db)
+    assert f"epoch 2 loss" in out and out.split("epoch 2 loss")[1].split("eval ")[1].startswith(f"{study.best_value:.4f}")
+
+
+@pytest.mark.parametrize("fixture", ["npz_gray", "npz_colour"])
+def test_any_npz_dataset_works_end_to_end(request, tmp_path, tiny_space, fixture):
+    npz = request.getfixturevalue(fixture)
+    db = f"sqlite:///{tmp_path}/nas.db"
+    nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--dataset", npz, "--study", "npz")
+    nas_cli("best", "--storage", db, "--study", "npz", "--export", tmp_path / "e", "--dataset", npz)
+    model = nas.load_model(tmp_path / "e")
+    x = np.load(npz)["x_test"]
+    x = torch.tensor(x if x.ndim == 4 else x[..., None]).permute(0, 3, 1, 2).float() / 255
+    assert model(x).shape == (len(x), 10)
+
+
+def test_resuming_on_another_dataset_is_refused(tmp_path, tiny_space, idx_dir, npz_gray):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    nas_cli("search", "--space", tiny_space, "--trials", 1, "--storage", db, "--data-dir", idx_dir)
+    out = squash(nas_cli("search", "--space", tiny_space, "--trials", 1, "--storage", db, "--dataset", npz_gray, code=2).output)
+    assert "was searched with dataset 'fashion-mnist'" in out
+
+
+def test_missing_data_and_unknown_study_are_clear_errors(tmp_path, tiny_space):
+    out = squash(nas_cli("search", "--space", tiny_space, "--storage", f"sqlite:///{tmp_path}/a.db", code=2).output)
+    assert "Fashion-MNIST was not found" in out and "apt-get install dataset-fashion-mnist" in out
+    out = squash(nas_cli("best", "--storage", f"sqlite:///{tmp_path}/a.db", "--study", "nope", code=2).output)
+    assert "no study named 'nope'" in out
+
+
+def test_bad_option_values_are_usage_errors(tiny_space):
+    assert "expected auto, cpu, cuda" in squash(nas_cli("train", "--space", tiny_space, "--device", "gpu", code=2).output)
+    assert "expected one of tpe, random" in squash(nas_cli("search", "--space", tiny_space, "--sampler", "cma", code=2).output)

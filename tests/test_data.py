@@ -1,0 +1,129 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_images, write_idx, write_idx_dataset
+from nas import data
+from nas.data import DataError, load_dataset, split_train_val
+
+
+def test_idx_gz_files_load_as_uint8_tensors_with_class_names(idx_dir):
+    ds = load_dataset("fashion-mnist", idx_dir)
+    assert ds.x_train.shape == (400, 1, 28, 28) and ds.x_train.dtype == torch.uint8
+    assert ds.y_train.dtype == torch.int64 and ds.x_test.shape == (100, 1, 28, 28)
+    assert ds.classes[0] == "T-shirt/top" and ds.n_classes == 10
+
+
+def test_raw_idx_files_load_too(tmp_path):
+    ds = load_dataset("mnist", write_idx_dataset(tmp_path / "m", gz=False))
+    assert ds.x_train.shape == (400, 1, 28, 28) and ds.classes[3] == "3"
+
+
+def test_lookup_order_data_dir_then_env_then_system(tmp_path, monkeypatch):
+    small = write_idx_dataset(tmp_path / "small" / "fashion-mnist", n_train=5)
+    big = write_idx_dataset(tmp_path / "big" / "fashion-mnist", n_train=8)
+    system = write_idx_dataset(tmp_path / "system" / "fashion-mnist", n_train=3)
+    monkeypatch.setattr("nas.data.SYSTEM_DIRS", (tmp_path / "system",))
+    assert len(load_dataset("fashion-mnist").y_train) == 30
+    monkeypatch.setenv("NAS_DATA_DIR", str(tmp_path / "big"))
+    assert len(load_dataset("fashion-mnist").y_train) == 80
+    assert len(load_dataset("fashion-mnist", small).y_train) == 50
+    assert system.exists()
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", tmp_path)
+    msg = str(e.value)
+    for hint in ("apt-get install dataset-fashion-mnist", "--data-dir", "NAS_DATA_DIR", ".npz", str(tmp_path)):
+        assert hint in msg
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "corrupt or truncated"),
+    (lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x09\x03" + bytes(20))), "not an IDX file"),
+    (lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-5])), "it is truncated or corrupt"),
+])
+def test_damaged_idx_files_are_reported(tmp_path, damage, message):
+    folder = write_idx_dataset(tmp_path / "d")
+    damage(folder / "train-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match=message):
+        load_dataset("fashion-mnist", folder)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    folder = write_idx_dataset(tmp_path / "d")
+    write_idx(folder / "train-labels-idx1-ubyte", np.zeros(7, np.uint8))
+    with pytest.raises(DataError, match="has 400 images but .* has 7 labels"):
+        load_dataset("fashion-mnist", folder)
+
+
+def test_labels_beyond_the_class_count_are_refused(tmp_path):
+    folder = write_idx_dataset(tmp_path / "d")
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.full(100, 12, np.uint8))
+    with pytest.raises(DataError, match="labels up to 12"):
+        load_dataset("fashion-mnist", folder)
+
+
+def test_npz_grayscale_and_colour(npz_gray, npz_colour):
+    gray, colour = load_dataset(str(npz_gray)), load_dataset(str(npz_colour))
+    assert gray.input_shape == (1, 20, 20) and gray.n_classes == 10
+    assert colour.input_shape == (3, 24, 24) and colour.x_train.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"x_train": np.zeros((2, 4, 4), np.uint8)}, "missing y_train, x_test, y_test"),
+    ({"x_train": np.zeros((2, 4, 4)), "y_train": np.zeros(2, int), "x_test": np.zeros((2, 4, 4), np.uint8),
+      "y_test": np.zeros(2, int)}, "x_train is float64 .* expected uint8 images"),
+    ({"x_train": np.zeros((2, 4, 4), np.uint8), "y_train": np.zeros((2, 2), int),
+      "x_test": np.zeros((2, 4, 4), np.uint8), "y_test": np.zeros(2, int)}, "y_train is int64 with shape \\(2, 2\\)"),
+])
+def test_bad_npz_files_are_reported(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message):
+        load_dataset(str(path))
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(DataError, match="unknown dataset 'fmnist': use one of fashion-mnist, mnist, kmnist, cifar10"):
+        load_dataset("fmnist")
+
+
+def test_split_is_seeded_stratified_disjoint_and_subsettable(idx_dir):
+    ds = load_dataset("fashion-mnist", idx_dir)
+    train, val = split_train_val(ds, 0.25, seed=1)
+    assert len(train) == 300 and len(val) == 100
+    assert torch.bincount(val.y, minlength=10).tolist() == [10] * 10
+    again, _ = split_train_val(ds, 0.25, seed=1)
+    other, _ = split_train_val(ds, 0.25, seed=2)
+    assert torch.equal(train.x, again.x) and not torch.equal(train.x, other.x)
+    rows = {tuple(r) for r in ds.x_train.flatten(1).tolist()}
+    assert len(rows) == 400  # every image distinct, so disjointness can be checked by content
+    assert not {tuple(r) for r in train.x.flatten(1).tolist()} & {tuple(r) for r in val.x.flatten(1).tolist()}
+    sub_train, sub_val = split_train_val(ds, 0.2, seed=1, subset=100)
+    assert len(sub_train) + len(sub_val) == 100 and torch.bincount(sub_val.y).tolist() == [2] * 10
+
+
+def test_channel_stats_are_those_of_images_in_unit_range():
+    x = torch.tensor(make_images(3, 0)[0])[:, None]
+    mean, std = data.channel_stats(x)
+    assert mean[0] == pytest.approx(x.double().div(255).mean().item())
+    assert std[0] == pytest.approx(x.double().div(255).std().item())
+
+
+def test_cifar10_binary_batches_load_without_unpickling(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = rng.integers(0, 256, size=(4, 3073), dtype=np.uint8)
+        records[:, 0] %= 10
+        records.tofile(folder / name)
+    ds = load_dataset("cifar10", tmp_path)
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
+    assert ds.classes[0] == "airplane"
+    first = np.fromfile(folder / "data_batch_1.bin", np.uint8)[:3073]
+    assert ds.y_train[0] == first[0] and ds.x_train[0, 0, 0, :4].tolist() == first[1:5].tolist()

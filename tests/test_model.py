@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas import space as sp
+from nas.model import Normalize, ShapeError, build_model, model_info
+
+SPACES = Path(__file__).parent.parent / "search_spaces"
+
+
+def fixed(name: str) -> sp.ArchSpec:
+    return sp.sample(sp.load_space(SPACES / name))
+
+
+def test_tutorial_lenet_has_its_known_shapes_params_and_flops():
+    m = build_model(fixed("seed_lenet.yaml"), (1, 28, 28), 10)
+    info = model_info(m, (1, 28, 28))
+    shapes = [s for name, s in info.layers if name == "MaxPool2d"]
+    assert shapes == [(6, 12, 12), (16, 4, 4)]  # 28 -> 24 -> 12 -> 8 -> 4, as in the tutorial
+    assert info.n_params == 44_426
+    conv = 2 * (24 * 24 * 6 * 25 + 8 * 8 * 16 * 150)
+    fc = 2 * (256 * 120 + 120 * 84 + 84 * 10)
+    assert info.flops == conv + fc
+    assert isinstance(m[2], torch.nn.LeakyReLU) and m[2].negative_slope == 0.1
+
+
+def test_tutorial_network_flattens_to_192():
+    m = build_model(fixed("seed_network.yaml"), (1, 28, 28), 10)
+    linears = [l for l in m if isinstance(l, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(192, 120), (120, 60), (60, 10)]
+
+
+def _spec(**block) -> sp.ArchSpec:
+    raw = {"architecture": {"blocks": 3, "block": block, "head": {"layers": 1, "units": 8}}}
+    return sp.sample(sp.parse_space(raw))
+
+
+def test_same_padding_keeps_size_so_deeper_nets_fit():
+    m = build_model(_spec(conv="conv3x3x2", channels=4, padding="same"), (1, 28, 28), 10)
+    assert [s for name, s in model_info(m, (1, 28, 28)).layers if name == "MaxPool2d"] == [
+        (4, 14, 14), (4, 7, 7), (4, 3, 3)
+    ]
+
+
+def test_a_net_that_shrinks_below_one_pixel_is_refused_with_its_block():
+    with pytest.raises(ShapeError, match=r"block 3 \(conv5x5, padding valid\) gets a 4×4 feature map"):
+        build_model(_spec(conv="conv5x5", channels=4), (1, 28, 28), 10)
+
+
+def test_colour_input_and_class_count_follow_the_data():
+    m = build_model(_spec(conv="conv3x3", channels=4, padding="same"), (3, 32, 32), 7)
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_normalisation_travels_in_the_state_dict_and_building_leaves_batchnorm_untouched():
+    m = build_model(_spec(conv="conv3x3", channels=4, padding="same", batch_norm=True), (1, 28, 28), 10, [0.3], [0.2])
+    state = m.state_dict()
+    assert state["0.mean"].flatten().tolist() == pytest.approx([0.3])
+    assert state["0.std"].flatten().tolist() == pytest.approx([0.2])
+    assert isinstance(m[0], Normalize) and m.training
+    bn = [x for x in m if isinstance(x, torch.nn.BatchNorm2d)]
+    model_info(m, (1, 28, 28))
+    assert all(b.running_mean.abs().sum() == 0 and b.num_batches_tracked == 0 for b in bn)

@@ -1,0 +1,83 @@
+"""The objective driven through Optuna's own ask/tell and optimize, on tiny data."""
+
+import optuna
+import pytest
+import torch
+
+from nas import space as sp
+from nas.data import load_dataset
+from nas.objective import Objective, prepare_search_data, train_spec
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def prepared(idx_dir):
+    return prepare_search_data(load_dataset("fashion-mnist", idx_dir), 0.2, seed=0, device=CPU)
+
+
+def _study(pruner=None):
+    return optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
+
+
+def test_a_trial_stores_what_report_and_export_need(tiny_space, prepared):
+    space = sp.load_space(tiny_space)
+    study = _study()
+    study.optimize(Objective(space, prepared, epochs=2, device=CPU), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE
+    spec = sp.ArchSpec.from_dict(t.user_attrs["spec"])
+    assert spec == sp.sample(space, optuna.trial.FixedTrial(t.params))
+    assert t.user_attrs["arch"] == spec.describe()
+    assert t.user_attrs["n_params"] > 0 and t.user_attrs["flops"] > 0 and t.user_attrs["seconds"] > 0
+    assert [c["epoch"] for c in t.user_attrs["curve"]] == [1, 2]
+    assert t.intermediate_values == {1: t.user_attrs["curve"][0]["val_acc"], 2: t.value}
+
+
+def test_the_trial_can_be_rebuilt_and_retrained_to_the_same_score(tiny_space, prepared):
+    study = _study()
+    study.optimize(Objective(sp.load_space(tiny_space), prepared, epochs=2, device=CPU, seed=5), n_trials=2)
+    t = study.trials[1]
+    spec = sp.ArchSpec.from_dict(t.user_attrs["spec"])
+    _, history = train_spec(spec, prepared, 2, t.user_attrs["seed"], CPU)
+    assert history[-1].val_acc == t.value
+
+
+def _fixed(raw_arch, **training):
+    return sp.parse_space({"architecture": raw_arch, "training": {"batch_size": 32} | training})
+
+
+def _run_one(space, prepared, pruner=None, prior=None):
+    study = _study(pruner)
+    if prior:
+        study.add_trial(prior)
+    study.optimize(Objective(space, prepared, epochs=2, device=CPU), n_trials=1)
+    return study.trials[-1]
+
+
+def test_an_architecture_that_does_not_fit_the_input_is_pruned_before_training(prepared):
+    space = _fixed({"blocks": 3, "block": {"conv": "conv5x5", "channels": 4}})
+    t = _run_one(space, prepared)
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert t.user_attrs["reason"].startswith("invalid: block 3") and "curve" not in t.user_attrs
+
+
+def test_max_params_prunes_before_training(prepared):
+    space = sp.parse_space({"constraints": {"max_params": 1000}, "architecture": {"blocks": 1}})
+    t = _run_one(space, prepared)
+    assert t.state == optuna.trial.TrialState.PRUNED and "max_params 1,000" in t.user_attrs["reason"]
+
+
+def test_the_pruner_is_consulted_every_epoch(prepared):
+    space = _fixed({"blocks": 1, "block": {"channels": 4}, "head": {"layers": 1, "units": 8}})
+    prior = optuna.trial.create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0},
+                                      distributions={}, params={})
+    t = _run_one(space, prepared, optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0), prior)
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert t.user_attrs["reason"].startswith("pruned at epoch 1") and len(t.user_attrs["curve"]) == 1
+
+
+def test_a_diverging_trial_is_pruned_as_diverged(prepared):
+    space = _fixed({"blocks": 1, "block": {"channels": 4, "activation": "leaky_relu"}}, optimizer="sgd", lr=100.0)
+    t = _run_one(space, prepared)
+    assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["reason"].startswith("diverged")

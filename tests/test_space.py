@@ -1,0 +1,128 @@
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from nas import model
+from nas import space as sp
+
+SPACES = Path(__file__).parent.parent / "search_spaces"
+
+
+def test_shipped_spaces_load_and_baselines_fit():
+    lenet = sp.load_space(SPACES / "lenet.yaml")
+    dims = lenet.dimensions()
+    for name in ("blocks", "block3.conv", "block3.channels", "block1.activation", "fc2.units", "lr", "init"):
+        assert name in dims
+    assert isinstance(dims["lr"], sp.FloatRange) and dims["lr"].log
+    assert len(sp.baseline_params(lenet)) == 2
+    for seed in ("seed_lenet.yaml", "seed_network.yaml"):
+        assert sp.load_space(SPACES / seed).dimensions() == {}
+
+
+def test_seed_lenet_is_the_tutorial_net():
+    spec = sp.sample(sp.load_space(SPACES / "seed_lenet.yaml"))
+    assert [(b.conv, b.channels, b.activation, b.pool) for b in spec.blocks] == [
+        ("conv5x5", 6, "leaky_relu", "max"),
+        ("conv5x5", 16, "leaky_relu", "max"),
+    ]
+    assert [h.units for h in spec.head] == [120, 84]
+    assert (spec.training.optimizer, spec.training.lr, spec.training.batch_size) == ("adam", 0.001, 256)
+
+
+def test_registries_match_the_names_a_space_allows():
+    assert set(sp.CONVS) == set(model.CONVS)
+    assert set(sp.ACTIVATIONS) == set(model.ACTIVATIONS)
+    assert set(sp.POOLS) == set(model.POOLS)
+    assert set(sp.INITS) == set(model.INITS)
+
+
+def test_baseline_params_sample_back_to_the_baseline():
+    lenet = sp.load_space(SPACES / "lenet.yaml")
+    seed = sp.sample(sp.load_space(SPACES / "seed_network.yaml"))
+    params = sp.to_params(lenet, seed)
+    assert sp.sample(lenet, optuna.trial.FixedTrial(params)) == seed
+
+
+def test_spec_round_trips_through_json_and_a_fixed_space_file(tmp_path):
+    lenet = sp.load_space(SPACES / "lenet.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(5):
+        spec = sp.sample(lenet, study.ask())
+        assert sp.ArchSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+        path = tmp_path / "fixed.yaml"
+        path.write_text(yaml.safe_dump(sp.fixed_space_dict(spec, "x", "fashion-mnist", 3)))
+        assert sp.sample(sp.load_space(path)) == spec
+
+
+def test_block_parameters_exist_only_when_the_block_does(tiny_space):
+    space = sp.load_space(tiny_space)
+    trial = optuna.trial.FixedTrial({"blocks": 1, "block1.conv": "conv5x5", "block1.channels": 4,
+                                     "block1.activation": "relu", "block1.batch_norm": False,
+                                     "fc1.units": 16, "lr": 0.005})
+    spec = sp.sample(space, trial)
+    assert len(spec.blocks) == 1 and len(spec.head) == 1
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        t = study.ask()
+        spec = sp.sample(space, t)
+        assert {k.split(".")[0] for k in t.params if k.startswith("block") and "." in k} == {
+            f"block{i}" for i in range(1, len(spec.blocks) + 1)
+        }
+        study.tell(t, 0.5)
+
+
+def test_momentum_is_sampled_for_sgd_only():
+    raw = {"training": {"optimizer": {"choice": ["adam", "sgd"]}, "momentum": {"float": [0.5, 0.99]}}}
+    space = sp.parse_space(raw)
+    assert "momentum" in space.dimensions()
+    adam = optuna.trial.FixedTrial({"optimizer": "adam"})
+    assert sp.sample(space, adam).training.momentum == 0.0
+    sgd = optuna.trial.FixedTrial({"optimizer": "sgd", "momentum": 0.8})
+    assert sp.sample(space, sgd).training.momentum == 0.8
+
+
+def test_fixed_space_needs_no_trial_but_a_searched_one_does():
+    with pytest.raises(sp.SpaceError, match="`lr` is searched"):
+        sp.sample(sp.parse_space({"training": {"lr": {"float": [0.001, 0.1]}}}))
+
+
+def test_yaml_floats_without_a_dot_are_accepted():
+    space = sp.parse_space({"training": {"lr": "1e-3"}})
+    assert sp.sample(space).training.lr == 0.001
+
+
+BROKEN = [
+    ("architecture: {blok: {}}", r"architecture\.blok: unknown key; did you mean 'block'\?"),
+    ("architecture: {block: {channels: wide}}", r"architecture\.block\.channels: expected an integer in \[1, 4096\], got str 'wide'"),
+    ("architecture: {block: {conv: {choice: []}}}", r"architecture\.block\.conv\.choice: expected a non-empty list of one of conv3x3, conv5x5, conv3x3x2"),
+    ("training: {lr: {float: [0.1, 0.001]}}", r"training\.lr\.float: low 0\.1 is greater than high 0\.001"),
+    ("training: {lr: {float: [0, 0.1], log: true}}", r"training\.lr\.float\[0\]: expected a number in \[1e-12, 100\], got int 0"),
+    ("training: {weight_decay: {float: [0, 0.1], log: true}}", r"training\.weight_decay\.float: a log range needs low > 0"),
+    ("architecture: {block: {activation: {choice: [relu, relu]}}}", r"architecture\.block\.activation\.choice: 'relu' is listed twice"),
+    ("architecture: {block: {activation: rleu}}", r"architecture\.block\.activation: got str 'rleu' \(did you mean 'relu'\?\); expected one of relu"),
+    ("architecture: {block: {batch_norm: {int: [0, 1]}}}", r"architecture\.block\.batch_norm: \{int: \.\.\.\} does not fit this field, which takes true or false"),
+    ("architecture: {blocks: [{channel: 4}]}", r"architecture\.blocks\[0\]\.channel: unknown key; did you mean 'channels'\?"),
+    ("budget: {epochs: 0}", r"budget\.epochs: expected an integer in \[1, 10000\], got int 0"),
+    ("baselines: [nowhere.yaml]", r"baselines\[0\]: no such file"),
+    ("training: [1, 2]", r"training: expected a mapping, got list"),
+    ("name: [", r"not valid YAML at line"),
+]
+
+
+@pytest.mark.parametrize("text,message", BROKEN)
+def test_broken_space_files_name_the_path_and_what_is_allowed(tmp_path, text, message):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(sp.SpaceError, match=message) as e:
+        sp.load_space(path)
+    assert str(e.value).startswith(str(path))
+
+
+def test_baseline_outside_the_space_is_reported(tmp_path):
+    (tmp_path / "base.yaml").write_text("architecture: {block: {channels: 100}}\n")
+    (tmp_path / "space.yaml").write_text("architecture: {block: {channels: {choice: [4, 8]}}}\nbaselines: [base.yaml]\n")
+    with pytest.raises(sp.SpaceError, match=r"baseline .*base\.yaml does not fit .*`block1\.channels` is 100, but the space allows choice \[4, 8\]"):
+        sp.baseline_params(sp.load_space(tmp_path / "space.yaml"))
