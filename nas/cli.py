@@ -121,9 +121,8 @@ def search(
                 best = _best_value(st)
                 bar.update(task, description=(
                     f"trial {state['done'] + 1}/{trials} (#{number}) epoch {record.epoch}/{epochs} "
-                    f"val {record.val_acc:.4f} · best {best:.4f} · pruned {state['pruned']}"
-                    if best is not None else f"trial {state['done'] + 1}/{trials} (#{number}) epoch "
-                    f"{record.epoch}/{epochs} val {record.val_acc:.4f} · pruned {state['pruned']}"))
+                    f"val {record.val_acc:.4f}" + (f" · best {best:.4f}" if best is not None else "")
+                    + f" · pruned {state['pruned']}"))
 
             def on_trial(_study: Any, t: Any) -> None:
                 state["done"] += 1

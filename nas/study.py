@@ -15,8 +15,6 @@ import optuna
 from nas.errors import NasError
 from nas.space import Space, baseline_params
 
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "none")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
