@@ -89,6 +89,9 @@ def search(
     pruner: Annotated[
         str, typer.Option("--pruner", callback=_one_of("median", "hyperband", "none"), help="median, hyperband or none.")
     ] = "median",
+    heartbeat: Annotated[
+        int, typer.Option("--heartbeat", min=1, help="Seconds between liveness beats; a trial silent for 3 beats is re-run.")
+    ] = 10,
 ) -> None:
     """Run a study, or continue it: trials are added to what the study already has."""
     with _user_errors():
@@ -103,7 +106,7 @@ def search(
         ds = data.load_dataset(dataset or sp.dataset, data_dir)
         epochs = epochs or sp.epochs
         wanted = {"dataset": ds.name, "val_fraction": sp.val_fraction, "split_seed": seed, "subset": subset or sp.subset}
-        st = studies.open_study(sp, study or sp.name, storage, sampler, pruner, seed, epochs, wanted)
+        st = studies.open_study(sp, study or sp.name, storage, sampler, pruner, seed, epochs, wanted, heartbeat)
         split = st.user_attrs["data"]  # a resumed study keeps the split it started with
         prepared = objective.prepare_search_data(ds, split["val_fraction"], split["split_seed"], dev, split["subset"])
         n_done = len(st.get_trials(deepcopy=False, states=studies.FINISHED))
@@ -127,7 +130,7 @@ def search(
             def on_trial(_study: Any, t: Any) -> None:
                 state["done"] += 1
                 state["pruned"] += t.state.name == "PRUNED"
-                bar.advance(task)
+                bar.update(task, advance=1, description=f"trial {state['done'] + 1}/{trials} starting · pruned {state['pruned']}")
                 row = studies.trial_row(t)
                 value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
                 bar.console.print(f"#{t.number:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  "
@@ -138,8 +141,11 @@ def search(
             try:
                 studies.run_search(st, obj, trials, timeout, on_trial)
             except KeyboardInterrupt:
-                err_console.print(f"interrupted: finished trials are saved; resume with the same command "
-                                  f"(nas search --space {space} --study {st.study_name} --storage {storage}).")
+                left = trials - state["done"]
+                err_console.print(
+                    f"interrupted: {state['done']} finished trials of this run are saved, the running one is marked "
+                    f"failed (interrupted). Resume with: nas search --space {space} --study {st.study_name} "
+                    f"--storage {storage} --trials {left}", highlight=False, soft_wrap=True)
                 raise typer.Exit(130)
         rows = [studies.trial_row(t) for t in _top_or_empty(st, 5)]
         n_pruned = sum(t.state.name == "PRUNED" for t in st.trials)

@@ -141,7 +141,7 @@ def split_train_val(
     for c in range(ds.n_classes):
         idx = perm[ds.y_train[perm] == c]
         idx = idx[: math.ceil(len(idx) * take)]
-        n_val = round(len(idx) * val_fraction)
+        n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - 1)  # every class in both splits
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     # Shuffle across classes so that a slice of either split is not one class.

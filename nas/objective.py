@@ -126,6 +126,9 @@ class Objective:
             _prune(trial, f"diverged: {e}")
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:  # Optuna then marks the trial failed and the CLI exits 130
+            trial.set_user_attr("reason", "interrupted")
+            raise
         except Exception as e:  # recorded, then Optuna marks the trial failed and the study goes on
             trial.set_user_attr("reason", f"failed: {type(e).__name__}: {e}"[:500])
             raise

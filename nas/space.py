@@ -77,10 +77,13 @@ class _Kind:
             return "one of " + ", ".join(self.allowed)
         if self.kind == "bool":
             return "true or false"
-        noun = "an integer" if self.kind == "int" else "a number"
-        if self.high == math.inf:
-            return f"{noun} >= {self.low:g}"
-        return f"{noun} in [{self.low:g}, {self.high:g}]"
+        return _range_text(self.kind == "int", self.low, self.high)
+
+
+def _range_text(is_int: bool, low: float, high: float) -> str:
+    show = (lambda v: str(int(v))) if is_int else (lambda v: f"{v:g}")
+    noun = "an integer" if is_int else "a number"
+    return f"{noun} >= {show(low)}" if high == math.inf else f"{noun} in [{show(low)}, {show(high)}]"
 
 
 _BLOCK = {
@@ -524,9 +527,7 @@ class _Parser:
         if cast is int:
             ok = ok and float(value).is_integer()
         if not ok or not low <= value <= high:
-            noun = "an integer" if cast is int else "a number"
-            span = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-            self.fail(where, f"expected {noun} {span}, got {_show(raw)}")
+            self.fail(where, f"expected {_range_text(cast is int, low, high)}, got {_show(raw)}")
         return cast(value)
 
     def optional(self, raw: Any, where: str, cast: type, low: float) -> Any:

@@ -6,6 +6,7 @@ wires them, and records on the study what a resume or an export must reproduce (
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -23,16 +24,44 @@ class StudyError(NasError):
 
 
 def quiet_optuna() -> None:
-    """The CLI shows its own progress: keep Optuna's per-trial log lines to warnings."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """The CLI shows its own progress and each trial's fate: Optuna's own log says only errors."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def storage_url(url: str) -> str:
-    """The storage URL, with the folder of a SQLite file created so a first run just works."""
+def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died (kill -9, lost machine) is marked
+    failed by the next worker that starts a trial, and its parameters are queued to run again."""
+    engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return url
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # local workers wait for the file lock, not fail
+    elif url.startswith("postgresql"):
+        try:
+            import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URLs)
+        except ImportError:
+            raise StudyError(f"{url} needs the PostgreSQL driver: pip install 'nas[postgres]' (psycopg 3).")
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=3 * heartbeat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+        except Exception as e:  # bad URL, unknown dialect, server down: all say the same to the user
+            error = e
+            if "UNIQUE constraint" in str(e) or "already exists" in str(e):
+                time.sleep(0.5)  # workers started together raced to create the tables: the winner did
+                continue
+            break
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise StudyError(
+        f"cannot open the study storage {url!r}: {first}. Use sqlite:///PATH.db or "
+        "postgresql://USER@HOST:PORT/DB with the server running."
+    )
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -53,16 +82,23 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    space: Space, name: str, storage: str, sampler: str, pruner: str, seed: int, epochs: int, data_attrs: dict[str, Any]
+    space: Space,
+    name: str,
+    storage: str,
+    sampler: str,
+    pruner: str,
+    seed: int,
+    epochs: int,
+    data_attrs: dict[str, Any],
+    heartbeat: int = 10,
 ) -> optuna.Study:
     """Create the study, or resume it; a new one gets the space's baselines enqueued first."""
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage_url(storage),
-        direction="maximize",
-        pruner=make_pruner(pruner, epochs),
-        load_if_exists=True,
-    )
+    rdb = open_storage(storage, heartbeat)
+    kwargs = {"study_name": name, "storage": rdb, "pruner": make_pruner(pruner, epochs)}
+    if name in optuna.get_all_study_names(rdb):  # resume: check before writing anything
+        study = optuna.load_study(**kwargs)
+    else:  # load_if_exists: workers started together may race to create it
+        study = optuna.create_study(direction="maximize", load_if_exists=True, **kwargs)
     known = study.user_attrs.get("data")
     if known is None:
         study.set_user_attr("data", data_attrs)
@@ -82,19 +118,20 @@ def open_study(
 
 def load_study(name: str | None, storage: str) -> optuna.Study:
     """An existing study; with no name, the storage's only study."""
-    names = optuna.get_all_study_names(storage_url(storage))
+    rdb = open_storage(storage)
+    names = optuna.get_all_study_names(rdb)
     if name is None and len(names) == 1:
         name = names[0]
     if name not in names:
         have = ", ".join(names) or "none yet; run `nas search` first"
         what = f"no study named {name!r}" if name else "several studies, so pass --study NAME"
         raise StudyError(f"{storage} holds {what}. Studies there: {have}.")
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=name, storage=rdb)
 
 
 def list_studies(storage: str) -> list[dict[str, Any]]:
     rows = []
-    for s in optuna.get_all_study_summaries(storage_url(storage), include_best_trial=True):
+    for s in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=True):
         rows.append({
             "name": s.study_name,
             "trials": s.n_trials,

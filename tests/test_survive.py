@@ -1,0 +1,153 @@
+"""Workers that die, Ctrl-C, and several workers on one study: real processes, real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+State = optuna.trial.TrialState
+
+LONG_TRIALS = """
+name: long
+budget: {epochs: 40, val_fraction: 0.2}
+architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 16}}
+training: {lr: {float: [1.0e-3, 1.0e-2], log: true}, batch_size: 32}
+"""
+QUICK_TRIALS = LONG_TRIALS.replace("name: long", "name: quick").replace("epochs: 40", "epochs: 1")
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nas.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"NAS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # one thread per worker
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def search(space, storage, idx_dir, trials, *extra):
+    return start("search", "--space", space, "--storage", storage, "--data-dir", idx_dir, "--trials", trials,
+                 "--pruner", "none", *extra)
+
+
+def wait_for_running(storage: str, name: str, n_complete: int, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
+    """Poll the storage until `n_complete` trials are done and another is running; return that one."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, finish(proc)
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        except KeyError:  # not created yet
+            trials = []
+        running = [t for t in trials if t.state == State.RUNNING]
+        if sum(t.state == State.COMPLETE for t in trials) >= n_complete and running:
+            return running[0]
+        time.sleep(0.2)
+    raise AssertionError("the worker never got there")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/nas.db"
+    url = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def long_space(tmp_path, request):
+    path = tmp_path / "long.yaml"
+    path.write_text(LONG_TRIALS.replace("name: long", f"name: long-{request.node.name[-12:-1]}-{os.getpid()}"))
+    return path
+
+
+def test_a_killed_worker_leaves_no_running_trial_and_its_parameters_run_again(storage, long_space, idx_dir):
+    study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
+    proc = search(long_space, storage, idx_dir, 10, "--heartbeat", 1)
+    killed = wait_for_running(storage, study_name, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    done_before = {t.number: t.params for t in before if t.state == State.COMPLETE}
+    assert any(t.state == State.RUNNING for t in before)
+
+    time.sleep(3.5)  # three missed heartbeats
+    code, out, err = finish(search(long_space, storage, idx_dir, 1, "--heartbeat", 1))
+    assert code == 0, out + err
+    after = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    assert not [t for t in after if t.state == State.RUNNING]
+    assert after[killed.number].state == State.FAIL
+    rerun = [t for t in after if t.number > killed.number and t.params == killed.params]
+    assert rerun and rerun[0].state == State.COMPLETE
+    assert {t.number: t.params for t in after if t.number in done_before and t.state == State.COMPLETE} == done_before
+
+
+def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_path, long_space, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
+    proc = search(long_space, db, idx_dir, 2)
+    stopped = wait_for_running(db, study_name, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, out + err
+    hint = " ".join(err.split())
+    assert "Traceback" not in err and "Resume with: nas search" in hint
+    trial = optuna.load_study(study_name=study_name, storage=db).trials[stopped.number]
+    assert trial.state == State.FAIL and trial.user_attrs["reason"] == "interrupted"
+
+    left = int(re.search(r"--trials (\d+)", hint).group(1))
+    args = hint.split("Resume with: nas ")[1].split()
+    code, out, err = finish(start(*args, "--data-dir", idx_dir, "--pruner", "none"))
+    assert code == 0, out + err
+    trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
+    finished = [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
+    assert len(finished) == 2 and left == 1
+
+
+def test_three_workers_on_postgresql_run_exactly_the_requested_trials(postgres_url, tmp_path, idx_dir):
+    space = tmp_path / "quick.yaml"
+    space.write_text(QUICK_TRIALS.replace("name: quick", "name: three-workers"))
+    procs = [search(space, postgres_url, idx_dir, 10, "--seed", i) for i in range(3)]
+    for p in procs:
+        code, out, err = finish(p)
+        assert code == 0, out + err
+    trials = optuna.load_study(study_name="three-workers", storage=postgres_url).get_trials()
+    assert len(trials) == 30 and len({t.number for t in trials}) == 30
+    assert all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
+
+
+@pytest.mark.slow
+def test_four_local_workers_share_one_sqlite_file_without_lock_errors(tmp_path, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "quick.yaml"
+    space.write_text(QUICK_TRIALS.replace("name: quick", "name: stress"))
+    procs = [search(space, db, idx_dir, 100, "--seed", i, "--subset", 50) for i in range(4)]
+    for p in procs:
+        code, out, err = finish(p, timeout=900)
+        assert code == 0 and "locked" not in err, out + err
+    trials = optuna.load_study(study_name="stress", storage=db).get_trials()
+    assert len(trials) == 400 and all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
+
+
+def test_postgres_storage_serves_best_and_studies(postgres_url, tmp_path, idx_dir):
+    space = tmp_path / "quick.yaml"
+    space.write_text(QUICK_TRIALS.replace("name: quick", "name: pg-best"))
+    code, out, err = finish(search(space, postgres_url, idx_dir, 2))
+    assert code == 0, out + err
+    code, out, err = finish(start("best", "--storage", postgres_url, "--study", "pg-best", "--json"))
+    assert code == 0 and '"val_accuracy"' in out, err
+    code, out, err = finish(start("studies", "--storage", postgres_url))
+    assert code == 0 and "pg-best" in out, err
+
+
+def test_an_unreachable_server_is_a_clear_error(tmp_path):
+    code, out, err = finish(start("studies", "--storage", "postgresql://nas@127.0.0.1:9/none"))
+    assert code == 2 and "cannot open the study storage" in err and "Traceback" not in err
