@@ -81,3 +81,22 @@ def test_a_diverging_trial_is_pruned_as_diverged(prepared):
     space = _fixed({"blocks": 1, "block": {"channels": 4, "activation": "leaky_relu"}}, optimizer="sgd", lr=100.0)
     t = _run_one(space, prepared)
     assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["reason"].startswith("diverged")
+
+
+def test_a_trial_that_raises_fails_alone_with_its_reason_and_the_study_goes_on(prepared):
+    from nas.study import run_search
+
+    space = _fixed({"blocks": 1, "block": {"channels": 4}, "head": {"layers": 1, "units": 8}})
+    calls = []
+
+    def out_of_memory_once(number, record):  # what CUDA raises when a trial does not fit on the GPU
+        calls.append(number)
+        if number == 0:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    study = _study()
+    run_search(study, Objective(space, prepared, epochs=1, device=CPU, on_epoch=out_of_memory_once), 2, None)
+    first, second = study.trials
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert first.user_attrs["reason"] == "failed: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert second.state == optuna.trial.TrialState.COMPLETE
