@@ -141,15 +141,17 @@ def search(
             try:
                 studies.run_search(st, obj, trials, timeout, on_trial)
             except KeyboardInterrupt:
-                left = trials - state["done"]
+                given = {"--dataset": dataset, "--data-dir": data_dir, "--epochs": epochs if epochs != sp.epochs else None}
+                extra = "".join(f" {k} {v}" for k, v in given.items() if v is not None)
                 err_console.print(
                     f"interrupted: {state['done']} finished trials of this run are saved, the running one is marked "
                     f"failed (interrupted). Resume with: nas search --space {space} --study {st.study_name} "
-                    f"--storage {storage} --trials {left}", highlight=False, soft_wrap=True)
+                    f"--storage {storage}{extra} --trials {trials - state['done']}", highlight=False, soft_wrap=True)
                 raise typer.Exit(130)
         rows = [studies.trial_row(t) for t in _top_or_empty(st, 5)]
-        n_pruned = sum(t.state.name == "PRUNED" for t in st.trials)
-        console.print(f"{len(st.trials)} trials in study {st.study_name!r} ({n_pruned} pruned). Best:")
+        states = [t.state.name.lower() for t in st.trials]
+        counts = ", ".join(f"{states.count(s)} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed")) if s in states)
+        console.print(f"{len(st.trials)} trials in study {st.study_name!r}" + (f" ({counts})" if counts else "") + ". Best:")
         console.print(_trials_table(rows))
 
 

@@ -105,7 +105,8 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_p
 
     left = int(re.search(r"--trials (\d+)", hint).group(1))
     args = hint.split("Resume with: nas ")[1].split()
-    code, out, err = finish(start(*args, "--data-dir", idx_dir, "--pruner", "none"))
+    assert f"--data-dir {idx_dir}" in hint
+    code, out, err = finish(start(*args, "--pruner", "none"))
     assert code == 0, out + err
     trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
     finished = [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
