@@ -106,7 +106,7 @@ def search(
         ds = data.load_dataset(dataset or sp.dataset, data_dir)
         epochs = epochs or sp.epochs
         wanted = {"dataset": ds.name, "val_fraction": sp.val_fraction, "split_seed": seed, "subset": subset or sp.subset}
-        st = studies.open_study(sp, study or sp.name, storage, sampler, pruner, seed, epochs, wanted, heartbeat)
+        st = studies.open_study(study or sp.name, storage, sampler, pruner, seed, epochs, wanted, baselines, heartbeat)
         split = st.user_attrs["data"]  # a resumed study keeps the split it started with
         prepared = objective.prepare_search_data(ds, split["val_fraction"], split["split_seed"], dev, split["subset"])
         n_done = len(st.get_trials(deepcopy=False, states=studies.FINISHED))

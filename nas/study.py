@@ -9,12 +9,11 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 
 from nas.errors import NasError
-from nas.space import Space, baseline_params
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -82,7 +81,6 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    space: Space,
     name: str,
     storage: str,
     sampler: str,
@@ -90,9 +88,10 @@ def open_study(
     seed: int,
     epochs: int,
     data_attrs: dict[str, Any],
+    baselines: Sequence[dict[str, Any]] = (),
     heartbeat: int = 10,
 ) -> optuna.Study:
-    """Create the study, or resume it; a new one gets the space's baselines enqueued first."""
+    """Create the study, or resume it; a new one gets the `baselines` (trial parameters) enqueued first."""
     rdb = open_storage(storage, heartbeat)
     kwargs = {"study_name": name, "storage": rdb, "pruner": make_pruner(pruner, epochs)}
     if name in optuna.get_all_study_names(rdb):  # resume: check before writing anything
@@ -102,8 +101,7 @@ def open_study(
     known = study.user_attrs.get("data")
     if known is None:
         study.set_user_attr("data", data_attrs)
-        study.set_user_attr("space", space.name)
-        for params in baseline_params(space):
+        for params in baselines:
             study.enqueue_trial(params, skip_if_exists=True)
     for key in ("dataset", "subset"):
         if known is not None and known[key] != data_attrs[key]:
