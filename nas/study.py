@@ -153,7 +153,6 @@ def run_search(
         timeout=timeout,
         catch=(RuntimeError, ValueError),
         callbacks=[on_trial] if on_trial else None,
-        gc_after_trial=True,
     )
 
 

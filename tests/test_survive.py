@@ -16,11 +16,11 @@ State = optuna.trial.TrialState
 
 LONG_TRIALS = """
 name: long
-budget: {epochs: 40, val_fraction: 0.2}
+budget: {epochs: 25, val_fraction: 0.2}
 architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 16}}
 training: {lr: {float: [1.0e-3, 1.0e-2], log: true}, batch_size: 32}
 """
-QUICK_TRIALS = LONG_TRIALS.replace("name: long", "name: quick").replace("epochs: 40", "epochs: 1")
+QUICK_TRIALS = LONG_TRIALS.replace("name: long", "name: quick").replace("epochs: 25", "epochs: 1")
 
 
 def start(*args) -> subprocess.Popen:
@@ -72,7 +72,7 @@ def long_space(tmp_path, request):
 def test_a_killed_worker_leaves_no_running_trial_and_its_parameters_run_again(storage, long_space, idx_dir):
     study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
     proc = search(long_space, storage, idx_dir, 10, "--heartbeat", 1)
-    killed = wait_for_running(storage, study_name, 2, proc)
+    killed = wait_for_running(storage, study_name, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = optuna.load_study(study_name=study_name, storage=storage).get_trials()
@@ -130,7 +130,7 @@ def test_four_local_workers_share_one_sqlite_file_without_lock_errors(tmp_path, 
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "quick.yaml"
     space.write_text(QUICK_TRIALS.replace("name: quick", "name: stress"))
-    procs = [search(space, db, idx_dir, 100, "--seed", i, "--subset", 50) for i in range(4)]
+    procs = [search(space, db, idx_dir, 100, "--seed", i, "--subset", 50, "--sampler", "random") for i in range(4)]
     for p in procs:
         code, out, err = finish(p, timeout=900)
         assert code == 0 and "locked" not in err, out + err
