@@ -90,6 +90,13 @@ class Objective:
         self.on_epoch = on_epoch
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:  # Optuna then marks the trial failed and the CLI exits 130
+            trial.set_user_attr("reason", "interrupted")
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         spec = sample(self.space, trial)
         seed = self.seed + trial.number
         for key, value in {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs}.items():
@@ -125,9 +132,6 @@ class Objective:
         except Diverged as e:
             _prune(trial, f"diverged: {e}")
         except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:  # Optuna then marks the trial failed and the CLI exits 130
-            trial.set_user_attr("reason", "interrupted")
             raise
         except Exception as e:  # recorded, then Optuna marks the trial failed and the study goes on
             trial.set_user_attr("reason", f"failed: {type(e).__name__}: {e}"[:500])

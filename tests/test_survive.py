@@ -16,11 +16,11 @@ State = optuna.trial.TrialState
 
 LONG_TRIALS = """
 name: long
-budget: {epochs: 25, val_fraction: 0.2}
+budget: {epochs: 150, val_fraction: 0.2}
 architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 16}}
 training: {lr: {float: [1.0e-3, 1.0e-2], log: true}, batch_size: 32}
 """
-QUICK_TRIALS = LONG_TRIALS.replace("name: long", "name: quick").replace("epochs: 25", "epochs: 1")
+QUICK_TRIALS = LONG_TRIALS.replace("name: long", "name: quick").replace("epochs: 150", "epochs: 1")
 
 
 def start(*args) -> subprocess.Popen:
@@ -39,7 +39,7 @@ def search(space, storage, idx_dir, trials, *extra):
 
 
 def wait_for_running(storage: str, name: str, n_complete: int, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
-    """Poll the storage until `n_complete` trials are done and another is running; return that one."""
+    """Poll the storage until `n_complete` trials are done and another is training; return that one."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, finish(proc)
@@ -47,7 +47,7 @@ def wait_for_running(storage: str, name: str, n_complete: int, proc: subprocess.
             trials = optuna.load_study(study_name=name, storage=storage).get_trials()
         except KeyError:  # not created yet
             trials = []
-        running = [t for t in trials if t.state == State.RUNNING]
+        running = [t for t in trials if t.state == State.RUNNING and t.intermediate_values]  # inside `fit`
         if sum(t.state == State.COMPLETE for t in trials) >= n_complete and running:
             return running[0]
         time.sleep(0.2)
