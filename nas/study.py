@@ -43,13 +43,16 @@ def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                rdb = optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat,
                     grace_period=3 * heartbeat,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
                 )
+            if url.startswith("sqlite"):
+                _serialize_sqlite_transactions(rdb.engine)
+            return rdb
         except Exception as e:  # bad URL, unknown dialect, server down: all say the same to the user
             error = e
             if "UNIQUE constraint" in str(e) or "already exists" in str(e):
@@ -61,6 +64,27 @@ def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
         f"cannot open the study storage {url!r}: {first}. Use sqlite:///PATH.db or "
         "postgresql://USER@HOST:PORT/DB with the server running."
     )
+
+
+def _serialize_sqlite_transactions(engine: Any) -> None:
+    """Start every SQLite transaction with BEGIN IMMEDIATE.
+
+    By default a transaction that reads, then writes, can meet another one doing the same, and SQLite
+    answers "database is locked" at once instead of waiting (a deadlock): seen in the heartbeat thread
+    with a second process reading the study. Taking the write lock up front makes them queue on the
+    busy timeout instead. This is SQLAlchemy's documented recipe for pysqlite.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
