@@ -27,19 +27,27 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
+def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage with heartbeats: a trial whose worker died (kill -9, lost machine) is marked
-    failed by the next worker that starts a trial, and its parameters are queued to run again."""
+    failed by the next worker that starts a trial, and its parameters are queued to run again.
+    Only with `create` may a missing SQLite file be made (by `search`, not by commands that read)."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.is_file():
+            raise StudyError(f"{url}: no such study storage (file {path} does not exist); run `nas search` first "
+                             "or pass the --storage your search used.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StudyError(f"{url}: cannot create folder {path.parent} ({e.strerror}); choose another --storage.")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # local workers wait for the file lock, not fail
     elif url.startswith("postgresql"):
         try:
             import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URLs)
         except ImportError:
             raise StudyError(f"{url} needs the PostgreSQL driver: pip install 'nas[postgres]' (psycopg 3).")
-    for attempt in range(3):
+    for _ in range(3):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -116,7 +124,7 @@ def open_study(
     heartbeat: int = 10,
 ) -> optuna.Study:
     """Create the study, or resume it; a new one gets the `baselines` (trial parameters) enqueued first."""
-    rdb = open_storage(storage, heartbeat)
+    rdb = open_storage(storage, heartbeat, create=True)
     kwargs = {"study_name": name, "storage": rdb, "pruner": make_pruner(pruner, epochs)}
     if name in optuna.get_all_study_names(rdb):  # resume: check before writing anything
         study = optuna.load_study(**kwargs)
@@ -127,8 +135,9 @@ def open_study(
         study.set_user_attr("data", data_attrs)
         for params in baselines:
             study.enqueue_trial(params, skip_if_exists=True)
+        known = data_attrs
     for key in ("dataset", "subset"):
-        if known is not None and known[key] != data_attrs[key]:
+        if known[key] != data_attrs[key]:
             raise StudyError(
                 f"study {name!r} in {storage} was searched with {key} {known[key]!r}, not {data_attrs[key]!r}: "
                 f"resume it with the same --{key}, or pass a new --study name."

@@ -132,6 +132,8 @@ CASES = [
      "cannot read it as .npz"),
     ("data: negative labels", lambda t: search(t, GOOD, "--dataset", npz(t, y_train=np.array([0, 1, -1, 2]))), 2,
      "labels must be 0, 1, 2, ... but the smallest is -1"),
+    ("study: storage file missing", lambda t: ["best", "--storage", f"sqlite:///{t}/typo.db"], 2,
+     "no such study storage"),
     ("study: unknown name", lambda t: ["best", "--storage", studied(t), "--study", "nope"], 2, "no study named 'nope'"),
     ("study: no finished trial", lambda t: ["best", "--storage", studied(t, 0), "--study", "tiny"], 2,
      "has no completed trial yet"),
