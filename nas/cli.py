@@ -57,6 +57,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split, sampler and training.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing export folder.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; only the result.")]
 
 
 @contextmanager
@@ -92,11 +93,11 @@ def search(
     heartbeat: Annotated[
         int, typer.Option("--heartbeat", min=1, help="Seconds between liveness beats; a trial silent for 3 beats is re-run.")
     ] = 10,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Run a study, or continue it: trials are added to what the study already has."""
     with _user_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
         from nas import data, objective, space as spaces, study as studies, train
 
         studies.quiet_optuna()
@@ -110,14 +111,15 @@ def search(
         split = st.user_attrs["data"]  # a resumed study keeps the split it started with
         prepared = objective.prepare_search_data(ds, split["val_fraction"], split["split_seed"], dev, split["subset"])
         n_done = len(st.get_trials(deepcopy=False, states=studies.FINISHED))
-        console.print(
-            f"study [bold]{st.study_name}[/] in {storage}: {n_done} finished trials so far"
-            f"{f', {len(baselines)} baselines first' if baselines and not n_done else ''}; "
-            f"{ds.name} {len(prepared.train)} train / {len(prepared.val)} val images on {dev}, {epochs} epochs per trial"
-        )
+        quiet = quiet or json_out
+        if not quiet:
+            console.print(
+                f"study [bold]{st.study_name}[/] in {storage}: {n_done} finished trials so far"
+                f"{f', {len(baselines)} baselines first' if baselines and not n_done else ''}; "
+                f"{ds.name} {len(prepared.train)} train / {len(prepared.val)} val images on {dev}, {epochs} epochs per trial"
+            )
         state: dict[str, Any] = {"done": 0, "pruned": 0}
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
+        with _progress(quiet) as bar:
             task = bar.add_task("starting", total=trials)
 
             def on_epoch(number: int, record: Any) -> None:
@@ -131,6 +133,8 @@ def search(
                 state["done"] += 1
                 state["pruned"] += t.state.name == "PRUNED"
                 bar.update(task, advance=1, description=f"trial {state['done'] + 1}/{trials} starting · pruned {state['pruned']}")
+                if quiet:
+                    return
                 row = studies.trial_row(t)
                 value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
                 bar.console.print(f"#{t.number:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  "
@@ -150,6 +154,11 @@ def search(
                 raise typer.Exit(130)
         rows = [studies.trial_row(t) for t in _top_or_empty(st, 5)]
         states = [t.state.name.lower() for t in st.trials]
+        if json_out:
+            counts = {s: states.count(s) for s in sorted(set(states))}
+            print(json.dumps({"study": st.study_name, "storage": storage, "trials": len(states), "states": counts,
+                              "best": rows}, indent=2))
+            return
         counts = ", ".join(f"{states.count(s)} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed")) if s in states)
         console.print(f"{len(st.trials)} trials in study {st.study_name!r}" + (f" ({counts})" if counts else "") + ". Best:")
         console.print(_trials_table(rows))
@@ -159,42 +168,75 @@ def search(
 def best(
     study: StudyOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
-    top: Annotated[int, typer.Option("--top", min=1, help="How many trials to show.")] = 5,
+    top: Annotated[
+        Optional[int],
+        typer.Option("--top", min=1, help="Trials to show (default 5); with --retrain-epochs, how many to retrain (default 1)."),
+    ] = None,
     export: Annotated[Optional[Path], typer.Option("--export", help="Write the best model to this folder.")] = None,
     retrain_epochs: Annotated[
-        Optional[int], typer.Option("--retrain-epochs", min=1, help="With --export: retrain on train+val this long.")
+        Optional[int],
+        typer.Option("--retrain-epochs", min=1, help="Retrain the top trials on train+val this long and rank them on test."),
     ] = None,
     force: ForceOpt = False,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Show the best trials; with --export, train the winner and write model.pt, arch.yaml, metrics.json."""
+    """Show the best trials; retrain the top ones and rank them on test; export the winner.
+
+    --export writes model.pt, arch.yaml, metrics.json, model.onnx and model.ts. Without
+    --retrain-epochs it repeats the best trial's own training; with it, the top K (--top, default 1)
+    are retrained on train+val, ranked by test accuracy, and the first is exported.
+    """
     with _user_errors():
         from nas import study as studies
 
         studies.quiet_optuna()
         st = studies.load_study(study, storage)
-        trials = studies.top_trials(st, top)
+        trials = studies.top_trials(st, top or 5)
         rows = [studies.trial_row(t) for t in trials]
-        metrics = None
-        if export is not None:
+        trained, metrics = [], None
+        if export is not None or retrain_epochs:
             from nas import data, export as exporting, train
 
+            if export is not None:
+                exporting.check_target(export, force)  # before any training
             ds = data.load_dataset(dataset or st.user_attrs["data"]["dataset"], data_dir)
-            metrics = exporting.export_trial(
-                trials[0], st, ds, export, train.pick_device(device), retrain_epochs, force,
-                on_epoch=None if json_out else _print_epoch,
-            )
+            dev = train.pick_device(device)
+            candidates = trials[: top or 1] if retrain_epochs else trials[:1]
+            with _progress(quiet or json_out) as bar:
+                for i, t in enumerate(candidates, 1):
+                    epochs = retrain_epochs or t.user_attrs["epochs"]
+                    task = bar.add_task(f"training #{t.number} ({i}/{len(candidates)})", total=epochs)
+                    trained.append(exporting.retrain_trial(t, st, ds, dev, retrain_epochs,
+                                                           on_epoch=lambda r, task=task: bar.advance(task)))
+                    bar.remove_task(task)
+            trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
+            if export is not None:
+                metrics = exporting.export_trained(trained[0], export, st, force)
+        retrained = [_retrained_row(m.metrics) for m in trained]
         if json_out:
-            print(json.dumps({"study": st.study_name, "trials": rows, "export": metrics}, indent=2))
+            print(json.dumps({"study": st.study_name, "trials": rows, "retrained": retrained, "export": metrics}, indent=2))
             return
         console.print(_trials_table(rows, title=f"best of {len(st.trials)} trials in {st.study_name!r}"))
+        if retrain_epochs:
+            table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",
+                          title=f"top {len(trained)} retrained on train+val for {retrain_epochs} epochs, ranked by test accuracy")
+            table.columns[-1].overflow = "fold"
+            for rank, r in enumerate(retrained, 1):
+                table.add_row(str(rank), str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}",
+                              f"{r['gap']:+.4f}", f"{r['n_params']:,}", r["arch"])
+            console.print(table)
+        elif trained:
+            console.print(f"trial #{trained[0].metrics['trial']} trained again as in the search: "
+                          f"test accuracy {trained[0].metrics['test_accuracy']:.4f}")
         if metrics:
             console.print(
                 f"exported trial #{metrics['trial']} to {export}: test accuracy [bold]{metrics['test_accuracy']:.4f}[/] "
-                f"({'retrained on train+val, ' if metrics['retrained_on_train_and_val'] else ''}{metrics['epochs']} epochs)"
+                f"({'retrained on train+val, ' if metrics['retrained_on_train_and_val'] else ''}{metrics['epochs']} epochs); "
+                f"model.onnx and model.ts match PyTorch within {max(metrics['onnx_max_abs_diff'], metrics['torchscript_max_abs_diff']):.1e}"
             )
 
 
@@ -209,6 +251,7 @@ def train_cmd(
     export: Annotated[Optional[Path], typer.Option("--export", help="Also write the trained model here.")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train one fixed architecture on the whole training set and score it on the test set."""
     with _user_errors():
@@ -220,14 +263,15 @@ def train_cmd(
         ds = data.load_dataset(dataset or sp.dataset, data_dir)
         prepared = objective.prepare_final_data(ds, dev)
         epochs = epochs or sp.epochs
-        if not json_out:
+        quiet = quiet or json_out
+        if not quiet:
             console.print(f"{spec.describe()}\n{ds.name}: {len(prepared.train)} train / {len(prepared.val)} test images on {dev}")
-        model, history = objective.train_spec(spec, prepared, epochs, seed, dev, None if json_out else _print_epoch)
+        model, history = objective.train_spec(spec, prepared, epochs, seed, dev, None if quiet else _print_epoch)
         metrics = {"epochs": epochs, "seed": seed} | exporting.describe_model(model, spec, ds)
         metrics |= objective.score_on_test(model, prepared.val, ds.classes)
         metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
         if export is not None:
-            exporting.write_export(export, model, spec, metrics | {"study": sp.name}, force)
+            metrics = exporting.write_export(export, model, spec, metrics | {"study": sp.name}, prepared.val.x, force)
         if json_out:
             print(json.dumps(metrics | {"history": [r.to_dict() for r in history]}, indent=2))
             return
@@ -236,6 +280,37 @@ def train_cmd(
             f"{metrics['flops'] / 1e6:.2f} MFLOPs, {metrics['seconds_per_epoch']:.2f} s/epoch"
             + (f"; written to {export}" if export else "")
         )
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="An export folder (from `nas best --export` or `nas train --export`).")],
+    files: Annotated[list[Path], typer.Argument(help="PNG/JPG images, or .npz files of uint8 images.")],
+    top: Annotated[int, typer.Option("--top", min=1, help="Classes to show per image.")] = 3,
+    json_out: JsonOpt = False,
+) -> None:
+    """Classify images with an exported model, preprocessed as in training; print the top classes."""
+    with _user_errors():
+        import torch
+
+        from nas import data, export as exporting
+
+        model = exporting.load_model(model_dir)
+        info = json.loads((model_dir / "metrics.json").read_text())
+        classes = info["classes"]
+        names, x = data.read_images(files, tuple(info["input_shape"]))
+        with torch.inference_mode():
+            probs = torch.softmax(model(x.float() / 255), dim=1)  # what ToTensor gives; the model normalises
+        best = probs.topk(min(top, len(classes)), dim=1)
+        rows = [{"file": name, "top": [{"class": classes[i], "probability": p} for p, i in zip(ps, idx)]}
+                for name, ps, idx in zip(names, best.values.tolist(), best.indices.tolist())]
+        if json_out:
+            print(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            console.print(f"{r['file']}: " + ", ".join(f"[bold]{c['class']}[/] {c['probability']:.3f}" if j == 0 else
+                                                      f"{c['class']} {c['probability']:.3f}" for j, c in enumerate(r["top"])),
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -280,6 +355,70 @@ def validate(
                           f"{' (over max_params: pruned)' if over else ''}, {info.flops / 1e6:.2f} MFLOPs")
 
 
+@app.command()
+def report(
+    study: StudyOpt = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write.", dir_okay=False)] = Path("report.html"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Write one self-contained HTML report of a study (opens offline): curves, importances, Pareto fronts."""
+    with _user_errors():
+        from nas import report as reporting, study as studies
+
+        studies.quiet_optuna()
+        st = studies.load_study(study, storage)
+        summary = reporting.write_report(st, out, storage)
+        if json_out:
+            print(json.dumps({"report": str(out), "summary": summary}, indent=2, default=str))
+            return
+        console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) for study {st.study_name!r}: "
+                      f"{sum(summary['counts'].values())} trials, best {summary['best']['val_accuracy']:.4f}"
+                      + ("" if summary["export"] else "; no export yet (`nas best --export DIR` adds the confusion matrix)"))
+
+
+@app.command()
+def dashboard(
+    study: StudyOpt = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: any free one).")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+) -> None:
+    """Serve optuna-dashboard on the study's storage until Ctrl-C."""
+    with _user_errors():
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        import optuna
+        import optuna_dashboard
+
+        from nas import study as studies
+
+        studies.quiet_optuna()
+        rdb = studies.open_storage(storage, create=False)
+        names = optuna.get_all_study_names(rdb)
+        page = "dashboard/"
+        if study is not None or len(names) == 1:
+            st = studies.load_study(study, storage)
+            page = f"dashboard/studies/{st._study_id}"
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args: Any) -> None:  # no line per request
+                pass
+
+        try:
+            server = make_server(host, port, optuna_dashboard.wsgi(rdb), handler_class=Quiet)
+        except OSError as e:
+            raise NasError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or 0 for any free one.")
+        url = f"http://{host}:{server.server_port}/{page}"
+        console.print(f"optuna-dashboard for {storage} at {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            console.print("dashboard stopped")
+        finally:
+            server.server_close()
+
+
 @app.command("studies")
 def studies_cmd(storage: StorageOpt = DEFAULT_STORAGE, json_out: JsonOpt = False) -> None:
     """List the studies in a storage."""
@@ -303,6 +442,19 @@ def studies_cmd(storage: StorageOpt = DEFAULT_STORAGE, json_out: JsonOpt = False
 def _print_epoch(record: Any) -> None:
     console.print(f"epoch {record.epoch:>3}  loss {record.loss:.4f}  train {record.train_acc:.4f}  "
                   f"eval {record.val_acc:.4f}  {record.seconds:.2f}s", highlight=False)
+
+
+def _progress(quiet: bool) -> Any:
+    """A transient Rich progress display; disabled (but still usable) when quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True, disable=quiet)
+
+
+def _retrained_row(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("trial", "val_accuracy", "test_accuracy", "epochs", "retrained_on_train_and_val", "n_params", "flops", "arch")
+    return {k: m[k] for k in keys} | {"gap": m["test_accuracy"] - m["val_accuracy"]}
 
 
 def _best_value(st: Any) -> float | None:

@@ -337,3 +337,59 @@ def _checked(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> tuple[
     if len(y) and y.min() < 0:
         raise DataError(f"{y_where}: labels must be 0, 1, 2, ... but the smallest is {y.min()}.")
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
+
+
+def read_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
+    """Images to classify, as (names, uint8 N×C×H×W) in the model's input `shape`.
+
+    PNG/JPG files are converted to grayscale or RGB to match C and resized to H×W if they differ; an
+    `.npz` contributes its `x` (or `x_test`, or only) array of uint8 images, N×H×W or N×H×W×C.
+    """
+    names, images = [], []
+    for path in paths:
+        if path.suffix.lower() == ".npz":
+            x = _npz_images(path)
+            names += [f"{path}[{i}]" for i in range(len(x))]
+            images += list(x)
+            continue
+        names.append(str(path))
+        images.append(_image_file(path, shape))
+    if not images:
+        raise DataError("no images given: pass PNG/JPG files or an .npz of uint8 images.")
+    x = torch.from_numpy(np.stack([i if i.ndim == 3 else i[None] for i in images]))
+    if tuple(x.shape[1:]) != shape:
+        raise DataError(f"the images are {'×'.join(map(str, x.shape[1:]))} (C×H×W) but the model takes "
+                        f"{'×'.join(map(str, shape))}; convert them to that size and number of channels.")
+    return names, x
+
+
+def _image_file(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if shape[0] == 1 else "RGB")
+            if im.size != (shape[2], shape[1]):
+                im = im.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file.")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: not an image PIL can read ({e}); pass PNG or JPG files, or an .npz.")
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            key = next((k for k in ("x", "x_test") if k in f), f.files[0] if len(f.files) == 1 else None)
+            if key is None:
+                raise DataError(f"{path}: which array holds the images? Name it x (it has {', '.join(f.files)}).")
+            x = f[key]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file.")
+    except (OSError, ValueError, zlib.error, EOFError) as e:
+        raise DataError(f"{path}: cannot read it as .npz ({e}).")
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise DataError(f"{path}:{key} is {x.dtype} with shape {x.shape}; expected uint8 images N×H×W or N×H×W×C.")
+    return x if x.ndim == 3 else x.transpose(0, 3, 1, 2)

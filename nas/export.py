@@ -1,15 +1,21 @@
 """Best trial -> ArchSpec -> (re)trained model -> files; `load_model` reads them back.
 
 An export folder holds `model.pt` (a state_dict, loadable with `weights_only=True`, that includes
-the input normalisation), `arch.yaml` (a fixed space `nas train --space` accepts) and `metrics.json`.
-It is written into a temporary folder and renamed, so a failed export leaves nothing behind.
+the input normalisation), `arch.yaml` (a fixed space `nas train --space` accepts), `metrics.json`,
+and the same network as `model.onnx` (dynamic batch size, checked against PyTorch with onnxruntime)
+and TorchScript `model.ts`, for serving without this package. It is written into a temporary folder
+and renamed, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,36 +24,44 @@ import torch
 import yaml
 from torch import nn
 
-from nas.data import Dataset, test_split
+from nas.data import Dataset, Split, test_split
 from nas.errors import NasError
 from nas.model import build_model, model_info
 from nas.objective import prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.space import ArchSpec, SpaceError, fixed_space_dict, load_space, sample
 from nas.train import EpochRecord
 
-FILES = ("model.pt", "arch.yaml", "metrics.json")
+FILES = ("model.pt", "arch.yaml", "metrics.json")  # what load_model needs
+ONNX_TOLERANCE = 1e-4
 
 
 class ExportError(NasError):
     """An export folder that cannot be written or read back."""
 
 
-def export_trial(
+@dataclass
+class Trained:
+    """A trial's network trained again and scored on the test set, ready to write."""
+
+    model: nn.Module
+    spec: ArchSpec
+    metrics: dict[str, Any]
+    test: Split
+
+
+def retrain_trial(
     trial: optuna.trial.FrozenTrial,
     study: optuna.Study,
     ds: Dataset,
-    out: Path,
     device: torch.device,
     retrain_epochs: int | None = None,
-    force: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
-) -> dict[str, Any]:
-    """Train `trial`'s network and write it to `out`; returns the metrics written.
+) -> Trained:
+    """Train `trial`'s network again and score it on the test set.
 
     With `retrain_epochs`, train on train+val for that many epochs; without, repeat the trial's own
-    training (same split, seed and epochs) so the exported model is the one the search scored.
+    training (same split, seed and epochs) so the model is the one the search scored.
     """
-    _check_target(out, force)
     spec = ArchSpec.from_dict(trial.user_attrs["spec"])
     seed, data_attrs = trial.user_attrs["seed"], study.user_attrs["data"]
     if retrain_epochs:
@@ -56,15 +70,24 @@ def export_trial(
         epochs = trial.user_attrs["epochs"]
         data = prepare_search_data(ds, data_attrs["val_fraction"], data_attrs["split_seed"], device, data_attrs["subset"])
     model, history = train_spec(spec, data, epochs, seed, device, on_epoch)
-    metrics = {
+    test = data.val if retrain_epochs else test_split(ds).to(device)
+    reproduced = {} if retrain_epochs else {"reproduced_val_accuracy": history[-1].val_acc}  # should equal the trial's
+    metrics = reproduced | {
         "study": study.study_name,
         "trial": trial.number,
         "val_accuracy": trial.value,
         "retrained_on_train_and_val": bool(retrain_epochs),
         "epochs": epochs,
         "seed": seed,
-    } | describe_model(model, spec, ds) | score_on_test(model, test_split(ds).to(device), ds.classes)
-    write_export(out, model, spec, metrics, force)
+    } | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
+    return Trained(model, spec, metrics, test)
+
+
+def export_trained(trained: Trained, out: Path, study: optuna.Study | None = None, force: bool = False) -> dict[str, Any]:
+    """Write `trained` to `out`; with `study`, also record the export's metrics in it for `nas report`."""
+    metrics = write_export(out, trained.model, trained.spec, trained.metrics, trained.test.x, force)
+    if study is not None:
+        study.set_user_attr("export", metrics | {"path": str(out.resolve())})
     return metrics
 
 
@@ -81,14 +104,21 @@ def describe_model(model: nn.Module, spec: ArchSpec, ds: Dataset) -> dict[str, A
     }
 
 
-def write_export(out: Path, model: nn.Module, spec: ArchSpec, metrics: dict[str, Any], force: bool = False) -> None:
-    """Write the three files into a temporary folder beside `out`, then move it into place."""
-    _check_target(out, force)
+def write_export(
+    out: Path, model: nn.Module, spec: ArchSpec, metrics: dict[str, Any], sample: torch.Tensor, force: bool = False
+) -> dict[str, Any]:
+    """Write the files into a temporary folder beside `out`, then move it into place.
+
+    `sample` is a batch of real uint8 images: the ONNX and TorchScript files are checked on it and
+    metrics.json records how far their outputs are from PyTorch's. Returns the metrics written.
+    """
+    check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, tmp / "model.pt")
+        metrics = metrics | write_portable(tmp, model, sample)
         arch = fixed_space_dict(spec, name=f"{metrics.get('study', 'model')}-export", dataset=metrics["dataset"],
                                 epochs=metrics["epochs"])
         (tmp / "arch.yaml").write_text(yaml.safe_dump(arch, sort_keys=False))
@@ -98,6 +128,37 @@ def write_export(out: Path, model: nn.Module, spec: ArchSpec, metrics: dict[str,
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
+
+
+def write_portable(folder: Path, model: nn.Module, sample: torch.Tensor) -> dict[str, float]:
+    """`model.onnx` and `model.ts` in `folder`; returns each one's max abs difference from PyTorch on `sample`."""
+    import warnings
+
+    import onnxruntime
+
+    cpu = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    x = sample[:64].cpu().float().div(255)
+    with torch.inference_mode():
+        expected = cpu(x)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # torch.onnx's progress lines and TorchScript's deprecation notice
+        torch.onnx.export(cpu, (x,), folder / "model.onnx", dynamo=True, external_data=False, verbose=False,
+                          input_names=["images"], output_names=["logits"], dynamic_shapes=({0: batch},))
+        torch.jit.trace(cpu, x[:1]).save(str(folder / "model.ts"))
+        scripted = torch.jit.load(str(folder / "model.ts"))
+    session = onnxruntime.InferenceSession(folder / "model.onnx", providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        diffs = {
+            "onnx_max_abs_diff": float(abs(session.run(None, {"images": x.numpy()})[0] - expected.numpy()).max()),
+            "torchscript_max_abs_diff": (scripted(x) - expected).abs().max().item(),
+        }
+    for name, diff in diffs.items():
+        if not diff <= ONNX_TOLERANCE:
+            raise ExportError(f"the exported {name.split('_')[0]} model's outputs differ from PyTorch's by {diff:.2e} "
+                              f"(more than {ONNX_TOLERANCE}); please report this with the model's arch.yaml.")
+    return diffs
 
 
 def load_model(path: str | Path) -> nn.Module:
@@ -126,6 +187,7 @@ def load_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _check_target(out: Path, force: bool) -> None:
+def check_target(out: Path, force: bool) -> None:
+    """Refuse to replace an existing, non-empty export folder unless `force`."""
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists; pass --force to replace it, or choose another folder.")

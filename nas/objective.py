@@ -17,7 +17,7 @@ from torch import nn
 from nas.data import Dataset, Split, channel_stats, full_train, split_train_val, test_split
 from nas.model import ShapeError, build_model, model_info
 from nas.space import ArchSpec, Space, sample
-from nas.train import Diverged, EpochRecord, fit, per_class_accuracy, predict
+from nas.train import Diverged, EpochRecord, fit, predict
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,14 @@ def train_spec(
 
 
 def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:
-    """Accuracy and per-class accuracy (by class name) on the test set."""
+    """Accuracy, per-class accuracy (by class name) and the confusion matrix on the test set."""
     pred = predict(model, test.x)
-    per_class = per_class_accuracy(pred, test.y, len(classes))
+    n = len(classes)
+    confusion = torch.bincount(test.y * n + pred, minlength=n * n).reshape(n, n)  # rows: true, columns: predicted
     return {
         "test_accuracy": (pred == test.y).float().mean().item(),
-        "per_class_accuracy": dict(zip(classes, per_class)),
+        "per_class_accuracy": dict(zip(classes, (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist())),
+        "confusion": confusion.tolist(),
     }
 
 

@@ -127,7 +127,3 @@ def evaluate(model: nn.Module, data: Split) -> float:
     """Accuracy on `data`."""
     return (predict(model, data.x) == data.y).float().mean().item() if len(data) else float("nan")
 
-
-def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, n_classes: int) -> list[float]:
-    hits = torch.bincount(y[pred == y], minlength=n_classes).float()
-    return (hits / torch.bincount(y, minlength=n_classes).clamp_min(1)).tolist()

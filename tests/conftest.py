@@ -138,3 +138,21 @@ def postgres_url(tmp_path_factory):
     finally:
         run(PG_BIN / "pg_ctl", "-D", base / "data", "-m", "immediate", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory, idx_dir):
+    """A real 10-trial search on the tiny data, with its best trial exported: (storage URL, export dir)."""
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    folder = tmp_path_factory.mktemp("finished")
+    space = folder / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    db, out = f"sqlite:///{folder}/nas.db", folder / "export"
+    for args in (["search", "--space", space, "--trials", 10, "--quiet"],
+                 ["best", "--export", out, "--retrain-epochs", 3, "--quiet"]):
+        result = CliRunner().invoke(app, [str(a) for a in args] + ["--storage", db, "--data-dir", str(idx_dir)])
+        assert result.exit_code == 0, result.output
+    return db, out

@@ -82,7 +82,7 @@ def test_search_resume_best_export_load_and_train(tmp_path, tiny_space, idx_dir)
     out_dir = tmp_path / "export"
     report = json.loads(nas_cli("best", "--storage", db, "--export", out_dir, "--retrain-epochs", 2, "--data-dir",
                                 idx_dir, "--json").stdout)["export"]
-    assert sorted(p.name for p in out_dir.iterdir()) == ["arch.yaml", "metrics.json", "model.pt"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["arch.yaml", "metrics.json", "model.onnx", "model.pt", "model.ts"]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] == report["test_accuracy"] and metrics["trial"] == study.best_trial.number
     assert set(metrics["per_class_accuracy"]) == set(load_dataset("fashion-mnist", idx_dir).classes)
@@ -109,9 +109,11 @@ def test_search_resume_best_export_load_and_train(tmp_path, tiny_space, idx_dir)
 def test_export_without_retraining_reproduces_the_trial(tmp_path, tiny_space, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--data-dir", idx_dir)
-    out = squash(nas_cli("best", "--storage", db, "--export", tmp_path / "e", "--data-dir", idx_dir).output)
+    out = json.loads(nas_cli("best", "--storage", db, "--export", tmp_path / "e", "--data-dir", idx_dir, "--json").stdout)
     study = optuna.load_study(study_name="tiny", storage=db)
-    assert f"epoch 2 loss" in out and out.split("epoch 2 loss")[1].split("eval ")[1].startswith(f"{study.best_value:.4f}")
+    assert out["export"]["trial"] == study.best_trial.number and out["export"]["epochs"] == 2
+    assert out["export"]["reproduced_val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["reproduced_val_accuracy"] == out["export"]["reproduced_val_accuracy"]
 
 
 @pytest.mark.parametrize("fixture", ["npz_gray", "npz_colour"])
@@ -143,3 +145,18 @@ def test_missing_data_and_unknown_study_are_clear_errors(tmp_path, tiny_space):
 def test_bad_option_values_are_usage_errors(tiny_space):
     assert "expected auto, cpu, cuda" in squash(nas_cli("train", "--space", tiny_space, "--device", "gpu", code=2).output)
     assert "expected one of tpe, random" in squash(nas_cli("search", "--space", tiny_space, "--sampler", "cma", code=2).output)
+
+
+def test_best_retrains_the_top_k_and_ranks_them_on_test(finished_study, idx_dir):
+    db, _ = finished_study
+    study = optuna.load_study(study_name="tiny", storage=db)
+    top3 = [t.number for t in sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)][:3]
+    out = json.loads(nas_cli("best", "--storage", db, "--top", 3, "--retrain-epochs", 1, "--data-dir", idx_dir,
+                             "--json").stdout)
+    retrained = out["retrained"]
+    assert sorted(r["trial"] for r in retrained) == sorted(top3) and out["export"] is None
+    assert [r["test_accuracy"] for r in retrained] == sorted((r["test_accuracy"] for r in retrained), reverse=True)
+    for r in retrained:
+        assert r["gap"] == pytest.approx(r["test_accuracy"] - r["val_accuracy"]) and r["epochs"] == 1
+    text = squash(nas_cli("best", "--storage", db, "--top", 2, "--retrain-epochs", 1, "--data-dir", idx_dir).output)
+    assert "top 2 retrained on train+val for 1 epochs, ranked by test accuracy" in text and "test − val" in text

@@ -1,0 +1,211 @@
+"""A study as one self-contained HTML file: `summarize` computes the data, `figures` draws it.
+
+The data behind every figure is plain Python (testable without a browser or plotly). Figures use
+Optuna's own visualization where it has one (history, importances, parallel coordinates, slices);
+learning curves, the accuracy/size Pareto fronts and the export's confusion matrix are drawn here
+because Optuna has no plot that marks pruned curves or a front over user attrs.
+Plotly's JavaScript is inlined once, so the file opens offline.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+from nas.study import StudyError, top_trials, trial_row
+
+COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+N_SLICES = 4  # slice plots of the most important parameters
+N_PARALLEL = 8  # parameters on the parallel-coordinates plot
+
+
+def summarize(study: optuna.Study, top: int = 10) -> dict[str, Any]:
+    """Everything the report shows, as plain data."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == COMPLETE]
+    if not done:
+        raise StudyError(f"study {study.study_name!r} has no completed trial yet ({len(trials)} in all): "
+                         "a report needs at least one; run `nas search` on it.")
+    states = [t.state.name.lower() for t in trials]
+    best_so_far, history = float("-inf"), []
+    for t in sorted(done, key=lambda t: t.number):
+        best_so_far = max(best_so_far, t.value)
+        history.append({"number": t.number, "value": t.value, "best": best_so_far})
+    sized = [t for t in done if t.user_attrs.get("n_params") is not None]
+    return {
+        "study": study.study_name,
+        "counts": {s: states.count(s) for s in sorted(set(states))},
+        "best": trial_row(study.best_trial),
+        "history": history,
+        "curves": [
+            {"number": t.number, "state": t.state.name.lower(), "reason": t.user_attrs.get("reason"),
+             "epochs": [r["epoch"] for r in t.user_attrs["curve"]], "val_acc": [r["val_acc"] for r in t.user_attrs["curve"]]}
+            for t in trials if t.user_attrs.get("curve")
+        ],
+        "importances": importances(study) if len(done) >= 2 else {},
+        "size": [{"number": t.number, "value": t.value, "n_params": t.user_attrs["n_params"],
+                  "flops": t.user_attrs["flops"], "arch": t.user_attrs.get("arch", "")} for t in sized],
+        "pareto_params": pareto_front(sized, "n_params"),
+        "pareto_flops": pareto_front(sized, "flops"),
+        "top": [trial_row(t) for t in top_trials(study, top)],
+        "export": study.user_attrs.get("export"),
+    }
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Parameter importances by PED-ANOVA (Optuna's, and it needs no scikit-learn)."""
+    try:
+        return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+    except (ValueError, RuntimeError):  # too few or too uniform trials to say anything
+        return {}
+
+
+def pareto_front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[int]:
+    """Numbers of the trials no other trial beats on both accuracy (higher) and `cost` (lower)."""
+    front, best = [], float("-inf")
+    for t in sorted(trials, key=lambda t: (t.user_attrs[cost], -t.value)):
+        if t.value > best:
+            front.append(t.number)
+            best = t.value
+    return front
+
+
+def figures(study: optuna.Study, summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(id, title, plotly figure) for every figure the summary supports, in report order."""
+    import plotly.graph_objects as go
+    from optuna import visualization as vis
+
+    important = list(summary["importances"])
+    figs = [
+        ("history", "Optimization history", vis.plot_optimization_history(study)),
+        ("curves", "Learning curves (validation accuracy per epoch; pruned trials dotted)", _curves(summary, go)),
+    ]
+    if important:
+        evaluator = PedAnovaImportanceEvaluator()
+        figs += [
+            ("importances", "Parameter importances (PED-ANOVA)", vis.plot_param_importances(study, evaluator=evaluator)),
+            ("parallel", "Parallel coordinates", vis.plot_parallel_coordinate(study, params=important[:N_PARALLEL])),
+            ("slices", "Slices of the most important parameters", vis.plot_slice(study, params=important[:N_SLICES])),
+        ]
+    figs += [
+        ("pareto-params", "Validation accuracy vs parameters (Pareto front)", _pareto(summary, "n_params", "parameters", go)),
+        ("pareto-flops", "Validation accuracy vs FLOPs (Pareto front)", _pareto(summary, "flops", "FLOPs", go)),
+    ]
+    if summary["export"]:
+        figs += _export_figures(summary["export"], go)
+    return figs
+
+
+def write_report(study: optuna.Study, out: Path, storage: str = "") -> dict[str, Any]:
+    """Write the HTML report to `out` (atomically); returns the summary it shows."""
+    summary = summarize(study)
+    sections = []
+    for i, (fig_id, title, fig) in enumerate(figures(study, summary)):
+        fig.update_layout(title=None, margin={"t": 30})
+        div = fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{fig_id}", config={"responsive": True})
+        sections.append(f'<section class="figure" id="{fig_id}"><h2>{html.escape(title)}</h2>{div}</section>')
+    page = _PAGE.format(
+        title=html.escape(f"nas report: {summary['study']}"),
+        header=_header(summary, storage),
+        top=_top_table(summary["top"]),
+        figures="\n".join(sections),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _curves(summary: dict[str, Any], go: Any) -> Any:
+    fig = go.Figure()
+    shown = set()
+    for c in summary["curves"]:
+        pruned = c["state"] != "complete"
+        group = c["state"]
+        fig.add_trace(go.Scatter(
+            x=c["epochs"], y=c["val_acc"], mode="lines+markers", name=group, legendgroup=group,
+            showlegend=group not in shown, opacity=0.5 if pruned else 0.9,
+            line={"dash": "dot" if pruned else "solid", "color": "#999" if pruned else None, "width": 1 if pruned else 2},
+            marker={"size": 4, "symbol": "x" if pruned else "circle"},
+            hovertext=f"trial {c['number']} ({c['state']}{': ' + c['reason'] if c['reason'] else ''})", hoverinfo="text+y",
+        ))
+        shown.add(group)
+    fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy")
+    return fig
+
+
+def _pareto(summary: dict[str, Any], cost: str, label: str, go: Any) -> Any:
+    points = summary["size"]
+    on_front = set(summary[f"pareto_{'params' if cost == 'n_params' else 'flops'}"])
+    front = sorted((p for p in points if p["number"] in on_front), key=lambda p: p[cost])
+    fig = go.Figure([
+        go.Scatter(x=[p[cost] for p in points], y=[p["value"] for p in points], mode="markers", name="trials",
+                   text=[f"#{p['number']} {p['arch']}" for p in points], marker={"color": "#8aa", "size": 7}),
+        go.Scatter(x=[p[cost] for p in front], y=[p["value"] for p in front], mode="lines+markers", name="Pareto front",
+                   line={"shape": "hv", "color": "#d62728"}, text=[f"#{p['number']} {p['arch']}" for p in front],
+                   marker={"size": 10}),
+    ])
+    fig.update_layout(xaxis_title=label, xaxis_type="log", yaxis_title="validation accuracy")
+    return fig
+
+
+def _export_figures(export: dict[str, Any], go: Any) -> list[tuple[str, str, Any]]:
+    classes, confusion = export["classes"], export["confusion"]
+    matrix = go.Figure(go.Heatmap(z=confusion, x=classes, y=classes, colorscale="Blues", text=confusion,
+                                  texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
+    matrix.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=550)
+    per_class = export["per_class_accuracy"]
+    bars = go.Figure(go.Bar(x=list(per_class), y=list(per_class.values()), text=[f"{v:.3f}" for v in per_class.values()]))
+    bars.update_layout(yaxis_title="test accuracy", yaxis_range=[0, 1])
+    where = f"trial #{export['trial']}, exported to {export.get('path', '?')}, test accuracy {export['test_accuracy']:.4f}"
+    return [("confusion", f"Test confusion matrix ({where})", matrix), ("per-class", "Test accuracy per class", bars)]
+
+
+def _header(summary: dict[str, Any], storage: str) -> str:
+    best = summary["best"]
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
+    return (f"<h1>Study {html.escape(summary['study'])}</h1><p>{html.escape(storage)} · {sum(summary['counts'].values())} "
+            f"trials ({html.escape(counts)}) · best validation accuracy <b>{best['val_accuracy']:.4f}</b> "
+            f"(trial #{best['number']}: {html.escape(best['arch'] or '')})</p>")
+
+
+def _top_table(rows: list[dict[str, Any]]) -> str:
+    head = "<tr><th>#</th><th>val acc</th><th>params</th><th>MFLOPs</th><th>epochs</th><th>seconds</th><th>architecture</th></tr>"
+    body = "".join(
+        f"<tr><td>{r['number']}</td><td>{r['val_accuracy']:.4f}</td><td>{r['n_params']:,}</td>"
+        f"<td>{r['flops'] / 1e6:.2f}</td><td>{r['epochs_run']}</td><td>{r['seconds'] or 0:.1f}</td>"
+        f"<td class=arch>{html.escape(r['arch'] or '')}</td></tr>"
+        for r in rows
+    )
+    return f'<section id="top"><h2>Top {len(rows)} trials</h2><table>{head}{body}</table></section>'
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 14px; }} td, th {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
+td.arch {{ text-align: left; font-family: monospace; }}
+section {{ margin-top: 2em; }}
+</style></head>
+<body>
+{header}
+{top}
+{figures}
+</body></html>
+"""

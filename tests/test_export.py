@@ -1,0 +1,82 @@
+"""The export folder's portable formats and `nas predict`, on a real exported model of a real study."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import optuna
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import nas
+from nas.cli import app
+from nas.data import load_dataset
+
+
+def test_onnx_and_torchscript_match_pytorch_at_any_batch_size(finished_study, idx_dir):
+    _, out = finished_study
+    model = nas.load_model(out)
+    session = onnxruntime.InferenceSession(out / "model.onnx", providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(out / "model.ts")
+    x = load_dataset("fashion-mnist", idx_dir).x_test.float() / 255  # real test images, as ToTensor gives them
+    for n in (1, 7, len(x)):
+        with torch.inference_mode():
+            expected = model(x[:n])
+            assert (scripted(x[:n]) - expected).abs().max().item() < 1e-4
+        got = session.run(["logits"], {"images": x[:n].numpy()})[0]
+        assert got.shape == (n, 10) and np.abs(got - expected.numpy()).max() < 1e-4
+
+
+def test_metrics_carry_the_confusion_matrix_and_the_study_records_the_export(finished_study, idx_dir):
+    db, out = finished_study
+    metrics = json.loads((out / "metrics.json").read_text())
+    confusion = np.array(metrics["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == len(load_dataset("fashion-mnist", idx_dir).y_test)
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(metrics["test_accuracy"])
+    per_class = np.diag(confusion) / confusion.sum(1)
+    assert list(per_class) == pytest.approx(list(metrics["per_class_accuracy"].values()))
+    assert metrics["onnx_max_abs_diff"] < 1e-4 and metrics["torchscript_max_abs_diff"] < 1e-4
+    recorded = optuna.load_study(study_name="tiny", storage=db).user_attrs["export"]
+    assert recorded["path"] == str(out.resolve()) and recorded["confusion"] == metrics["confusion"]
+
+
+def test_predict_classifies_png_files_and_npz_as_the_model_does(finished_study, idx_dir, tmp_path):
+    _, out = finished_study
+    ds = load_dataset("fashion-mnist", idx_dir)
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"test{i}.png")
+        Image.fromarray(ds.x_test[i, 0].numpy()).save(files[-1])
+    np.savez(tmp_path / "more.npz", x=ds.x_test[4:6, 0].numpy())
+    result = CliRunner().invoke(app, ["predict", str(out), *map(str, files), str(tmp_path / "more.npz"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    with torch.inference_mode():
+        probs = torch.softmax(nas.load_model(out)(ds.x_test[:6].float() / 255), 1)
+    assert [r["file"] for r in rows] == [*map(str, files), f"{tmp_path / 'more.npz'}[0]", f"{tmp_path / 'more.npz'}[1]"]
+    assert [r["top"][0]["class"] for r in rows] == [ds.classes[i] for i in probs.argmax(1)]
+    assert [r["top"][0]["probability"] for r in rows] == pytest.approx(probs.max(1).values.tolist(), abs=1e-6)
+    assert all(len(r["top"]) == 3 for r in rows)
+
+
+def test_predict_resizes_colour_photos_to_the_models_input(finished_study, tmp_path):
+    _, out = finished_study
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(photo)
+    result = CliRunner().invoke(app, ["predict", str(out), str(photo), "--top", 2])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{photo}: ") and result.output.count(".") >= 2
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: p.write_text("not an image"), "not an image PIL can read"),
+    (lambda p: None, "no such file"),
+])
+def test_predict_refuses_unreadable_files(finished_study, tmp_path, make, expected):
+    _, out = finished_study
+    bad = tmp_path / "bad.png"
+    make(bad)
+    result = CliRunner().invoke(app, ["predict", str(out), str(bad)])
+    assert result.exit_code == 2 and expected in " ".join(result.output.split())

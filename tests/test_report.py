@@ -1,0 +1,62 @@
+"""`nas report`: the data behind each figure, then the HTML file it writes (browser checks: test_browser.py)."""
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from typer.testing import CliRunner
+
+from nas.cli import app
+from nas.report import pareto_front, summarize
+
+
+def test_summary_holds_every_trial_and_the_export(finished_study):
+    db, _ = finished_study
+    study = optuna.load_study(study_name="tiny", storage=db)
+    s = summarize(study)
+    states = [t.state.name.lower() for t in study.trials]
+    assert s["counts"] == {st: states.count(st) for st in set(states)} and sum(s["counts"].values()) == 10
+    best = [h["best"] for h in s["history"]]
+    assert best == sorted(best) and best[-1] == study.best_value
+    trained = [t for t in study.trials if t.user_attrs.get("curve")]
+    assert [c["number"] for c in s["curves"]] == [t.number for t in trained]
+    assert all(c["epochs"] == list(range(1, len(c["val_acc"]) + 1)) for c in s["curves"])
+    assert [r["number"] for r in s["top"]] == [t.number for t in sorted(
+        (t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)][:10]
+    assert s["export"]["classes"][0] == "T-shirt/top" and len(s["export"]["confusion"]) == 10
+    assert set(s["pareto_params"]) <= {p["number"] for p in s["size"]}
+
+
+def _trial(number, value, n_params):
+    return optuna.trial.create_trial(value=value, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                                     user_attrs={"n_params": n_params, "flops": 2 * n_params})
+
+
+def test_pareto_front_keeps_only_trials_nothing_beats_on_both_accuracy_and_size():
+    trials = [_trial(0, 0.80, 1000), _trial(1, 0.85, 5000), _trial(2, 0.83, 6000), _trial(3, 0.90, 9000),
+              _trial(4, 0.79, 1000), _trial(5, 0.90, 20000)]
+    for i, t in enumerate(trials):
+        t.number = i
+    assert pareto_front(trials, "n_params") == [0, 1, 3]
+    assert pareto_front(trials, "flops") == [0, 1, 3]
+
+
+def test_report_is_one_offline_html_file_with_every_section(finished_study, tmp_path):
+    db, _ = finished_study
+    out = tmp_path / "r" / "report.html"
+    result = CliRunner().invoke(app, ["report", "--storage", db, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    for section in ("top", "history", "curves", "importances", "parallel", "slices", "pareto-params",
+                    "pareto-flops", "confusion", "per-class"):
+        assert f'id="{section}"' in page, section
+    assert "<script src=" not in page and page.count("plotly.js v") >= 1  # the library is inlined, nothing fetched
+    assert "Ankle boot" in page and list(out.parent.iterdir()) == [out]  # class names; no temp file left
+
+
+def test_report_of_a_study_without_completed_trials_says_so(tmp_path):
+    db = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="empty", storage=db, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    result = CliRunner().invoke(app, ["report", "--storage", db, "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and "no completed trial yet" in result.output
+    assert not (tmp_path / "r.html").exists()
