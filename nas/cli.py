@@ -6,6 +6,7 @@ the commands, so `nas --help` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -34,6 +35,22 @@ def _check_device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
         raise typer.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
     return value
+
+
+def _check_workers(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise typer.BadParameter(f"expected a number of workers (1, 2, ...) or auto, got {value!r}")
+    return value
+
+
+def _threads_per_worker(n_workers: int, device: str) -> int | None:
+    """Several workers split the cores between them; one keeps torch's default (all of them)."""
+    import os
+
+    if n_workers == 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // n_workers)
 
 
 def _one_of(*allowed: str):
@@ -93,74 +110,106 @@ def search(
     heartbeat: Annotated[
         int, typer.Option("--heartbeat", min=1, help="Seconds between liveness beats; a trial silent for 3 beats is re-run.")
     ] = 10,
+    workers: Annotated[
+        str, typer.Option("--workers", callback=_check_workers, help="Worker processes on this machine: N or auto.")
+    ] = "1",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a study, or continue it: trials are added to what the study already has."""
     with _user_errors():
-        from nas import data, objective, space as spaces, study as studies, train
+        from nas import space as spaces, study as studies
 
         studies.quiet_optuna()
         sp = spaces.load_space(space)
-        baselines = spaces.baseline_params(sp)  # fail on a bad baseline before any work
-        dev = train.pick_device(device)
-        ds = data.load_dataset(dataset or sp.dataset, data_dir)
+        spaces.baseline_params(sp)  # fail on a bad baseline before any work
+        n_workers = studies.auto_workers(device) if workers == "auto" else int(workers)
+        n_workers = min(n_workers, trials)
+        devices = studies.worker_devices(device, n_workers)
         epochs = epochs or sp.epochs
-        wanted = {"dataset": ds.name, "val_fraction": sp.val_fraction, "split_seed": seed, "subset": subset or sp.subset}
-        st = studies.open_study(study or sp.name, storage, sampler, pruner, seed, epochs, wanted, baselines, heartbeat)
-        split = st.user_attrs["data"]  # a resumed study keeps the split it started with
-        prepared = objective.prepare_search_data(ds, split["val_fraction"], split["split_seed"], dev, split["subset"])
-        n_done = len(st.get_trials(deepcopy=False, states=studies.FINISHED))
+        job = studies.SearchJob(
+            space=str(space), study=study or sp.name, storage=storage, dataset=dataset or sp.dataset,
+            data_dir=str(data_dir) if data_dir else None, device=devices[0], epochs=epochs, subset=subset or sp.subset,
+            sampler=sampler, pruner=pruner, seed=seed, heartbeat=heartbeat, trials=trials, timeout=timeout,
+            threads=_threads_per_worker(n_workers, devices[0]),
+        )
+        state: dict[str, Any] = {"done": 0, "pruned": 0, "best": None}
+        st, obj = studies.start_search(job)
         quiet = quiet or json_out
         if not quiet:
+            n_done = len(st.get_trials(deepcopy=False, states=studies.FINISHED))
+            n_baselines = sum(t.state.name == "WAITING" for t in st.get_trials(deepcopy=False))
+            data, where = obj.data, ", ".join(sorted(set(devices)))
             console.print(
                 f"study [bold]{st.study_name}[/] in {storage}: {n_done} finished trials so far"
-                f"{f', {len(baselines)} baselines first' if baselines and not n_done else ''}; "
-                f"{ds.name} {len(prepared.train)} train / {len(prepared.val)} val images on {dev}, {epochs} epochs per trial"
+                f"{f', {n_baselines} baselines first' if n_baselines and not n_done else ''}; "
+                f"{len(data.train)} train / {len(data.val)} val images on {where}, {epochs} epochs per trial"
+                + (f"; {n_workers} workers × {job.threads} thread{'s' if job.threads > 1 else ''}" if n_workers > 1 else "")
             )
-        state: dict[str, Any] = {"done": 0, "pruned": 0}
+        state["best"] = _best_value(st)
         with _progress(quiet) as bar:
             task = bar.add_task("starting", total=trials)
 
             def on_epoch(number: int, record: Any) -> None:
-                best = _best_value(st)
+                best = state["best"]
                 bar.update(task, description=(
                     f"trial {state['done'] + 1}/{trials} (#{number}) epoch {record.epoch}/{epochs} "
                     f"val {record.val_acc:.4f}" + (f" · best {best:.4f}" if best is not None else "")
                     + f" · pruned {state['pruned']}"))
 
-            def on_trial(_study: Any, t: Any) -> None:
+            def on_trial(row: dict[str, Any]) -> None:
                 state["done"] += 1
-                state["pruned"] += t.state.name == "PRUNED"
+                state["pruned"] += row["state"] == "pruned"
+                if row["state"] == "complete":
+                    state["best"] = max(state["best"] or 0.0, row["val_accuracy"])
                 bar.update(task, advance=1, description=f"trial {state['done'] + 1}/{trials} starting · pruned {state['pruned']}")
                 if quiet:
                     return
-                row = studies.trial_row(t)
                 value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
-                bar.console.print(f"#{t.number:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  "
+                bar.console.print(f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  "
                                   f"{row['arch']}" + (f"  [dim]({row['reason']})[/]" if row["reason"] else ""),
                                   highlight=False)
 
-            obj = objective.Objective(sp, prepared, epochs, dev, seed, on_epoch=on_epoch)
+            def on_event(event: tuple) -> None:
+                kind, worker, *rest = event
+                if kind == "epoch":
+                    on_epoch(*rest)
+                elif kind == "trial":
+                    on_trial(rest[0])
+                else:
+                    err_console.print(f"[bold red]worker {worker}:[/] {rest[0]}", highlight=False, soft_wrap=True)
+
             try:
-                studies.run_search(st, obj, trials, timeout, on_trial)
+                if n_workers == 1:
+                    obj.on_epoch = on_epoch
+                    studies.run_search(st, obj, trials, timeout, lambda _s, t: on_trial(studies.trial_row(t)))
+                else:
+                    del obj  # each worker builds its own, on its own device
+                    jobs = [dataclasses.replace(job, device=d, worker=i, trials=trials // n_workers + (i < trials % n_workers))
+                            for i, d in enumerate(devices)]
+                    codes = studies.run_workers(jobs, on_event)
+                    if any(codes):
+                        err_console.print(f"worker exit codes {codes}: a worker that died leaves its trial to be "
+                                          "re-run by the next search (heartbeat).", highlight=False)
             except KeyboardInterrupt:
-                given = {"--dataset": dataset, "--data-dir": data_dir, "--epochs": epochs if epochs != sp.epochs else None}
+                given = {"--dataset": dataset, "--data-dir": data_dir, "--epochs": epochs if epochs != sp.epochs else None,
+                         "--workers": workers if workers != "1" else None}
                 extra = "".join(f" {k} {v}" for k, v in given.items() if v is not None)
                 err_console.print(
-                    f"interrupted: {state['done']} finished trials of this run are saved, the running one is marked "
-                    f"failed (interrupted). Resume with: nas search --space {space} --study {st.study_name} "
-                    f"--storage {storage}{extra} --trials {trials - state['done']}", highlight=False, soft_wrap=True)
+                    f"interrupted: {state['done']} finished trials of this run are saved, the running "
+                    f"{'ones are' if n_workers > 1 else 'one is'} marked failed (interrupted). Resume with: nas search "
+                    f"--space {space} --study {st.study_name} --storage {storage}{extra} --trials {trials - state['done']}",
+                    highlight=False, soft_wrap=True)
                 raise typer.Exit(130)
         rows = [studies.trial_row(t) for t in _top_or_empty(st, 5)]
-        states = [t.state.name.lower() for t in st.trials]
+        states = [t.state.name.lower() for t in st.get_trials(deepcopy=False)]
         if json_out:
             counts = {s: states.count(s) for s in sorted(set(states))}
             print(json.dumps({"study": st.study_name, "storage": storage, "trials": len(states), "states": counts,
-                              "best": rows}, indent=2))
+                              "workers": n_workers, "best": rows}, indent=2))
             return
         counts = ", ".join(f"{states.count(s)} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed")) if s in states)
-        console.print(f"{len(st.trials)} trials in study {st.study_name!r}" + (f" ({counts})" if counts else "") + ". Best:")
+        console.print(f"{len(states)} trials in study {st.study_name!r}" + (f" ({counts})" if counts else "") + ". Best:")
         console.print(_trials_table(rows))
 
 

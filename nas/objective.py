@@ -1,11 +1,14 @@
 """The Optuna objective: sample -> build -> fit, reporting every epoch so the pruner can stop a trial.
 
 Each trial stores what the report and export need as user attrs: the ArchSpec, its one-line form,
-seed, epochs, parameter count, FLOPs, per-epoch curve, seconds, and why it was pruned or failed.
+seed, epochs, the worker (host:pid) that ran it, parameter count, FLOPs, per-epoch curve, seconds,
+and why it was pruned or failed.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, NoReturn
@@ -101,7 +104,9 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         spec = sample(self.space, trial)
         seed = self.seed + trial.number
-        for key, value in {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs}.items():
+        attrs = {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs,
+                 "worker": f"{socket.gethostname()}:{os.getpid()}"}  # which process ran it, for the dashboard and logs
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
         try:
             model = new_model(spec, self.data, seed, self.device)

@@ -6,8 +6,14 @@ wires them, and records on the study what a resume or an export must reproduce (
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import queue
+import signal
+import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -122,8 +128,12 @@ def open_study(
     data_attrs: dict[str, Any],
     baselines: Sequence[dict[str, Any]] = (),
     heartbeat: int = 10,
+    worker: int = 0,
 ) -> optuna.Study:
-    """Create the study, or resume it; a new one gets the `baselines` (trial parameters) enqueued first."""
+    """Create the study, or resume it; a new one gets the `baselines` (trial parameters) enqueued first.
+
+    `worker` tells apart processes that open the study together, so their samplers draw differently.
+    """
     rdb = open_storage(storage, heartbeat, create=True)
     kwargs = {"study_name": name, "storage": rdb, "pruner": make_pruner(pruner, epochs)}
     if name in optuna.get_all_study_names(rdb):  # resume: check before writing anything
@@ -143,7 +153,7 @@ def open_study(
                 f"resume it with the same --{key}, or pass a new --study name."
             )
     # A resumed run must not replay the first run's random draws: seed by how far the study got.
-    study.sampler = make_sampler(sampler, seed + len(study.trials))
+    study.sampler = make_sampler(sampler, seed + len(study.trials) + 10_007 * worker)
     return study
 
 
@@ -214,3 +224,122 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "arch": a.get("arch"),
         "reason": a.get("reason"),
     }
+
+
+# --- one search, in this process or in N worker processes ------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """Everything one search process needs, as plain (picklable) data."""
+
+    space: str
+    study: str
+    storage: str
+    dataset: str
+    data_dir: str | None
+    device: str
+    epochs: int
+    subset: int | None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    heartbeat: int = 10
+    trials: int = 1
+    timeout: float | None = None
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default (all cores)
+    worker: int = 0
+
+
+def start_search(job: SearchJob, on_epoch: Callable[[int, Any], None] | None = None) -> tuple[optuna.Study, Any]:
+    """Open (or create) the job's study and build its objective: (study, objective)."""
+    import torch
+
+    from nas import data, objective, space as spaces
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    sp = spaces.load_space(job.space)
+    ds = data.load_dataset(job.dataset, job.data_dir)
+    wanted = {"dataset": ds.name, "val_fraction": sp.val_fraction, "split_seed": job.seed, "subset": job.subset}
+    st = open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
+                    spaces.baseline_params(sp), job.heartbeat, job.worker)
+    split = st.user_attrs["data"]  # a resumed study keeps the split it started with
+    device = torch.device(job.device)
+    prepared = objective.prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
+    return st, objective.Objective(sp, prepared, job.epochs, device, job.seed, on_epoch=on_epoch)
+
+
+def worker_devices(device: str, n: int) -> list[str]:
+    """The device of each of `n` workers: `auto`/`cuda` spread them over all GPUs, else all share `device`."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(n)]
+    return ["cpu" if device == "auto" else device] * n
+
+
+def auto_workers(device: str) -> int:
+    """How many workers `--workers auto` runs: see docs/benchmarks.md for the measurements behind it."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device != "cpu" and torch.cuda.is_available():
+        return max(1, min(4 * torch.cuda.device_count(), cores))  # small nets leave a GPU idle between kernels
+    return max(1, min(cores, 8))  # one single-threaded worker per core beats threads inside one small net
+
+
+def run_workers(jobs: list[SearchJob], on_event: Callable[[tuple], None]) -> list[int | None]:
+    """Run each job in its own process; `on_event` gets their progress here. Returns their exit codes.
+
+    Events: ("epoch", worker, trial number, EpochRecord), ("trial", worker, trial_row), ("error", worker, message).
+    A Ctrl-C here is passed on to the workers, which mark their running trials interrupted and stop.
+    """
+    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's torch and SQLite state
+    events = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(job, events), name=f"nas-worker-{job.worker}") for job in jobs]
+    for p in procs:
+        p.start()
+
+    def drain(wait: float) -> None:
+        try:
+            on_event(events.get(timeout=wait))
+            while True:
+                on_event(events.get_nowait())
+        except queue.Empty:
+            pass
+
+    try:
+        while any(p.is_alive() for p in procs):
+            drain(0.2)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    finally:
+        for p in procs:
+            p.join()
+        drain(0)
+    return [p.exitcode for p in procs]
+
+
+def _worker(job: SearchJob, events: Any) -> None:
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        quiet_optuna()
+        st, obj = start_search(job, on_epoch=lambda number, record: events.put(("epoch", job.worker, number, record)))
+        run_search(st, obj, job.trials, job.timeout, lambda _s, t: events.put(("trial", job.worker, trial_row(t))))
+    except KeyboardInterrupt:
+        pass  # the objective marked the running trial interrupted
+    except NasError as e:
+        events.put(("error", job.worker, str(e)))
+        sys.exit(2)
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """Ctrl-C in a terminal reaches every worker and the parent passes it on too: act on the first only."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt

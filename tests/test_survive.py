@@ -38,8 +38,8 @@ def search(space, storage, idx_dir, trials, *extra):
                  "--pruner", "none", *extra)
 
 
-def wait_for_running(storage: str, name: str, n_complete: int, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
-    """Poll the storage until `n_complete` trials are done and another is training; return that one."""
+def wait_for_running(storage: str, name: str, n_complete: int, proc: subprocess.Popen, n_running: int = 1):
+    """Poll the storage until `n_complete` trials are done and `n_running` are training; return the first."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, finish(proc)
@@ -48,7 +48,7 @@ def wait_for_running(storage: str, name: str, n_complete: int, proc: subprocess.
         except KeyError:  # not created yet
             trials = []
         running = [t for t in trials if t.state == State.RUNNING and t.intermediate_values]  # inside `fit`
-        if sum(t.state == State.COMPLETE for t in trials) >= n_complete and running:
+        if sum(t.state == State.COMPLETE for t in trials) >= n_complete and len(running) >= n_running:
             return running[0]
         time.sleep(0.2)
     raise AssertionError("the worker never got there")
@@ -111,6 +111,35 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_p
     trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
     finished = [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
     assert len(finished) == 2 and left == 1
+
+
+def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(storage, tmp_path, idx_dir):
+    space = tmp_path / "quick.yaml"
+    name = f"workers-{os.getpid()}-{storage[:5]}"
+    space.write_text(QUICK_TRIALS.replace("name: quick", f"name: {name}"))
+    proc = search(space, storage, idx_dir, 9, "--workers", 3, "--sampler", "random")
+    code, out, err = finish(proc)
+    assert code == 0 and "3 workers × 1 thread" in " ".join(out.split()), out + err
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    assert len(trials) == 9 and all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 3 and f":{proc.pid}" not in " ".join(workers)  # not the parent process
+    assert len({t.params["lr"] for t in trials}) == 9  # each worker's sampler draws its own values
+
+
+def test_ctrl_c_stops_every_worker_and_marks_their_trials_interrupted(tmp_path, long_space, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
+    proc = search(long_space, db, idx_dir, 4, "--workers", 2)
+    wait_for_running(db, study_name, 0, proc, n_running=2)
+    proc.send_signal(signal.SIGINT)  # to the parent only: it passes it on
+    code, out, err = finish(proc)
+    assert code == 130 and "Traceback" not in err, out + err
+    hint = " ".join(err.split())
+    assert "--workers 2" in hint and "--trials 4" in hint
+    trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
+    assert [t.state for t in trials] == [State.FAIL, State.FAIL]
+    assert all(t.user_attrs["reason"] == "interrupted" for t in trials)
 
 
 def test_three_workers_on_postgresql_run_exactly_the_requested_trials(postgres_url, tmp_path, idx_dir):
