@@ -39,7 +39,7 @@ def _check_device(value: str) -> str:
 
 def _check_workers(value: str) -> str:
     if value != "auto" and not (value.isdigit() and int(value) >= 1):
-        raise typer.BadParameter(f"expected a number of workers (1, 2, ...) or auto, got {value!r}")
+        raise typer.BadParameter(f"expected a count ≥ 1 or auto, got {value!r}")
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,17 @@ def export_into_existing(tmp: Path) -> list:
     (tmp / "out").mkdir()
     (tmp / "out" / "keep").write_text("the user's file")
     return ["best", "--storage", studied(tmp), "--export", tmp / "out", "--data-dir", tmp / "data"]
+
+
+_held = []  # sockets kept open while the case runs
+
+
+def busy_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    _held.append(sock)
+    return sock.getsockname()[1]
 
 
 def idx_damage(name, fn):
@@ -142,6 +154,14 @@ CASES = [
      "was searched with dataset 'fashion-mnist'"),
     ("export: target exists", lambda t: export_into_existing(t), 2,
      "already exists; pass --force to replace it"),
+    ("cli: bad worker count", lambda t: search(t, GOOD, "--workers", "0"), 2,
+     "expected a count ≥ 1 or auto, got '0'"),
+    ("report: no completed trial", lambda t: ["report", "--storage", studied(t, 0), "--out", t / "r.html"], 2,
+     "has no completed trial yet"),
+    ("dashboard: port in use", lambda t: ["dashboard", "--storage", studied(t, 0), "--port", busy_port()], 2,
+     "pass another --port, or 0 for any free one"),
+    ("predict: not an export folder", lambda t: ["predict", t, t / "a.png"], 2,
+     "missing model.pt, arch.yaml, metrics.json"),
 ]
 
 

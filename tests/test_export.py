@@ -70,13 +70,17 @@ def test_predict_resizes_colour_photos_to_the_models_input(finished_study, tmp_p
     assert result.output.startswith(f"{photo}: ") and result.output.count(".") >= 2
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda p: p.write_text("not an image"), "not an image PIL can read"),
-    (lambda p: None, "no such file"),
-])
-def test_predict_refuses_unreadable_files(finished_study, tmp_path, make, expected):
+@pytest.mark.parametrize("name, make, expected", [
+    ("bad.png", lambda p: p.write_text("not an image"), "not an image PIL can read"),
+    ("gone.png", lambda p: None, "no such file"),
+    ("small.npz", lambda p: np.savez(p, x=np.zeros((2, 6, 6), np.uint8)), "are 1×6×6 (C×H×W) but the model takes 1×28×28"),
+    ("float.npz", lambda p: np.savez(p, x=np.zeros((2, 28, 28))), "expected uint8 images N×H×W or N×H×W×C"),
+    ("two.npz", lambda p: np.savez(p, a=np.zeros(1), b=np.zeros(1)), "which array holds the images? Name it x"),
+], ids=["predict: not an image", "predict: missing file", "predict: wrong size", "predict: npz floats",
+        "predict: npz ambiguous"])
+def test_predict_refuses_unreadable_files(finished_study, tmp_path, name, make, expected):
     _, out = finished_study
-    bad = tmp_path / "bad.png"
+    bad = tmp_path / name
     make(bad)
     result = CliRunner().invoke(app, ["predict", str(out), str(bad)])
     assert result.exit_code == 2 and expected in " ".join(result.output.split())
