@@ -24,6 +24,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
 POOLS = ("max", "avg", "none")
 PADDINGS = ("valid", "same")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
+AUGMENTS = ("none", "flip", "crop", "crop_flip")  # done in batch on the training device (train.augment)
 INITS = ("default", "xavier", "kaiming", "normal")
 
 
@@ -106,6 +107,7 @@ _TRAINING = {
     "batch_size": _Kind("int", 256, low=1, high=1 << 20),
     "weight_decay": _Kind("float", 0.0, low=0.0, high=1.0),
     "momentum": _Kind("float", 0.9, low=0.0, high=1.0),  # used by sgd only, sampled only for sgd
+    "augment": _Kind("name", "none", AUGMENTS),
 }
 _INIT = _Kind("name", "default", INITS)
 _COUNT = _Kind("int", 2, low=0, high=64)
@@ -139,6 +141,7 @@ class TrainSpec:
     batch_size: int
     weight_decay: float
     momentum: float
+    augment: str = "none"  # specs stored before augmentation existed have none
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,8 @@ class ArchSpec:
         t = self.training
         opt = f"{t.optimizer} lr={t.lr:.2g} bs={t.batch_size}" + (f" wd={t.weight_decay:.2g}" if t.weight_decay else "")
         init = "" if self.init == "default" else f" init={self.init}"
-        return " → ".join(parts) + f" | {opt}{init}"
+        aug = "" if t.augment == "none" else f" aug={t.augment}"
+        return " → ".join(parts) + f" | {opt}{init}{aug}"
 
 
 # ---------------------------------------------------------------------------------------------

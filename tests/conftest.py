@@ -142,7 +142,7 @@ def postgres_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory, idx_dir):
-    """A real 10-trial search on the tiny data, with its best trial exported: (storage URL, export dir)."""
+    """A real 30-trial search on the tiny data, with its best trial exported: (storage URL, export dir)."""
     from typer.testing import CliRunner
 
     from nas.cli import app
@@ -151,7 +151,7 @@ def finished_study(tmp_path_factory, idx_dir):
     space = folder / "tiny.yaml"
     space.write_text(TINY_SPACE)
     db, out = f"sqlite:///{folder}/nas.db", folder / "export"
-    for args in (["search", "--space", space, "--trials", 10, "--quiet"],
+    for args in (["search", "--space", space, "--trials", 30, "--quiet"],
                  ["best", "--export", out, "--retrain-epochs", 3, "--quiet"]):
         result = CliRunner().invoke(app, [str(a) for a in args] + ["--storage", db, "--data-dir", str(idx_dir)])
         assert result.exit_code == 0, result.output

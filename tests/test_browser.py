@@ -72,7 +72,7 @@ def test_dashboard_serves_the_study_and_stops_on_ctrl_c(browser, finished_study)
         page = open_page(browser, url.split("studies/")[0])
         page.get_by_text("tiny").first.wait_for(timeout=20000)
         page.goto(url + "/trials")
-        page.get_by_text("10 Trials").wait_for(timeout=20000)
+        page.get_by_text("30 Trials").wait_for(timeout=20000)
         assert page.problems == []
         page.close()
     finally:

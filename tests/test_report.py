@@ -14,7 +14,7 @@ def test_summary_holds_every_trial_and_the_export(finished_study):
     study = optuna.load_study(study_name="tiny", storage=db)
     s = summarize(study)
     states = [t.state.name.lower() for t in study.trials]
-    assert s["counts"] == {st: states.count(st) for st in set(states)} and sum(s["counts"].values()) == 10
+    assert s["counts"] == {st: states.count(st) for st in set(states)} and sum(s["counts"].values()) == 30
     best = [h["best"] for h in s["history"]]
     assert best == sorted(best) and best[-1] == study.best_value
     trained = [t for t in study.trials if t.user_attrs.get("curve")]
