@@ -90,9 +90,8 @@ def fit(
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, train_acc = train_one_epoch(model, train, opt, batch_size, shuffle, augment)
-            val_acc = evaluate(model, val)
+        loss, train_acc = train_one_epoch(model, train, opt, batch_size, shuffle, augment, dtype)
+        val_acc = evaluate(model, val, dtype)
         if not math.isfinite(loss):
             raise Diverged(epoch)
         record = EpochRecord(epoch, loss, train_acc, val_acc, time.perf_counter() - start)
@@ -117,6 +116,7 @@ def train_one_epoch(
     batch_size: int,
     shuffle: torch.Generator,
     augment: str = "none",
+    dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
     """One pass over `data` in shuffled batches; returns (mean loss, accuracy) read once at the end."""
     model.train()
@@ -129,7 +129,8 @@ def train_one_epoch(
         x, y = data.x[idx], data.y[idx]
         if augment != "none":
             x = augment_batch(x, augment, shuffle)
-        logits = model(_as_input(x))
+        with _autocast(x.device, dtype):  # the forward pass only; backward follows the dtypes it chose
+            logits = model(_as_input(x))
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,10 +157,15 @@ def augment_batch(x: torch.Tensor, augment: str, gen: torch.Generator) -> torch.
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Predicted class of every uint8 image in `x`, in large batches."""
     model.eval()
-    return torch.cat([model(_as_input(x[i : i + EVAL_BATCH])).argmax(1) for i in range(0, len(x), EVAL_BATCH)])
+    with _autocast(x.device, dtype):
+        return torch.cat([model(_as_input(x[i : i + EVAL_BATCH])).argmax(1) for i in range(0, len(x), EVAL_BATCH)])
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def _as_input(x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +173,7 @@ def _as_input(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255).contiguous(memory_format=torch.channels_last)
 
 
-def evaluate(model: nn.Module, data: Split) -> float:
+def evaluate(model: nn.Module, data: Split, dtype: torch.dtype | None = None) -> float:
     """Accuracy on `data`."""
-    return (predict(model, data.x) == data.y).float().mean().item() if len(data) else float("nan")
+    return (predict(model, data.x, dtype) == data.y).float().mean().item() if len(data) else float("nan")
 

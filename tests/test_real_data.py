@@ -1,13 +1,19 @@
 """On the real Fashion-MNIST, where it is installed (CI installs Debian's dataset-fashion-mnist)."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from typer.testing import CliRunner
 
+from nas.cli import app
 from nas.data import load_dataset
-from nas.objective import prepare_final_data, score_on_test, train_spec
+from nas.export import describe_model, write_export
+from nas.objective import new_model, prepare_final_data, score_on_test, train_spec
 from nas.space import load_space, sample
+from nas.train import fit
 
 REAL = Path("/usr/share/datasets/fashion-mnist")
 SPACES = Path(__file__).parent.parent / "search_spaces"
@@ -27,8 +33,32 @@ def test_the_debian_files_load_whole_and_balanced():
 
 
 @pytest.mark.slow
-def test_the_tutorial_lenet_learns_in_two_epochs():
+def test_the_tutorial_lenet_learns_in_two_epochs_and_predict_names_real_test_images(tmp_path):
     ds = load_dataset("fashion-mnist", REAL)
     data = prepare_final_data(ds, torch.device("cpu"))
-    model, history = train_spec(sample(load_space(SPACES / "seed_lenet.yaml")), data, 2, 0, torch.device("cpu"))
-    assert score_on_test(model, data.val, ds.classes)["test_accuracy"] >= 0.80
+    spec = sample(load_space(SPACES / "seed_lenet.yaml"))
+    model, history = train_spec(spec, data, 2, 0, torch.device("cpu"))
+    metrics = describe_model(model, spec, ds) | score_on_test(model, data.val, ds.classes) | {"epochs": 2}
+    assert metrics["test_accuracy"] >= 0.80
+    write_export(tmp_path / "e", model, spec, metrics, data.val.x)
+    files = []
+    for i in range(20):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(ds.x_test[i, 0].numpy()).save(files[-1])
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "e"), *map(str, files), "--top", 1, "--json"])
+    assert result.exit_code == 0, result.output
+    said = [row["top"][0]["class"] for row in json.loads(result.stdout)]
+    assert sum(s == ds.classes[y] for s, y in zip(said, ds.y_test[:20])) >= 16  # the model is ~85% right
+
+
+@pytest.mark.slow
+def test_bf16_autocast_learns_as_well_as_fp32():
+    """The GPU's default precision path, run on the CPU: it must train, not just run."""
+    ds = load_dataset("fashion-mnist", REAL)
+    data = prepare_final_data(ds, torch.device("cpu"))
+    spec = sample(load_space(SPACES / "seed_lenet.yaml"))
+    acc = {}
+    for precision in ("fp32", "bf16"):
+        model = new_model(spec, data, 0, torch.device("cpu"))
+        acc[precision] = fit(model, data.train, data.val, epochs=1, precision=precision, **vars(spec.training))[-1].val_acc
+    assert acc["bf16"] >= 0.75 and abs(acc["bf16"] - acc["fp32"]) < 0.03, acc
