@@ -180,6 +180,7 @@ def search(
                     err_console.print(f"[bold red]worker {worker}:[/] {rest[0]}", highlight=False, soft_wrap=True)
 
             try:
+                failed = []
                 if n_workers == 1:
                     obj.on_epoch = on_epoch
                     studies.run_search(st, obj, trials, timeout, lambda _s, t: on_trial(studies.trial_row(t)))
@@ -187,12 +188,11 @@ def search(
                     del obj  # each worker builds its own, on its own device
                     jobs = [dataclasses.replace(job, device=d, worker=i, trials=trials // n_workers + (i < trials % n_workers))
                             for i, d in enumerate(devices)]
-                    codes = studies.run_workers(jobs, on_event)
-                    if any(codes):
-                        err_console.print(f"worker exit codes {codes}: a worker that died leaves its trial to be "
-                                          "re-run by the next search (heartbeat).", highlight=False)
+                    failed = [c for c in studies.run_workers(jobs, on_event) if c]
             except KeyboardInterrupt:
                 given = {"--dataset": dataset, "--data-dir": data_dir, "--epochs": epochs if epochs != sp.epochs else None,
+                         "--subset": subset, "--seed": seed or None, "--device": device if device != "auto" else None,
+                         "--sampler": sampler if sampler != "tpe" else None, "--pruner": pruner if pruner != "median" else None,
                          "--workers": workers if workers != "1" else None}
                 extra = "".join(f" {k} {v}" for k, v in given.items() if v is not None)
                 err_console.print(
@@ -206,11 +206,15 @@ def search(
         if json_out:
             counts = {s: states.count(s) for s in sorted(set(states))}
             print(json.dumps({"study": st.study_name, "storage": storage, "trials": len(states), "states": counts,
-                              "workers": n_workers, "best": rows}, indent=2))
-            return
+                              "workers": n_workers, "failed_workers": len(failed), "best": rows}, indent=2))
+            raise typer.Exit(1 if failed else 0)
         counts = ", ".join(f"{states.count(s)} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed")) if s in states)
         console.print(f"{len(states)} trials in study {st.study_name!r}" + (f" ({counts})" if counts else "") + ". Best:")
         console.print(_trials_table(rows))
+        if n_workers > 1 and failed:
+            err_console.print(f"{len(failed)} of {n_workers} workers stopped with an error (exit codes {failed}); a trial "
+                              "left running is re-run by the next search once its heartbeat stops.", highlight=False)
+            raise typer.Exit(1)
 
 
 @app.command()

@@ -142,6 +142,20 @@ def test_ctrl_c_stops_every_worker_and_marks_their_trials_interrupted(tmp_path, 
     assert all(t.user_attrs["reason"] == "interrupted" for t in trials)
 
 
+def test_a_killed_worker_process_leaves_the_others_running_and_exit_1(tmp_path, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "medium.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: medium").replace("epochs: 150", "epochs: 60"))
+    proc = search(space, db, idx_dir, 4, "--workers", 2, "--heartbeat", 1)
+    victim = wait_for_running(db, "medium", 0, proc, n_running=2)
+    os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 1 and "1 of 2 workers stopped with an error" in " ".join(err.split()), out + err
+    trials = optuna.load_study(study_name="medium", storage=db).get_trials()
+    assert trials[victim.number].state == State.RUNNING  # until a later search sees its heartbeat stopped
+    assert sum(t.state == State.COMPLETE for t in trials) == 2  # the other worker did its share
+
+
 def test_three_workers_on_postgresql_run_exactly_the_requested_trials(postgres_url, tmp_path, idx_dir):
     space = tmp_path / "quick.yaml"
     space.write_text(QUICK_TRIALS.replace("name: quick", "name: three-workers"))
