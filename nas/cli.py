@@ -43,16 +43,6 @@ def _check_workers(value: str) -> str:
     return value
 
 
-def _threads_per_worker(n_workers: int, device: str) -> int | None:
-    """Several workers split the cores between them; one keeps torch's default (all of them)."""
-    import os
-
-    if n_workers == 1:
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // n_workers)
-
-
 def _one_of(*allowed: str):
     def check(value: str) -> str:
         if value not in allowed:
@@ -131,7 +121,7 @@ def search(
             space=str(space), study=study or sp.name, storage=storage, dataset=dataset or sp.dataset,
             data_dir=str(data_dir) if data_dir else None, device=devices[0], epochs=epochs, subset=subset or sp.subset,
             sampler=sampler, pruner=pruner, seed=seed, heartbeat=heartbeat, trials=trials, timeout=timeout,
-            threads=_threads_per_worker(n_workers, devices[0]),
+            threads=studies.threads_per_worker(n_workers),
         )
         state: dict[str, Any] = {"done": 0, "pruned": 0, "best": None}
         st, obj = studies.start_search(job)

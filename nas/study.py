@@ -283,10 +283,19 @@ def auto_workers(device: str) -> int:
     """How many workers `--workers auto` runs: see docs/benchmarks.md for the measurements behind it."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if device != "cpu" and torch.cuda.is_available():
-        return max(1, min(4 * torch.cuda.device_count(), cores))  # small nets leave a GPU idle between kernels
-    return max(1, min(cores, 8))  # one single-threaded worker per core beats threads inside one small net
+        gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 1
+        return max(1, min(4 * gpus, _cores()))  # one small net leaves a GPU idle between its kernels
+    return max(1, min(_cores(), 8))  # one single-threaded worker per core beats threads inside one small net
+
+
+def threads_per_worker(n_workers: int) -> int | None:
+    """Several workers split the cores between them; one keeps torch's default (all of them)."""
+    return None if n_workers == 1 else max(1, _cores() // n_workers)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_workers(jobs: list[SearchJob], on_event: Callable[[tuple], None]) -> list[int | None]:
