@@ -100,3 +100,19 @@ def test_a_trial_that_raises_fails_alone_with_its_reason_and_the_study_goes_on(p
     assert first.state == optuna.trial.TrialState.FAIL
     assert first.user_attrs["reason"] == "failed: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert second.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_no_network_outlives_its_trial(tiny_space, prepared):
+    """Nothing accumulates across trials: after each one, no model (and so no weight tensor) is left alive."""
+    import gc
+
+    def live_models():
+        gc.collect()
+        return sum(type(o) is torch.nn.Sequential for o in gc.get_objects())
+
+    before = live_models()
+    counts = []
+    study = _study(optuna.pruners.MedianPruner(n_startup_trials=2))
+    study.optimize(Objective(sp.load_space(tiny_space), prepared, epochs=2, device=CPU), n_trials=8,
+                   callbacks=[lambda *_: counts.append(live_models())])
+    assert counts == [before] * 8
