@@ -57,7 +57,8 @@ StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (de
 StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).")]
 DatasetOpt = Annotated[
     Optional[str],
-    typer.Option("--dataset", help="fashion-mnist, mnist, kmnist, cifar10 or a .npz path (default: the space's)."),
+    typer.Option("--dataset", help="fashion-mnist, mnist, kmnist, cifar10, an .npz file or an image folder "
+                                   "(default: the space's)."),
 ]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", callback=_check_device)]

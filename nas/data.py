@@ -101,7 +101,7 @@ class Split:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """A named dataset (fashion-mnist, mnist, kmnist, cifar10) or a path to an `.npz` file."""
+    """A named dataset (fashion-mnist, mnist, kmnist, cifar10), an `.npz` file or an image folder."""
     if name in NAMED:
         folder = _find(name, data_dir) or _download(name, data_dir)
         reader = _read_cifar if name == "cifar10" else _read_idx_set
@@ -116,9 +116,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     path = Path(name)
     if path.suffix == ".npz" or path.is_file():
         return _read_npz(path)
+    if path.is_dir():
+        return _read_folder(path)
     raise DataError(
-        f"unknown dataset {name!r}: use one of {', '.join(NAMED)}, or the path of an .npz file holding "
-        "x_train, y_train, x_test, y_test."
+        f"unknown dataset {name!r}: use one of {', '.join(NAMED)}, the path of an .npz file holding "
+        "x_train, y_train, x_test, y_test, or a folder of images in class sub-folders."
     )
 
 
@@ -326,6 +328,60 @@ def _read_npz(path: Path) -> Dataset:
     if names is not None and len(names) != n_classes:
         raise DataError(f"{path}: 'classes' names {len(names)} classes but the labels use {n_classes}.")
     return Dataset(str(path), *tensors, classes=tuple(names or (str(i) for i in range(n_classes))))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+FOLDER_TEST_EVERY = 6  # a folder without train/ and test/: every 6th image of each class is a test image
+
+
+def _read_folder(root: Path) -> Dataset:
+    """`root/CLASS/*.png` (every 6th image of each class, by name, is held out as the test set), or
+    `root/train/CLASS/*` and `root/test/CLASS/*`. All images must have one size; colour if any is."""
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train, test = _class_files(root / "train"), _class_files(root / "test")
+        unknown = sorted(set(test) - set(train))
+        if unknown:
+            raise DataError(f"{root / 'test'}: classes {', '.join(unknown)} have no training images in {root / 'train'}.")
+        classes = sorted(train)
+    else:
+        files = _class_files(root)
+        classes = sorted(files)
+        train = {c: [f for i, f in enumerate(fs) if i % FOLDER_TEST_EVERY] for c, fs in files.items()}
+        test = {c: fs[::FOLDER_TEST_EVERY] for c, fs in files.items()}
+    from PIL import Image
+
+    every = [f for fs in (*train.values(), *test.values()) for f in fs]
+    sizes, colour = {}, False
+    for f in every:
+        try:
+            with Image.open(f) as im:  # reads the header only
+                sizes.setdefault(im.size, f)
+                colour |= im.mode not in ("1", "L", "LA", "I", "I;16", "F")
+        except OSError as e:
+            raise DataError(f"{f}: not an image PIL can read ({e}); remove it or convert it.")
+    if len(sizes) > 1:
+        (a, fa), (b, fb) = list(sizes.items())[:2]
+        raise DataError(f"{root}: images have different sizes ({fa} is {a[0]}×{a[1]}, {fb} is {b[0]}×{b[1]}); "
+                        "resize them to one size first.")
+    (w, h), = sizes
+    shape = (3 if colour else 1, h, w)
+    tensors = []
+    for part in (train, test):
+        x = [_image_file(f, shape) for c in classes for f in part.get(c, [])]
+        y = [i for i, c in enumerate(classes) for _ in part.get(c, [])]
+        tensors += [torch.from_numpy(np.stack(x)) if x else torch.zeros((0, *shape), dtype=torch.uint8),
+                    torch.tensor(y, dtype=torch.int64)]
+    return Dataset(str(root), *tensors, classes=tuple(classes))
+
+
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    found = {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+             for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    found = {c: fs for c, fs in found.items() if fs}
+    if len(found) < 2:
+        raise DataError(f"{folder}: expected one sub-folder of images per class (at least two classes, images ending "
+                        f"in {', '.join(IMAGE_SUFFIXES)}), found {len(found)} with images.")
+    return found
 
 
 def _checked(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> tuple[torch.Tensor, torch.Tensor]:

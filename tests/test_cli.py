@@ -160,3 +160,22 @@ def test_best_retrains_the_top_k_and_ranks_them_on_test(finished_study, idx_dir)
         assert r["gap"] == pytest.approx(r["test_accuracy"] - r["val_accuracy"]) and r["epochs"] == 1
     text = squash(nas_cli("best", "--storage", db, "--top", 2, "--retrain-epochs", 1, "--data-dir", idx_dir).output)
     assert "top 2 retrained on train+val for 1 epochs, ranked by test accuracy" in text and "test − val" in text
+
+
+def test_an_image_folder_dataset_works_end_to_end(tmp_path, tiny_space):
+    from PIL import Image
+
+    from conftest import make_images
+
+    x, y = make_images(12, seed=1)
+    for i, (img, label) in enumerate(zip(x, y)):
+        (tmp_path / "imgs" / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "imgs" / f"class{label}" / f"{i}.png")
+    db = f"sqlite:///{tmp_path}/nas.db"
+    nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--dataset", tmp_path / "imgs")
+    out = json.loads(nas_cli("best", "--storage", db, "--export", tmp_path / "e", "--dataset", tmp_path / "imgs",
+                             "--json").stdout)
+    assert out["export"]["classes"] == [f"class{i}" for i in range(10)]
+    image = sorted((tmp_path / "imgs" / "class3").iterdir())[0]
+    said = json.loads(nas_cli("predict", tmp_path / "e", image, "--top", 10, "--json").stdout)
+    assert sorted(c["class"] for c in said[0]["top"]) == out["export"]["classes"]

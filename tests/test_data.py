@@ -127,3 +127,45 @@ def test_cifar10_binary_batches_load_without_unpickling(tmp_path):
     assert ds.classes[0] == "airplane"
     first = np.fromfile(folder / "data_batch_1.bin", np.uint8)[:3073]
     assert ds.y_train[0] == first[0] and ds.x_train[0, 0, 0, :4].tolist() == first[1:5].tolist()
+
+
+def write_folder(root, x, y, names=("ankle", "bag", "coat", "dress", "pullover", "sandal", "shirt", "sneaker",
+                                    "top", "trouser")):
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(x, y)):
+        (root / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / names[label] / f"{i:04d}.png")
+    return root
+
+
+def test_an_image_folder_with_class_subfolders_holds_out_every_6th_image_per_class(tmp_path):
+    x, y = make_images(12, seed=1)
+    ds = load_dataset(str(write_folder(tmp_path / "imgs", x, y)))
+    assert ds.classes[:3] == ("ankle", "bag", "coat") and ds.input_shape == (1, 28, 28)
+    assert len(ds.y_train) == 100 and len(ds.y_test) == 20  # 12 per class: 10 train, 2 test
+    assert torch.bincount(ds.y_test).tolist() == [2] * 10
+    first = sorted((tmp_path / "imgs" / "ankle").iterdir())[0]  # held out: index 0 of its class
+    assert any(torch.equal(t[0], torch.from_numpy(x[int(first.stem)])) for t in ds.x_test[ds.y_test == 0])
+
+
+def test_an_image_folder_with_train_and_test_and_colour_images(tmp_path):
+    (xt, yt), (xs, ys) = make_images(3, 1, channels=3), make_images(1, 2, channels=3)
+    write_folder(tmp_path / "f" / "train", xt, yt)
+    write_folder(tmp_path / "f" / "test", xs, ys)
+    ds = load_dataset(str(tmp_path / "f"))
+    assert ds.x_train.shape == (30, 3, 28, 28) and ds.x_test.shape == (10, 3, 28, 28)
+    order = np.argsort(yt, kind="stable")
+    assert torch.equal(ds.x_train[0], torch.from_numpy(xt[order[0]]).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda r: __import__("PIL.Image").Image.new("L", (20, 20)).save(r / "bag" / "small.png"), "images have different sizes"),
+    (lambda r: (r / "bag" / "broken.png").write_text("no"), "broken.png: not an image PIL can read"),
+    (lambda r: [__import__("shutil").rmtree(d) for d in r.iterdir() if d.name != "bag"], "at least two classes"),
+], ids=["folder: mixed sizes", "folder: unreadable image", "folder: one class"])
+def test_a_bad_image_folder_is_a_clear_error(tmp_path, damage, words):
+    root = write_folder(tmp_path / "imgs", *make_images(2, seed=1))
+    damage(root)
+    with pytest.raises(DataError, match=words):
+        load_dataset(str(root))
