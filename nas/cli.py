@@ -443,7 +443,7 @@ def dashboard(
         page = "dashboard/"
         if study is not None or len(names) == 1:
             st = studies.load_study(study, storage)
-            page = f"dashboard/studies/{st._study_id}"
+            page = f"dashboard/studies/{rdb.get_study_id_from_name(st.study_name)}"
 
         class Quiet(WSGIRequestHandler):
             def log_message(self, *args: Any) -> None:  # no line per request

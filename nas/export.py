@@ -15,6 +15,7 @@ import io
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -133,9 +134,7 @@ def write_export(
 
 def write_portable(folder: Path, model: nn.Module, sample: torch.Tensor) -> dict[str, float]:
     """`model.onnx` and `model.ts` in `folder`; returns each one's max abs difference from PyTorch on `sample`."""
-    import warnings
-
-    import onnxruntime
+    import onnxruntime  # only exports need it
 
     cpu = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     x = sample[:64].cpu().float().div(255)

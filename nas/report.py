@@ -51,7 +51,7 @@ def summarize(study: optuna.Study, top: int = 10) -> dict[str, Any]:
         "importances": importances(study) if len(done) >= 2 else {},
         "size": [{"number": t.number, "value": t.value, "n_params": t.user_attrs["n_params"],
                   "flops": t.user_attrs["flops"], "arch": t.user_attrs.get("arch", "")} for t in sized],
-        "pareto_params": pareto_front(sized, "n_params"),
+        "pareto_n_params": pareto_front(sized, "n_params"),
         "pareto_flops": pareto_front(sized, "flops"),
         "top": [trial_row(t) for t in top_trials(study, top)],
         "export": study.user_attrs.get("export"),
@@ -151,7 +151,7 @@ def _curves(summary: dict[str, Any], go: Any) -> Any:
 
 def _pareto(summary: dict[str, Any], cost: str, label: str, go: Any) -> Any:
     points = summary["size"]
-    on_front = set(summary[f"pareto_{'params' if cost == 'n_params' else 'flops'}"])
+    on_front = set(summary[f"pareto_{cost}"])
     front = sorted((p for p in points if p["number"] in on_front), key=lambda p: p[cost])
     fig = go.Figure([
         go.Scatter(x=[p[cost] for p in points], y=[p["value"] for p in points], mode="markers", name="trials",

@@ -23,7 +23,7 @@ def test_summary_holds_every_trial_and_the_export(finished_study):
     assert [r["number"] for r in s["top"]] == [t.number for t in sorted(
         (t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)][:10]
     assert s["export"]["classes"][0] == "T-shirt/top" and len(s["export"]["confusion"]) == 10
-    assert set(s["pareto_params"]) <= {p["number"] for p in s["size"]}
+    assert set(s["pareto_n_params"]) <= {p["number"] for p in s["size"]}
 
 
 def _trial(number, value, n_params):
