@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from nas import data, objective, space
+from nas import data, pipeline, space
 from nas.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,15 +28,15 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     spec = space.sample(space.load_space(ROOT / "search_spaces/seed_lenet.yaml"))
-    prepared = objective.prepare_final_data(data.load_dataset("fashion-mnist", args.data_dir), device)
+    prepared = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", args.data_dir), device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs")
     results = {}
     for mode in ("eager", "torch.compile"):
-        model = objective.new_model(spec, prepared, 0, device)
+        model = pipeline.new_model(spec, prepared, 0, device)
         start = time.perf_counter()
         if mode == "torch.compile":
             model = torch.compile(model)
-        history = fit(model, prepared.train, prepared.val, epochs=args.epochs, seed=0, **vars(spec.training))
+        history = fit(model, prepared.train, prepared.test, spec.training, epochs=args.epochs, seed=0)
         results[mode] = (time.perf_counter() - start, history[-1].seconds, history[-1].val_acc)
     print(f"{'':14} {'fit s':>7} {'last epoch s':>13} {'test acc':>9}")
     for mode, (total, last, acc) in results.items():

@@ -6,7 +6,6 @@ the commands, so `nas --help` stays fast.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys
@@ -16,6 +15,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nas.errors import NasError
@@ -83,6 +83,7 @@ def _user_errors() -> Iterator[None]:
 
 @app.command()
 def search(
+    ctx: typer.Context,
     space: SpaceOpt,
     trials: Annotated[int, typer.Option("--trials", min=1, help="Trials to run now (added to the study).")] = 20,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop after this many seconds.")] = None,
@@ -107,105 +108,128 @@ def search(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a study, or continue it: trials are added to what the study already has."""
+    """Run a study, or continue it: trials are added to what the study already has.
+
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP stop it cleanly: the running trials are recorded as failed
+    (interrupted), and the command exits with 128 + the signal's number and prints how to resume.
+    """
     with _user_errors():
-        from nas import space as spaces, study as studies
+        from nas import search as searching
 
-        studies.quiet_optuna()
-        sp = spaces.load_space(space)
-        spaces.baseline_params(sp)  # fail on a bad baseline before any work
-        n_workers = studies.auto_workers(device) if workers == "auto" else int(workers)
-        n_workers = min(n_workers, trials)
-        devices = studies.worker_devices(device, n_workers)
-        epochs = epochs or sp.epochs
-        job = studies.SearchJob(
-            space=str(space), study=study or sp.name, storage=storage, dataset=dataset or sp.dataset,
-            data_dir=str(data_dir) if data_dir else None, device=devices[0], epochs=epochs, subset=subset or sp.subset,
-            sampler=sampler, pruner=pruner, seed=seed, heartbeat=heartbeat, trials=trials, timeout=timeout,
-            threads=studies.threads_per_worker(n_workers),
+        job = searching.SearchJob(
+            space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+            device=device, epochs=epochs, subset=subset, sampler=sampler, pruner=pruner, seed=seed,
+            heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers),
         )
-        state: dict[str, Any] = {"done": 0, "pruned": 0, "best": None}
-        st, obj = studies.start_search(job)
-        quiet = quiet or json_out
-        if not quiet:
-            n_done = len(st.get_trials(deepcopy=False, states=studies.FINISHED))
-            n_baselines = sum(t.state.name == "WAITING" for t in st.get_trials(deepcopy=False))
-            data, where = obj.data, ", ".join(sorted(set(devices)))
-            console.print(
-                f"study [bold]{st.study_name}[/] in {storage}: {n_done} finished trials so far"
-                f"{f', {n_baselines} baselines first' if n_baselines and not n_done else ''}; "
-                f"{len(data.train)} train / {len(data.val)} val images on {where}, {epochs} epochs per trial"
-                + (f"; {n_workers} workers × {job.threads} thread{'s' if job.threads > 1 else ''}" if n_workers > 1 else "")
-            )
-        state["best"] = _best_value(st)
-        with _progress(quiet) as bar:
-            task = bar.add_task("starting", total=trials)
+        view = _SearchView(trials, quiet or json_out)
+        try:
+            with view.progress:
+                outcome = searching.run(job, view.show)
+        except searching.Interrupted as e:
+            left = trials - e.n_done
+            err_console.print(
+                f"interrupted by {e}: {e.n_done} finished trials of this run are saved, the running ones are marked "
+                f"failed (interrupted). Resume with: {searching.resume_command(_given_options(ctx, 'trials'), left)}",
+                highlight=False, soft_wrap=True)
+            raise typer.Exit(e.status) from None
+        _show_outcome(outcome, json_out)
 
-            def on_epoch(number: int, record: Any) -> None:
-                best = state["best"]
-                bar.update(task, description=(
-                    f"trial {state['done'] + 1}/{trials} (#{number}) epoch {record.epoch}/{epochs} "
-                    f"val {record.val_acc:.4f}" + (f" · best {best:.4f}" if best is not None else "")
-                    + f" · pruned {state['pruned']}"))
 
-            def on_trial(row: dict[str, Any]) -> None:
-                state["done"] += 1
-                state["pruned"] += row["state"] == "pruned"
-                if row["state"] == "complete":
-                    state["best"] = max(state["best"] or 0.0, row["val_accuracy"])
-                bar.update(task, advance=1, description=f"trial {state['done'] + 1}/{trials} starting · pruned {state['pruned']}")
-                if quiet:
-                    return
+class _SearchView:
+    """Renders a search's events: a live progress line, one line per finished trial, worker errors."""
+
+    def __init__(self, trials: int, quiet: bool):
+        self.trials, self.quiet = trials, quiet
+        self.done = self.pruned = 0
+        self.best: float | None = None
+        self.epochs = 0
+        self.progress = _progress(quiet)
+        self.task = self.progress.add_task("starting", total=trials)
+
+    def show(self, event: Any) -> None:
+        from nas import search as searching
+
+        say = self.progress.console.print
+        if isinstance(event, searching.Started):
+            self.best, self.epochs = event.best, event.epochs
+            if not self.quiet:
+                say(f"study [bold]{event.study}[/] in {event.storage}: {event.n_finished} finished trials so far"
+                    f"{f', {event.n_baselines} baselines first' if event.n_baselines and not event.n_finished else ''}; "
+                    f"{event.n_train} train / {event.n_val} val images on {', '.join(event.devices)}, {event.epochs} "
+                    "epochs per trial" + (f"; {event.n_workers} workers × {event.threads} thread"
+                                          f"{'s' if event.threads > 1 else ''}" if event.n_workers > 1 else ""))
+        elif isinstance(event, searching.EpochDone):
+            r = event.record
+            self.progress.update(self.task, description=(
+                f"trial {self.done + 1}/{self.trials} (#{event.trial}) epoch {r.epoch}/{self.epochs} val {r.val_acc:.4f}"
+                + (f" · best {self.best:.4f}" if self.best is not None else "") + f" · pruned {self.pruned}"))
+        elif isinstance(event, searching.TrialDone):
+            row = event.row
+            self.done += 1
+            self.pruned += row["state"] == "pruned"
+            if row["state"] == "complete":
+                self.best = max(self.best or 0.0, row["val_accuracy"])
+            self.progress.update(self.task, advance=1,
+                                 description=f"trial {self.done + 1}/{self.trials} starting · pruned {self.pruned}")
+            if not self.quiet:
                 value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
-                bar.console.print(f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  "
-                                  f"{row['arch']}" + (f"  [dim]({row['reason']})[/]" if row["reason"] else ""),
-                                  highlight=False)
+                say(f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  {row['arch']}"
+                    + (f"  [dim]({escape(row['reason'])})[/]" if row["reason"] else ""), highlight=False)
+        elif isinstance(event, searching.WorkerFailed):
+            err_console.print(f"[bold red]{escape(event.message)}[/]", highlight=False, soft_wrap=True)
 
-            def on_event(event: tuple) -> None:
-                kind, worker, *rest = event
-                if kind == "epoch":
-                    on_epoch(*rest)
-                elif kind == "trial":
-                    on_trial(rest[0])
-                else:
-                    err_console.print(f"[bold red]worker {worker}:[/] {rest[0]}", highlight=False, soft_wrap=True)
 
-            try:
-                failed = []
-                if n_workers == 1:
-                    obj.on_epoch = on_epoch
-                    studies.run_search(st, obj, trials, timeout, lambda _s, t: on_trial(studies.trial_row(t)))
-                else:
-                    del obj  # each worker builds its own, on its own device
-                    jobs = [dataclasses.replace(job, device=d, worker=i, trials=trials // n_workers + (i < trials % n_workers))
-                            for i, d in enumerate(devices)]
-                    failed = [c for c in studies.run_workers(jobs, on_event) if c]
-            except KeyboardInterrupt:
-                given = {"--dataset": dataset, "--data-dir": data_dir, "--epochs": epochs if epochs != sp.epochs else None,
-                         "--subset": subset, "--seed": seed or None, "--device": device if device != "auto" else None,
-                         "--sampler": sampler if sampler != "tpe" else None, "--pruner": pruner if pruner != "median" else None,
-                         "--workers": workers if workers != "1" else None}
-                extra = "".join(f" {k} {v}" for k, v in given.items() if v is not None)
-                err_console.print(
-                    f"interrupted: {state['done']} finished trials of this run are saved, the running "
-                    f"{'ones are' if n_workers > 1 else 'one is'} marked failed (interrupted). Resume with: nas search "
-                    f"--space {space} --study {st.study_name} --storage {storage}{extra} --trials {trials - state['done']}",
-                    highlight=False, soft_wrap=True)
-                raise typer.Exit(130)
-        rows = [studies.trial_row(t) for t in _top_or_empty(st, 5)]
-        states = [t.state.name.lower() for t in st.get_trials(deepcopy=False)]
-        if json_out:
-            counts = {s: states.count(s) for s in sorted(set(states))}
-            print(json.dumps({"study": st.study_name, "storage": storage, "trials": len(states), "states": counts,
-                              "workers": n_workers, "failed_workers": len(failed), "best": rows}, indent=2))
-            raise typer.Exit(1 if failed else 0)
-        counts = ", ".join(f"{states.count(s)} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed")) if s in states)
-        console.print(f"{len(states)} trials in study {st.study_name!r}" + (f" ({counts})" if counts else "") + ". Best:")
-        console.print(_trials_table(rows))
-        if n_workers > 1 and failed:
-            err_console.print(f"{len(failed)} of {n_workers} workers stopped with an error (exit codes {failed}); a trial "
-                              "left running is re-run by the next search once its heartbeat stops.", highlight=False)
-            raise typer.Exit(1)
+def _show_outcome(outcome: Any, json_out: bool) -> None:
+    """The end of a search: its counts and best trials; exit 1 if a worker failed or nothing trained."""
+    reasons = _count_reasons(outcome.rows) if outcome.nothing_trained else {}
+    if json_out:
+        print(json.dumps({"study": outcome.study, "storage": outcome.storage, "trials": sum(outcome.counts.values()),
+                          "states": outcome.counts, "workers": outcome.n_workers,
+                          "failed_workers": len(outcome.failed_workers), "best": outcome.best,
+                          "nothing_trained": outcome.nothing_trained, "reasons": reasons}, indent=2))
+    else:
+        counts = ", ".join(f"{outcome.counts[s]} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed"))
+                           if s in outcome.counts)
+        console.print(f"{sum(outcome.counts.values())} trials in study {outcome.study!r}"
+                      + (f" ({counts})" if counts else "") + (". Best:" if outcome.best else "; none completed yet."))
+        if outcome.best:
+            console.print(_trials_table(outcome.best))
+    if outcome.failed_workers:
+        err_console.print(f"{len(outcome.failed_workers)} of {outcome.n_workers} workers stopped with an error: "
+                          + "; ".join(outcome.failed_workers), highlight=False, soft_wrap=True)
+    if reasons:
+        err_console.print(f"error: none of the {len(outcome.rows)} trials of this run trained: "
+                          + "; ".join(f"{n} × {r}" for r, n in reasons.items())
+                          + ". Fix the space or the data those reasons point at, then run it again.",
+                          highlight=False, soft_wrap=True)
+    if outcome.failed_workers or reasons:
+        raise typer.Exit(1)
+
+
+def _count_reasons(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many trials ended for each kind of reason (the words before its first colon), keyed by the first
+    reason of that kind as an example."""
+    examples: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for r in rows:
+        reason = r["reason"] or r["state"]
+        kind = reason.split(":")[0]
+        examples.setdefault(kind, reason)
+        counts[examples[kind]] = counts.get(examples[kind], 0) + 1
+    return counts
+
+
+def _given_options(ctx: typer.Context, *leave_out: str) -> list[str]:
+    """The options the user typed on this command line (not defaults), as command-line words."""
+    words: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name in leave_out or source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        flag = param.opts[0]
+        words += [flag] if getattr(param, "is_flag", False) else [flag, str(value)]
+    return words
 
 
 @app.command()
@@ -244,9 +268,10 @@ def best(
         trained, metrics = [], None
         if export is not None or retrain_epochs:
             from nas import data, export as exporting, train
+            from nas.files import check_export_target
 
             if export is not None:
-                exporting.check_target(export, force)  # before any training
+                check_export_target(export, force)  # before any training
             ds = data.load_dataset(dataset or st.user_attrs["data"]["dataset"], data_dir)
             dev = train.pick_device(device)
             candidates = trials[: top or 1] if retrain_epochs else trials[:1]
@@ -299,23 +324,26 @@ def train_cmd(
 ) -> None:
     """Train one fixed architecture on the whole training set and score it on the test set."""
     with _user_errors():
-        from nas import data, export as exporting, objective, space as spaces, train
+        from nas import data, export as exporting, pipeline, space as spaces, train
+        from nas.files import check_export_target
 
         sp = spaces.load_space(space)
         spec = spaces.sample(sp)
         dev = train.pick_device(device)
+        if export is not None:
+            check_export_target(export, force)  # before the training, not after it
         ds = data.load_dataset(dataset or sp.dataset, data_dir)
-        prepared = objective.prepare_final_data(ds, dev)
+        prepared = pipeline.prepare_final_data(ds, dev)
         epochs = epochs or sp.epochs
         quiet = quiet or json_out
         if not quiet:
-            console.print(f"{spec.describe()}\n{ds.name}: {len(prepared.train)} train / {len(prepared.val)} test images on {dev}")
-        model, history = objective.train_spec(spec, prepared, epochs, seed, dev, None if quiet else _print_epoch)
+            console.print(f"{spec.describe()}\n{ds.name}: {len(prepared.train)} train / {len(prepared.test)} test images on {dev}")
+        model, history = pipeline.train_spec(spec, prepared, epochs, seed, dev, None if quiet else _print_epoch)
         metrics = {"epochs": epochs, "seed": seed} | exporting.describe_model(model, spec, ds)
-        metrics |= objective.score_on_test(model, prepared.val, ds.classes)
+        metrics |= pipeline.score_on_test(model, prepared.test, ds.classes)
         metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
         if export is not None:
-            metrics = exporting.write_export(export, model, spec, metrics | {"study": sp.name}, prepared.val.x, force)
+            metrics = exporting.write_export(export, model, spec, metrics | {"study": sp.name}, prepared.test.x, force)
         if json_out:
             print(json.dumps(metrics | {"history": [r.to_dict() for r in history]}, indent=2))
             return
@@ -499,22 +527,6 @@ def _progress(quiet: bool) -> Any:
 def _retrained_row(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("trial", "val_accuracy", "test_accuracy", "epochs", "retrained_on_train_and_val", "n_params", "flops", "arch")
     return {k: m[k] for k in keys} | {"gap": m["test_accuracy"] - m["val_accuracy"]}
-
-
-def _best_value(st: Any) -> float | None:
-    try:
-        return st.best_value
-    except ValueError:  # no completed trial yet
-        return None
-
-
-def _top_or_empty(st: Any, k: int) -> list:
-    from nas import study as studies
-
-    try:
-        return studies.top_trials(st, k)
-    except studies.StudyError:
-        return []
 
 
 def _trials_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:

@@ -15,9 +15,11 @@ import struct
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,6 +29,10 @@ from nas.errors import NasError
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
+CHANNELS = (1, 2, 3, 4)  # image channels an array may have: gray, gray+alpha, RGB, RGBA
+MAX_CLASSES = 65_536
+MAX_PIXELS = 4096 * 4096  # per image: a larger one is a mistake or a decompression bomb
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes without colour
 
 
 class DataError(NasError):
@@ -101,7 +107,10 @@ class Split:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """A named dataset (fashion-mnist, mnist, kmnist, cifar10), an `.npz` file or an image folder."""
+    """A named dataset (fashion-mnist, mnist, kmnist, cifar10), an `.npz` file or an image folder.
+
+    Whatever the source, the result has at least two classes, labels 0..K-1 each with a training
+    image, and non-empty images; anything else is a DataError that says which file and what to do."""
     if name in NAMED:
         folder = _find(name, data_dir) or _download(name, data_dir)
         reader = _read_cifar if name == "cifar10" else _read_idx_set
@@ -112,16 +121,37 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
                 f"{folder}: holds images of shape {ds.input_shape} with labels up to {top}, but {name} has "
                 f"{NAMED[name].shape} images and {ds.n_classes} classes. Get the dataset's files again."
             )
-        return ds
+        return _validated(ds, str(folder))
     path = Path(name)
     if path.suffix == ".npz" or path.is_file():
-        return _read_npz(path)
+        return _validated(_read_npz(path), str(path))
     if path.is_dir():
-        return _read_folder(path)
+        return _validated(_read_folder(path), str(path))
     raise DataError(
         f"unknown dataset {name!r}: use one of {', '.join(NAMED)}, the path of an .npz file holding "
         "x_train, y_train, x_test, y_test, or a folder of images in class sub-folders."
     )
+
+
+def _validated(ds: Dataset, where: str) -> Dataset:
+    """`ds` if a classifier can be trained and tested on it; else a DataError naming what is missing."""
+    for split, x in (("training", ds.x_train), ("test", ds.x_test)):
+        if len(x) == 0:
+            raise DataError(f"{where}: the {split} set holds no images; a dataset needs both training and test images.")
+    if 0 in ds.input_shape:
+        raise DataError(f"{where}: images have shape C×H×W = {'×'.join(map(str, ds.input_shape))}; every side must "
+                        "be at least 1.")
+    if ds.n_classes < 2:
+        raise DataError(f"{where}: only one class ({ds.classes[0]!r}); a classifier needs at least two.")
+    counts = torch.bincount(ds.y_train, minlength=ds.n_classes).tolist()
+    empty = [ds.classes[c] for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise DataError(
+            f"{where}: class{'es' * (len(empty) > 1)} {', '.join(map(repr, empty[:10]))}"
+            f"{', …' if len(empty) > 10 else ''} {'have' if len(empty) > 1 else 'has'} no training images (labels "
+            f"run 0..{ds.n_classes - 1}); number the classes 0, 1, 2, ... without gaps, each with training images."
+        )
+    return ds
 
 
 def dataset_shape(name: str, data_dir: str | Path | None = None) -> tuple[tuple[int, int, int], int]:
@@ -138,17 +168,42 @@ def split_train_val(
     """Seeded, stratified train/validation split of the training set (optionally of a subset of it)."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds.y_train), generator=g)
-    take = subset / len(perm) if subset and subset < len(perm) else 1.0
     train_idx, val_idx = [], []
-    for c in range(ds.n_classes):
-        idx = perm[ds.y_train[perm] == c]
-        idx = idx[: math.ceil(len(idx) * take)]
-        n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - 1)  # every class in both splits
+    for c, (n_kept, n_val) in enumerate(_split_counts(ds, val_fraction, subset)):
+        idx = perm[ds.y_train[perm] == c][:n_kept]
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     # Shuffle across classes so that a slice of either split is not one class.
     train_idx, val_idx = (torch.cat(i)[torch.randperm(sum(map(len, i)), generator=g)] for i in (train_idx, val_idx))
     return Split(ds.x_train[train_idx], ds.y_train[train_idx]), Split(ds.x_train[val_idx], ds.y_train[val_idx])
+
+
+def split_sizes(ds: Dataset, val_fraction: float, subset: int | None = None) -> tuple[int, int]:
+    """(training, validation) image counts of `split_train_val`, without making it; errors as it would."""
+    counts = _split_counts(ds, val_fraction, subset)
+    return sum(k - v for k, v in counts), sum(v for _, v in counts)
+
+
+def _split_counts(ds: Dataset, val_fraction: float, subset: int | None) -> list[tuple[int, int]]:
+    """Per class: (images kept, of which validation); every class keeps at least one of each."""
+    per_class = torch.bincount(ds.y_train, minlength=ds.n_classes).tolist()
+    take = subset / len(ds.y_train) if subset and subset < len(ds.y_train) else 1.0
+    out = []
+    for n in per_class:
+        kept = math.ceil(n * take)
+        out.append((kept, min(max(1, round(kept * val_fraction)), kept - 1)))
+    short = [(ds.classes[c], kept) for c, (kept, _) in enumerate(out) if kept < 2]
+    if short:
+        (name, kept), more = short[0], len(short) - 1
+        fewest = min(per_class)
+        fix = ("Add images of that class, or remove the class." if fewest < 2 else
+               f"Use a --subset of at least {len(ds.y_train) // fewest + 1}, or none.")  # ceil(fewest*take) >= 2
+        raise DataError(
+            f"{ds.name}: class {name!r} has {kept} training image{'s' * (kept != 1)}"
+            f"{f' in the --subset {subset}' if take < 1 else ''}{f' (and {more} more classes too few)' if more else ''}; "
+            f"a search needs at least 2 of each class, one to train on and one to validate. {fix}"
+        )
+    return out
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -251,38 +306,47 @@ def _get(url: str, dest: Path) -> None:
 # Reading the on-disk formats
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """One IDX file (raw or gzip, whatever its gzip header says) as a uint8 array."""
+def read_idx(path: Path, n_dims: int) -> np.ndarray:
+    """One IDX file of `n_dims` dimensions (raw or gzip) as a uint8 array, read no further than its header says."""
     try:
         with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+                raise DataError(
+                    f"{path}: not an IDX file of unsigned bytes (magic {head.hex() or 'missing'}, expected 0000080N). "
+                    "Check that the file is one of the dataset's IDX files."
+                )
+            if head[3] != n_dims:
+                raise DataError(f"{path}: its header says {head[3]} dimensions, but IDX {'labels have' if n_dims == 1 else 'images have'} "
+                                f"{n_dims}; the file is corrupt or not the one expected. Get it again.")
+            raw = f.read(4 * n_dims)
+            dims = struct.unpack(f">{n_dims}I", raw) if len(raw) == 4 * n_dims else None
+            if dims is None:
+                raise DataError(f"{path}: the file ends inside its header; it is truncated. Delete it and get it again.")
+            expected = math.prod(dims)
+            _check_fits(expected, f"{path} (header: {'×'.join(map(str, dims))})")
+            data = f.read(expected + 1)  # one byte more tells a file longer than its header says
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read it ({e}); the file is corrupt or truncated. Delete it and get it again.")
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path}: cannot read it ({e}); the file is corrupt or truncated. Delete it and get it again.") from e
+    if len(data) != expected:
+        held = "more" if len(data) > expected else str(len(data))
         raise DataError(
-            f"{path}: not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}, expected 0000080N). "
-            "Check that the file is one of the dataset's IDX files."
+            f"{path}: header says {'×'.join(map(str, dims))} = {expected} bytes, the file holds {held}; it is "
+            "truncated or corrupt. Delete it and get it again."
         )
-    n_dims = data[3]
-    dims = struct.unpack(f">{n_dims}I", data[4 : 4 + 4 * n_dims])
-    expected = math.prod(dims)
-    if len(data) - 4 - 4 * n_dims != expected:
-        raise DataError(
-            f"{path}: header says {'×'.join(map(str, dims))} = {expected} bytes, the file holds "
-            f"{len(data) - 4 - 4 * n_dims}; it is truncated or corrupt. Delete it and get it again."
-        )
-    return np.frombuffer(bytearray(data), np.uint8, offset=4 + 4 * n_dims).reshape(dims)  # writable for torch
+    return np.frombuffer(bytearray(data), np.uint8).reshape(dims)  # writable for torch
 
 
 def _read_idx_set(folder: Path) -> tuple[torch.Tensor, ...]:
     out = []
     for images, labels in ((_IDX_FILES[0], _IDX_FILES[1]), (_IDX_FILES[2], _IDX_FILES[3])):
-        x, y = read_idx(_existing(folder / images)), read_idx(_existing(folder / labels))
+        x, y = read_idx(_existing(folder / images), 3), read_idx(_existing(folder / labels), 1)
         out += _checked(x, y, f"{folder}/{images}", f"{folder}/{labels}")
     return tuple(out)
 
 
 def _read_cifar(folder: Path) -> tuple[torch.Tensor, ...]:
+    _check_fits(sum((folder / f).stat().st_size for f in _CIFAR_FILES), str(folder))
     parts = []
     for f in _CIFAR_FILES:
         raw = np.fromfile(folder / f, np.uint8)
@@ -295,21 +359,11 @@ def _read_cifar(folder: Path) -> tuple[torch.Tensor, ...]:
     )
 
 
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def _read_npz(path: Path) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-            if missing:
-                raise DataError(
-                    f"{path}: missing {', '.join(missing)}; an .npz dataset holds x_train, y_train, x_test, y_test "
-                    f"(it has {', '.join(f.files) or 'nothing'})."
-                )
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            names = [str(c) for c in f["classes"]] if "classes" in f else None
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file. Pass an existing .npz or a dataset name ({', '.join(NAMED)}).")
-    except (OSError, ValueError, zlib.error, EOFError) as e:
-        raise DataError(f"{path}: cannot read it as .npz ({e}). Save it with numpy.savez(x_train=..., ...).")
+    arrays = _npz_arrays(path, _dataset_keys(path))
     tensors = []
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -318,16 +372,64 @@ def _read_npz(path: Path) -> Dataset:
                 f"{path}: x_{split} is {x.dtype} with shape {x.shape}; expected uint8 images N×H×W (grayscale) "
                 "or N×H×W×C (colour). Convert with (x * 255).astype(numpy.uint8) if they are floats in [0, 1]."
             )
-        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
         if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
             raise DataError(f"{path}: y_{split} is {y.dtype} with shape {y.shape}; expected integer class labels, shape N.")
-        tensors += _checked(x, y, f"{path}:x_{split}", f"{path}:y_{split}")
-    n_classes = int(max(tensors[1].max(), tensors[3].max())) + 1
+        tensors += _checked(_channels_first(x, f"{path}:x_{split}"), y, f"{path}:x_{split}", f"{path}:y_{split}")
+    n_classes = max((int(t.max()) + 1 for t in (tensors[1], tensors[3]) if len(t)), default=0)
     if tensors[0].shape[1:] != tensors[2].shape[1:]:
         raise DataError(f"{path}: train images are {tuple(tensors[0].shape[1:])}, test images {tuple(tensors[2].shape[1:])}; they must match.")
-    if names is not None and len(names) != n_classes:
-        raise DataError(f"{path}: 'classes' names {len(names)} classes but the labels use {n_classes}.")
+    names = arrays.get("classes")
+    if names is not None:
+        if names.ndim != 1 or names.dtype.kind not in "UiuS" or len(names) != n_classes:
+            raise DataError(f"{path}: 'classes' is {names.dtype} with shape {names.shape}, but the labels use "
+                            f"{n_classes} classes; it must list one name per class, in label order.")
+        names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+        if len(set(names)) != len(names):
+            raise DataError(f"{path}: 'classes' names a class twice; give each class its own name.")
     return Dataset(str(path), *tensors, classes=tuple(names or (str(i) for i in range(n_classes))))
+
+
+def _npz_arrays(path: Path, keys: Callable[[list[str]], list[str]]) -> dict[str, np.ndarray]:
+    """The arrays of an .npz that `keys` picks from the names present (or refuses, with a DataError),
+    each array's size checked from its header before numpy decompresses anything (a zip can be a bomb)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            wanted = keys([i.filename[:-4] for i in z.infolist() if i.filename.endswith(".npy")])
+            for key in wanted:
+                with z.open(key + ".npy") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(fh)
+                _check_fits(math.prod(shape) * dtype.itemsize, f"{path}:{key} (shape {shape})")
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in wanted}
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: no such file. Pass an existing .npz or a dataset name ({', '.join(NAMED)}).") from e
+    except (OSError, ValueError, zlib.error, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as e:
+        raise DataError(f"{path}: cannot read it as .npz ({e}). Save it with numpy.savez(x_train=..., ...).") from e
+
+
+def _dataset_keys(path: Path) -> Callable[[list[str]], list[str]]:
+    def keys(present: list[str]) -> list[str]:
+        lacking = [k for k in NPZ_KEYS if k not in present]
+        if lacking:
+            raise DataError(f"{path}: missing {', '.join(lacking)}; an .npz dataset holds x_train, y_train, x_test, "
+                            f"y_test (it has {', '.join(present) or 'nothing'}).")
+        return [*NPZ_KEYS, *(["classes"] if "classes" in present else [])]
+
+    return keys
+
+
+def _channels_first(x: np.ndarray, where: str) -> np.ndarray:
+    """N×C×H×W from N×H×W (grayscale), N×H×W×C (the documented layout) or N×C×H×W (how torch users save)."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.shape[3] in CHANNELS:
+        return x.transpose(0, 3, 1, 2)
+    if x.shape[1] in CHANNELS:
+        return x
+    raise DataError(f"{where} has shape {x.shape}: neither N×H×W×C nor N×C×H×W with C = 1 to {max(CHANNELS)} "
+                    "channels. Save grayscale images as N×H×W and colour ones as N×H×W×3.")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -348,23 +450,19 @@ def _read_folder(root: Path) -> Dataset:
         classes = sorted(files)
         train = {c: [f for i, f in enumerate(fs) if i % FOLDER_TEST_EVERY] for c, fs in files.items()}
         test = {c: fs[::FOLDER_TEST_EVERY] for c, fs in files.items()}
-    from PIL import Image
-
     every = [f for fs in (*train.values(), *test.values()) for f in fs]
     sizes, colour = {}, False
     for f in every:
-        try:
-            with Image.open(f) as im:  # reads the header only
-                sizes.setdefault(im.size, f)
-                colour |= im.mode not in ("1", "L", "LA", "I", "I;16", "F")
-        except OSError as e:
-            raise DataError(f"{f}: not an image PIL can read ({e}); remove it or convert it.")
+        with _open_image(f) as im:  # reads the header only
+            sizes.setdefault(im.size, f)
+            colour |= im.mode not in _GRAY_MODES
     if len(sizes) > 1:
         (a, fa), (b, fb) = list(sizes.items())[:2]
         raise DataError(f"{root}: images have different sizes ({fa} is {a[0]}×{a[1]}, {fb} is {b[0]}×{b[1]}); "
                         "resize them to one size first.")
     (w, h), = sizes
     shape = (3 if colour else 1, h, w)
+    _check_fits(len(every) * math.prod(shape), f"{root} ({len(every)} images of {w}×{h})")
     tensors = []
     for part in (train, test):
         x = [_image_file(f, shape) for c in classes for f in part.get(c, [])]
@@ -385,13 +483,18 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def _checked(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """N×C×H×W uint8 and int64 tensors, after checking that images and labels agree."""
+    """N×C×H×W uint8 and int64 tensors, after checking that images and labels agree.
+
+    Labels are checked before the cast to int64, which would turn unsigned 64-bit ones negative."""
     if x.ndim == 3:
         x = x[:, None]
     if len(x) != len(y):
         raise DataError(f"{x_where} has {len(x)} images but {y_where} has {len(y)} labels; they must match.")
-    if len(y) and y.min() < 0:
+    if len(y) and int(y.min()) < 0:
         raise DataError(f"{y_where}: labels must be 0, 1, 2, ... but the smallest is {y.min()}.")
+    if len(y) and int(y.max()) >= MAX_CLASSES:
+        raise DataError(f"{y_where}: labels must be class numbers 0, 1, 2, ... (at most {MAX_CLASSES:,} classes), "
+                        f"but the largest is {y.max()}. Number the classes from 0.")
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
 
 
@@ -412,40 +515,83 @@ def read_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
         images.append(_image_file(path, shape))
     if not images:
         raise DataError("no images given: pass PNG/JPG files or an .npz of uint8 images.")
-    x = torch.from_numpy(np.stack([i if i.ndim == 3 else i[None] for i in images]))
-    if tuple(x.shape[1:]) != shape:
-        raise DataError(f"the images are {'×'.join(map(str, x.shape[1:]))} (C×H×W) but the model takes "
-                        f"{'×'.join(map(str, shape))}; convert them to that size and number of channels.")
-    return names, x
+    for name, image in zip(names, images):
+        if image.shape != shape:
+            raise DataError(f"{name}: the images are {'×'.join(map(str, image.shape))} (C×H×W) but the model takes "
+                            f"{'×'.join(map(str, shape))}; convert them to that size and number of channels.")
+    return names, torch.from_numpy(np.stack(images))
 
 
 def _image_file(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """One image file as C×H×W uint8 in `shape`: converted to its channels, resized to its size."""
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
+    with _open_image(path) as im:
+        try:
+            if im.mode.startswith("I;16"):  # 16-bit grayscale: scale to 8 bits (convert("L") would clip at 255)
+                im = Image.fromarray(((np.asarray(im).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+            elif im.mode in ("I", "F"):
+                raise DataError(f"{path}: its pixels are 32-bit {'integers' if im.mode == 'I' else 'floats'}, whose range "
+                                "nas cannot know; save it with 8 or 16 bits per channel.")
             im = im.convert("L" if shape[0] == 1 else "RGB")
             if im.size != (shape[2], shape[1]):
                 im = im.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file.")
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: not an image PIL can read ({e}); pass PNG or JPG files, or an .npz.")
+        except OSError as e:  # truncated or corrupt pixel data, found only when decoding
+            raise DataError(f"{path}: not an image PIL can read ({e}); pass PNG or JPG files, or an .npz.") from e
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _npz_images(path: Path) -> np.ndarray:
+def _open_image(path: Path) -> Any:
+    """PIL's image of `path` with only its header read, refused if decoding it would take too much memory."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            key = next((k for k in ("x", "x_test") if k in f), f.files[0] if len(f.files) == 1 else None)
-            if key is None:
-                raise DataError(f"{path}: which array holds the images? Name it x (it has {', '.join(f.files)}).")
-            x = f[key]
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file.")
-    except (OSError, ValueError, zlib.error, EOFError) as e:
-        raise DataError(f"{path}: cannot read it as .npz ({e}).")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: no such file.") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: {e}; nas reads images of at most {MAX_PIXELS:,} pixels.") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # PIL's parsers raise all of these
+        raise DataError(f"{path}: not an image PIL can read ({e}); pass PNG or JPG files, or an .npz.") from e
+    if im.size[0] * im.size[1] > MAX_PIXELS:
+        im.close()
+        raise DataError(f"{path}: the image is {im.size[0]}×{im.size[1]} pixels, over nas's limit of {MAX_PIXELS:,}; "
+                        "resize it first.")
+    return im
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    def keys(present: list[str]) -> list[str]:
+        key = next((k for k in ("x", "x_test") if k in present), present[0] if len(present) == 1 else None)
+        if key is None:
+            raise DataError(f"{path}: which array holds the images? Name it x (it has {', '.join(present) or 'none'}).")
+        return [key]
+
+    key, x = next(iter(_npz_arrays(path, keys).items()))
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise DataError(f"{path}:{key} is {x.dtype} with shape {x.shape}; expected uint8 images N×H×W or N×H×W×C.")
-    return x if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return _channels_first(x, f"{path}:{key}")
+
+
+def _check_fits(n_bytes: int, what: str) -> None:
+    """Refuse data that would not fit in this machine's available memory, before reading it."""
+    available = available_memory()
+    if n_bytes > available:
+        raise DataError(f"{what} would take {n_bytes / 2**30:.1f} GiB in memory, but only {available / 2**30:.1f} "
+                        "GiB are available; the file is corrupt or too large for this machine.")
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (MemAvailable on Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 40

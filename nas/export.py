@@ -14,7 +14,6 @@ import copy
 import io
 import json
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,13 @@ from torch import nn
 
 from nas.data import Dataset, Split, test_split
 from nas.errors import NasError
+from nas.files import EXPORT_FILES, check_export_target, new_folder_beside, replace_folder
 from nas.model import build_model, model_info
-from nas.objective import prepare_final_data, prepare_search_data, score_on_test, train_spec
+from nas.pipeline import prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.space import ArchSpec, SpaceError, fixed_space_dict, load_space, sample
 from nas.train import EpochRecord
 
-FILES = ("model.pt", "arch.yaml", "metrics.json")  # what load_model needs
+FILES = EXPORT_FILES[:3]  # what load_model needs
 ONNX_TOLERANCE = 1e-4
 
 
@@ -71,7 +71,7 @@ def retrain_trial(
         epochs = trial.user_attrs["epochs"]
         data = prepare_search_data(ds, data_attrs["val_fraction"], data_attrs["split_seed"], device, data_attrs["subset"])
     model, history = train_spec(spec, data, epochs, seed, device, on_epoch)
-    test = data.val if retrain_epochs else test_split(ds).to(device)
+    test = data.test if retrain_epochs else test_split(ds).to(device)
     reproduced = {} if retrain_epochs else {"reproduced_val_accuracy": history[-1].val_acc}  # should equal the trial's
     metrics = reproduced | {
         "study": study.study_name,
@@ -106,38 +106,37 @@ def describe_model(model: nn.Module, spec: ArchSpec, ds: Dataset) -> dict[str, A
 
 
 def write_export(
-    out: Path, model: nn.Module, spec: ArchSpec, metrics: dict[str, Any], sample: torch.Tensor, force: bool = False
+    out: Path, model: nn.Module, spec: ArchSpec, metrics: dict[str, Any], images: torch.Tensor, force: bool = False
 ) -> dict[str, Any]:
-    """Write the files into a temporary folder beside `out`, then move it into place.
+    """Write the files into a temporary folder beside `out`, then move it into place (see `files`).
 
-    `sample` is a batch of real uint8 images: the ONNX and TorchScript files are checked on it and
+    `images` is a batch of real uint8 images: the ONNX and TorchScript files are checked on it and
     metrics.json records how far their outputs are from PyTorch's. Returns the metrics written.
     """
-    check_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    check_export_target(out, force)
+    tmp = new_folder_beside(out)
     try:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, tmp / "model.pt")
-        metrics = metrics | write_portable(tmp, model, sample)
+        metrics = metrics | write_portable(tmp, model, images)
         arch = fixed_space_dict(spec, name=f"{metrics.get('study', 'model')}-export", dataset=metrics["dataset"],
                                 epochs=metrics["epochs"])
         (tmp / "arch.yaml").write_text(yaml.safe_dump(arch, sort_keys=False))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out)
+    except OSError as e:
+        raise ExportError(f"cannot write the export to {out}: {e.strerror or e}; nothing was changed there.") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return metrics
 
 
-def write_portable(folder: Path, model: nn.Module, sample: torch.Tensor) -> dict[str, float]:
-    """`model.onnx` and `model.ts` in `folder`; returns each one's max abs difference from PyTorch on `sample`."""
+def write_portable(folder: Path, model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """`model.onnx` and `model.ts` in `folder`; returns each one's max abs difference from PyTorch on `images`."""
     import onnxruntime  # only exports need it
 
     cpu = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
-    x = sample[:64].cpu().float().div(255)
+    x = images[:64].cpu().float().div(255)
     with torch.inference_mode():
         expected = cpu(x)
     batch = torch.export.Dim("batch", min=1)
@@ -184,9 +183,3 @@ def load_model(path: str | Path) -> nn.Module:
         raise ExportError(f"{path / 'model.pt'}: the weights do not load into the architecture of arch.yaml "
                           f"({str(e).splitlines()[0]}). Export the model again.")
     return model.eval()
-
-
-def check_target(out: Path, force: bool) -> None:
-    """Refuse to replace an existing, non-empty export folder unless `force`."""
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists; pass --force to replace it, or choose another folder.")

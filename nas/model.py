@@ -6,6 +6,7 @@ as torchvision's `ToTensor` gives them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -114,6 +115,21 @@ def model_info(model: nn.Sequential, input_shape: tuple[int, int, int]) -> Model
             x = y
     model.train(was_training)
     return ModelInfo(rows, sum(p.numel() for p in model.parameters()), flops)
+
+
+def spec_info(spec: ArchSpec, input_shape: tuple[int, int, int], n_classes: int) -> ModelInfo:
+    """Shapes, parameter count and FLOPs of `spec`'s network, from its layers built and run on PyTorch's
+    meta device: nothing is allocated, so a net too large for the constraints or for memory is refused
+    before it exists. Raises ShapeError as `build_model` does."""
+    with torch.device("meta"):
+        return model_info(build_model(spec, input_shape, n_classes), input_shape)
+
+
+def training_bytes(info: ModelInfo, batch_size: int) -> int:
+    """A generous estimate of the memory training takes, in float32: weights, gradients and two optimizer
+    moments, plus every layer's output for one batch kept for the backward pass, and its gradient."""
+    activations = sum(math.prod(shape) for _, shape in info.layers)
+    return 4 * (4 * info.n_params + 2 * batch_size * activations)
 
 
 def _block(block: BlockSpec, in_channels: int) -> list[nn.Module]:

@@ -1,82 +1,26 @@
-"""The Optuna objective: sample -> build -> fit, reporting every epoch so the pruner can stop a trial.
+"""The Optuna objective: sample -> check the spec -> build -> fit, reporting every epoch so the pruner
+can stop a trial.
 
-Each trial stores what the report and export need as user attrs: the ArchSpec, its one-line form,
-seed, epochs, the worker (host:pid) that ran it, parameter count, FLOPs, per-epoch curve, seconds,
-and why it was pruned or failed.
+A net that does not fit the input, exceeds the space's constraints or would not fit in memory is
+refused from its spec alone, before any of its tensors exist. Each trial stores what the report and
+export need as user attrs: the process that ran it, the ArchSpec and its one-line form, seed, epochs,
+parameter count, FLOPs, per-epoch curve, seconds, and why it was pruned or failed.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable, NoReturn
 
 import optuna
 import torch
-from torch import nn
 
-from nas.data import Dataset, Split, channel_stats, full_train, split_train_val, test_split
-from nas.model import ShapeError, build_model, model_info
-from nas.space import ArchSpec, Space, sample
-from nas.train import Diverged, EpochRecord, fit, predict
+from nas.model import ShapeError, spec_info, training_bytes
+from nas.pipeline import Prepared, new_model
+from nas.space import Space, sample
+from nas.train import Diverged, EpochRecord, device_memory, fit
 
-
-@dataclass(frozen=True)
-class Prepared:
-    """A dataset cut for training, already on the training device, with its normalisation."""
-
-    train: Split
-    val: Split
-    input_shape: tuple[int, int, int]
-    n_classes: int
-    mean: list[float]
-    std: list[float]
-
-
-def prepare_search_data(
-    ds: Dataset, val_fraction: float, seed: int, device: torch.device, subset: int | None = None
-) -> Prepared:
-    """The seeded stratified train/val split the search scores on; the test set stays out of it."""
-    train, val = split_train_val(ds, val_fraction, seed, subset)
-    return Prepared(train.to(device), val.to(device), ds.input_shape, ds.n_classes, *channel_stats(train.x))
-
-
-def prepare_final_data(ds: Dataset, device: torch.device) -> Prepared:
-    """The whole training set to train on and the test set to score: for `train` and export."""
-    train = full_train(ds)
-    return Prepared(train.to(device), test_split(ds).to(device), ds.input_shape, ds.n_classes, *channel_stats(train.x))
-
-
-def new_model(spec: ArchSpec, data: Prepared, seed: int, device: torch.device) -> nn.Sequential:
-    """The seeded, freshly initialised network of `spec` on `device`."""
-    torch.manual_seed(seed)
-    return build_model(spec, data.input_shape, data.n_classes, data.mean, data.std).to(device)
-
-
-def train_spec(
-    spec: ArchSpec,
-    data: Prepared,
-    epochs: int,
-    seed: int,
-    device: torch.device,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-) -> tuple[nn.Sequential, list[EpochRecord]]:
-    model = new_model(spec, data, seed, device)
-    return model, fit(model, data.train, data.val, epochs=epochs, seed=seed, on_epoch=on_epoch, **asdict(spec.training))
-
-
-def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:
-    """Accuracy, per-class accuracy (by class name) and the confusion matrix on the test set."""
-    pred = predict(model, test.x)
-    n = len(classes)
-    confusion = torch.bincount(test.y * n + pred, minlength=n * n).reshape(n, n)  # rows: true, columns: predicted
-    return {
-        "test_accuracy": (pred == test.y).float().mean().item(),
-        "per_class_accuracy": dict(zip(classes, (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist())),
-        "confusion": confusion.tolist(),
-    }
+MEMORY_SHARE = 0.8  # of the device's free memory a trial may plan to use
 
 
 class Objective:
@@ -89,30 +33,31 @@ class Objective:
         epochs: int,
         device: torch.device,
         seed: int = 0,
+        identity: dict[str, str] | None = None,
         on_epoch: Callable[[int, EpochRecord], None] | None = None,
     ):
         self.space, self.data, self.epochs, self.device, self.seed = space, data, epochs, device, seed
+        self.identity = identity or {}  # which process runs the trials (`study.process_identity`)
         self.on_epoch = on_epoch
 
     def __call__(self, trial: optuna.Trial) -> float:
+        for key, value in self.identity.items():  # first: a trial found running knows its process
+            trial.set_user_attr(key, value)
         try:
             return self._run(trial)
-        except KeyboardInterrupt:  # Optuna then marks the trial failed and the CLI exits 130
+        except KeyboardInterrupt:  # a signal: Optuna then marks the trial failed and the search stops
             trial.set_user_attr("reason", "interrupted")
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
         spec = sample(self.space, trial)
         seed = self.seed + trial.number
-        attrs = {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs,
-                 "worker": f"{socket.gethostname()}:{os.getpid()}"}  # which process ran it, for the dashboard and logs
-        for key, value in attrs.items():
+        for key, value in {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs}.items():
             trial.set_user_attr(key, value)
         try:
-            model = new_model(spec, self.data, seed, self.device)
+            info = spec_info(spec, self.data.input_shape, self.data.n_classes)
         except ShapeError as e:
             _prune(trial, f"invalid: {e}")
-        info = model_info(model, self.data.input_shape)
         trial.set_user_attr("n_params", info.n_params)
         trial.set_user_attr("flops", info.flops)
         limits = ((info.n_params, self.space.max_params, "parameters", "max_params"),
@@ -120,6 +65,11 @@ class Objective:
         for value, limit, what, key in limits:
             if limit is not None and value > limit:
                 _prune(trial, f"too large: {value:,.0f} {what} > {key} {limit:,}")
+        need, free = training_bytes(info, spec.training.batch_size), device_memory(self.device)
+        if need > MEMORY_SHARE * free:
+            _prune(trial, f"too large: training needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on "
+                          f"{self.device}")
+        model = new_model(spec, self.data, seed, self.device)
 
         curve: list[dict] = []
 
@@ -134,8 +84,8 @@ class Objective:
 
         start = time.perf_counter()
         try:
-            history = fit(model, self.data.train, self.data.val, epochs=self.epochs, seed=seed, on_epoch=report,
-                          **asdict(spec.training))
+            history = fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
+                          on_epoch=report)
         except Diverged as e:
             _prune(trial, f"diverged: {e}")
         except optuna.TrialPruned:

@@ -10,14 +10,13 @@ Plotly's JavaScript is inlined once, so the file opens offline.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
+from nas.files import check_file_target, write_file
 from nas.study import StudyError, top_trials, trial_row
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -104,6 +103,7 @@ def figures(study: optuna.Study, summary: dict[str, Any]) -> list[tuple[str, str
 
 def write_report(study: optuna.Study, out: Path, storage: str = "") -> dict[str, Any]:
     """Write the HTML report to `out` (atomically); returns the summary it shows."""
+    check_file_target(out, "the report", need=8 << 20)
     summary = summarize(study)
     sections = []
     for i, (fig_id, title, fig) in enumerate(figures(study, summary)):
@@ -116,15 +116,7 @@ def write_report(study: optuna.Study, out: Path, storage: str = "") -> dict[str,
         top=_top_table(summary["top"]),
         figures="\n".join(sections),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_file(out, page)
     return summary
 
 

@@ -1,27 +1,31 @@
-"""Studies: storage URLs, samplers, pruners, create-or-resume, and reading results back.
+"""Studies: storage URLs, samplers, pruners, create-or-resume, who runs each trial, and results read back.
 
-Optuna does the work (RDB storage, TPE, median / Hyperband pruners); this module only chooses and
-wires them, and records on the study what a resume or an export must reproduce (dataset, split).
+Optuna does the work (RDB storage, TPE, median / Hyperband pruners, heartbeats); this module only
+chooses and wires them, records on the study what a resume or an export must reproduce (dataset,
+split), and fails at once the running trials of a worker of this machine that no longer exists.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import queue
-import signal
-import sys
+import socket
 import time
 import warnings
-from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
 
+from nas import names
 from nas.errors import NasError
+from nas.files import WriteError, check_file_target
+from nas.space import Choice, FloatRange, IntRange, Space
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+State = optuna.trial.TrialState
+FINISHED = (State.COMPLETE, State.PRUNED)
+CONNECT_TIMEOUT = 10  # seconds to wait for a PostgreSQL server's answer
+MAX_RETRY = 3  # times the parameters of a trial whose worker died are run again
 
 
 class StudyError(NasError):
@@ -35,24 +39,26 @@ def quiet_optuna() -> None:
 
 def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage with heartbeats: a trial whose worker died (kill -9, lost machine) is marked
-    failed by the next worker that starts a trial, and its parameters are queued to run again.
+    failed by the next worker that starts a trial once its heartbeat is stale, and its parameters are
+    queued to run again (`fail_dead_workers_trials` does it at once for a worker of this machine).
     Only with `create` may a missing SQLite file be made (by `search`, not by commands that read)."""
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
         if not create and not path.is_file():
             raise StudyError(f"{url}: no such study storage (file {path} does not exist); run `nas search` first "
                              "or pass the --storage your search used.")
-        try:
+        if create:
+            check_storage_target(url)
             path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StudyError(f"{url}: cannot create folder {path.parent} ({e.strerror}); choose another --storage.")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # local workers wait for the file lock, not fail
     elif url.startswith("postgresql"):
         try:
             import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URLs)
-        except ImportError:
-            raise StudyError(f"{url} needs the PostgreSQL driver: pip install 'nas[postgres]' (psycopg 3).")
+        except ImportError as e:
+            raise StudyError(f"{url} needs the PostgreSQL driver: pip install 'nas[postgres]' (psycopg 3).") from e
+        if "connect_timeout" not in url:  # a server that accepts but never answers: an error in seconds, not a hang
+            engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
     for _ in range(3):
         try:
             with warnings.catch_warnings():
@@ -62,7 +68,7 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat,
                     grace_period=3 * heartbeat,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                    heartbeat_stale_trial_callback=retry_trial,
                 )
             if url.startswith("sqlite"):
                 _serialize_sqlite_transactions(rdb.engine)
@@ -77,7 +83,25 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
     raise StudyError(
         f"cannot open the study storage {url!r}: {first}. Use sqlite:///PATH.db or "
         "postgresql://USER@HOST:PORT/DB with the server running."
-    )
+    ) from error
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///PATH` URL; other SQLite URLs (in memory, no path) are refused."""
+    path = url.removeprefix("sqlite:///").split("?")[0]
+    if not url.startswith("sqlite:///") or path in ("", ":memory:"):
+        raise StudyError(f"{url}: a study storage must be a file (sqlite:///PATH.db) or a PostgreSQL URL; an "
+                         "in-memory database would be lost when nas exits.")
+    return Path(path)
+
+
+def check_storage_target(url: str) -> None:
+    """Fail now, before the dataset is read, if a SQLite storage cannot be created or written."""
+    if url.startswith("sqlite"):
+        try:
+            check_file_target(sqlite_path(url), "the study storage")
+        except WriteError as e:
+            raise StudyError(f"--storage {url}: {e} (SQLite also needs to write a journal file beside it.)") from e
 
 
 def _serialize_sqlite_transactions(engine: Any) -> None:
@@ -101,21 +125,35 @@ def _serialize_sqlite_transactions(engine: Any) -> None:
     engine.dispose()  # connections opened before the listeners existed
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+def _tpe(seed: int) -> optuna.samplers.BaseSampler:
     # group=True lets multivariate TPE model the conditional per-block parameters together.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed, constant_liar=True)
 
 
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": _tpe,
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
+    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
+                                                               reduction_factor=3),
+    "none": lambda epochs: optuna.pruners.NopPruner(),
+}
+names.check_registry(SAMPLERS, names.SAMPLERS, "sampler")
+names.check_registry(PRUNERS, names.PRUNERS, "pruner")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler called `name` (see `SAMPLERS`), seeded."""
+    return names.lookup(SAMPLERS, name, "sampler")(seed)
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    """The pruner called `name` (see `PRUNERS`) for trials of `epochs` epochs."""
+    return names.lookup(PRUNERS, name, "pruner")(epochs)
 
 
 def open_study(
@@ -125,83 +163,125 @@ def open_study(
     pruner: str,
     seed: int,
     epochs: int,
-    data_attrs: dict[str, Any],
+    data_attrs: dict[str, Any] | None = None,
+    space: Space | None = None,
     baselines: Sequence[dict[str, Any]] = (),
     heartbeat: int = 10,
     worker: int = 0,
 ) -> optuna.Study:
     """Create the study, or resume it; a new one gets the `baselines` (trial parameters) enqueued first.
 
-    `worker` tells apart processes that open the study together, so their samplers draw differently.
+    A resumed study must have been searched on the same data (`data_attrs`), and the `space` must
+    not change the choices of a parameter its trials already have. Trials of dead workers of this
+    machine are failed and queued again before anything runs. Without `data_attrs` the study must
+    exist (a worker process joining it). `worker` tells apart processes that open the study
+    together, so that their samplers draw differently.
     """
-    rdb = open_storage(storage, heartbeat, create=True)
+    rdb = open_storage(storage, heartbeat, create=data_attrs is not None)
     kwargs = {"study_name": name, "storage": rdb, "pruner": make_pruner(pruner, epochs)}
     if name in optuna.get_all_study_names(rdb):  # resume: check before writing anything
         study = optuna.load_study(**kwargs)
+        if data_attrs is not None:
+            _check_resumable(study, storage, data_attrs, space)
+    elif data_attrs is None:
+        raise StudyError(f"{storage} holds no study named {name!r}.")
     else:  # load_if_exists: workers started together may race to create it
         study = optuna.create_study(direction="maximize", load_if_exists=True, **kwargs)
-    known = study.user_attrs.get("data")
-    if known is None:
+    if data_attrs is not None and "data" not in study.user_attrs:
         study.set_user_attr("data", data_attrs)
         for params in baselines:
             study.enqueue_trial(params, skip_if_exists=True)
-        known = data_attrs
-    for key in ("dataset", "subset"):
-        if known[key] != data_attrs[key]:
-            raise StudyError(
-                f"study {name!r} in {storage} was searched with {key} {known[key]!r}, not {data_attrs[key]!r}: "
-                f"resume it with the same --{key}, or pass a new --study name."
-            )
+    fail_dead_workers_trials(study)
     # A resumed run must not replay the first run's random draws: seed by how far the study got.
     study.sampler = make_sampler(sampler, seed + len(study.trials) + 10_007 * worker)
     return study
 
 
-def load_study(name: str | None, storage: str) -> optuna.Study:
-    """An existing study; with no name, the storage's only study."""
+def _check_resumable(study: optuna.Study, storage: str, data_attrs: dict[str, Any], space: Space | None) -> None:
+    known = study.user_attrs.get("data")
+    if known is None:
+        if study.trials:
+            raise StudyError(_not_ours(study, storage, "nas search continues only studies it started"))
+        return  # created by a run that stopped before recording anything
+    for key in ("dataset", "subset"):
+        if known[key] != data_attrs[key]:
+            raise StudyError(
+                f"study {study.study_name!r} in {storage} was searched with {key} {known[key]!r}, not "
+                f"{data_attrs[key]!r}: resume it with the same --{key}, or pass a new --study name."
+            )
+    if space is None:
+        return
+    recorded: dict[str, optuna.distributions.BaseDistribution] = {}
+    for t in study.get_trials(deepcopy=False):  # Optuna compares with the first record of each name
+        for param, dist in t.distributions.items():
+            recorded.setdefault(param, dist)
+    for param, dim in space.dimensions().items():
+        if param in recorded:
+            try:
+                optuna.distributions.check_distribution_compatibility(recorded[param], _distribution(dim))
+            except ValueError as e:
+                raise StudyError(
+                    f"study {study.study_name!r} in {storage} has trials where `{param}` is "
+                    f"{_dist_text(recorded[param])}, but the space now makes it {_dist_text(_distribution(dim))}; "
+                    "Optuna cannot continue a study whose choices changed. Restore the old values, widen only "
+                    "int/float ranges, or pass a new --study name."
+                ) from e
+
+
+def _distribution(dim: Any) -> optuna.distributions.BaseDistribution:
+    if isinstance(dim, Choice):
+        return optuna.distributions.CategoricalDistribution(list(dim.values))
+    if isinstance(dim, IntRange):
+        return optuna.distributions.IntDistribution(dim.low, dim.high, log=dim.log)
+    assert isinstance(dim, FloatRange)
+    return optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log)
+
+
+def _dist_text(dist: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return f"a choice of {list(dist.choices)}"
+    kind = "an int" if isinstance(dist, optuna.distributions.IntDistribution) else "a float"
+    return f"{kind} in [{dist.low}, {dist.high}]" + (" (log)" if dist.log else "")
+
+
+def _not_ours(study: optuna.Study, storage: str, what: str) -> str:
+    return (f"study {study.study_name!r} in {storage} was not made by `nas search` (it records no dataset); "
+            f"{what}. Look at it with `nas dashboard`, or pass the --study of a nas search.")
+
+
+def load_study(name: str | None, storage: str, nas_only: bool = True) -> optuna.Study:
+    """An existing study; with no name, the storage's only study. With `nas_only`, one `nas search` made."""
     rdb = open_storage(storage)
-    names = optuna.get_all_study_names(rdb)
-    if name is None and len(names) == 1:
-        name = names[0]
-    if name not in names:
-        have = ", ".join(names) or "none yet; run `nas search` first"
+    all_names = optuna.get_all_study_names(rdb)
+    if name is None and len(all_names) == 1:
+        name = all_names[0]
+    if name not in all_names:
+        have = ", ".join(all_names) or "none yet; run `nas search` first"
         what = f"no study named {name!r}" if name else "several studies, so pass --study NAME"
         raise StudyError(f"{storage} holds {what}. Studies there: {have}.")
-    return optuna.load_study(study_name=name, storage=rdb)
+    study = optuna.load_study(study_name=name, storage=rdb)
+    if nas_only and ("data" not in study.user_attrs or len(study.directions) != 1):
+        raise StudyError(_not_ours(study, storage, "nas best and nas report read only studies nas search wrote"))
+    return study
 
 
 def list_studies(storage: str) -> list[dict[str, Any]]:
+    """Every study in `storage` with its trial count, best value and start time."""
     rows = []
     for s in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=True):
+        single = len(s.directions) == 1
         rows.append({
             "name": s.study_name,
             "trials": s.n_trials,
-            "best": s.best_trial.value if s.best_trial else None,
+            "best": s.best_trial.value if single and s.best_trial else None,
             "started": s.datetime_start.isoformat(" ", "seconds") if s.datetime_start else None,
         })
     return rows
 
 
-def run_search(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
-    n_trials: int | None,
-    timeout: float | None,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-) -> None:
-    """Run `n_trials` more trials (or until `timeout`); a trial that raises fails alone."""
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        timeout=timeout,
-        catch=(RuntimeError, ValueError),
-        callbacks=[on_trial] if on_trial else None,
-    )
-
-
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The k completed trials with the highest validation accuracy, best first."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = [t for t in study.get_trials(deepcopy=False, states=(State.COMPLETE,)) if "spec" in t.user_attrs]
     if not done:
         raise StudyError(
             f"study {study.study_name!r} has no completed trial yet ({len(study.trials)} in all): "
@@ -226,129 +306,87 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     }
 
 
-# --- one search, in this process or in N worker processes ------------------------------------
+# --- who runs a trial, and the trials of workers that are gone ---------------------------------
 
 
-@dataclass(frozen=True)
-class SearchJob:
-    """Everything one search process needs, as plain (picklable) data."""
-
-    space: str
-    study: str
-    storage: str
-    dataset: str
-    data_dir: str | None
-    device: str
-    epochs: int
-    subset: int | None
-    sampler: str = "tpe"
-    pruner: str = "median"
-    seed: int = 0
-    heartbeat: int = 10
-    trials: int = 1
-    timeout: float | None = None
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default (all cores)
-    worker: int = 0
+def process_identity() -> dict[str, str]:
+    """What a trial records about the process that runs it: `worker` (host:pid) and `worker_ns`."""
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_ns": _pid_namespace()}
 
 
-def start_search(job: SearchJob, on_epoch: Callable[[int, Any], None] | None = None) -> tuple[optuna.Study, Any]:
-    """Open (or create) the job's study and build its objective: (study, objective)."""
-    import torch
-
-    from nas import data, objective, space as spaces
-
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    sp = spaces.load_space(job.space)
-    ds = data.load_dataset(job.dataset, job.data_dir)
-    wanted = {"dataset": ds.name, "val_fraction": sp.val_fraction, "split_seed": job.seed, "subset": job.subset}
-    st = open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
-                    spaces.baseline_params(sp), job.heartbeat, job.worker)
-    split = st.user_attrs["data"]  # a resumed study keeps the split it started with
-    device = torch.device(job.device)
-    prepared = objective.prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
-    return st, objective.Objective(sp, prepared, job.epochs, device, job.seed, on_epoch=on_epoch)
-
-
-def worker_devices(device: str, n: int) -> list[str]:
-    """The device of each of `n` workers: `auto`/`cuda` spread them over all GPUs, else all share `device`."""
-    import torch
-
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(n)]
-    return ["cpu" if device == "auto" else device] * n
-
-
-def auto_workers(device: str) -> int:
-    """How many workers `--workers auto` runs: see docs/benchmarks.md for the measurements behind it."""
-    import torch
-
-    if device != "cpu" and torch.cuda.is_available():
-        gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 1
-        return max(1, min(4 * gpus, _cores()))  # one small net leaves a GPU idle between its kernels
-    return max(1, min(_cores(), 8))  # one single-threaded worker per core beats threads inside one small net
-
-
-def threads_per_worker(n_workers: int) -> int | None:
-    """Several workers split the cores between them; one keeps torch's default (all of them)."""
-    return None if n_workers == 1 else max(1, _cores() // n_workers)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def run_workers(jobs: list[SearchJob], on_event: Callable[[tuple], None]) -> list[int | None]:
-    """Run each job in its own process; `on_event` gets their progress here. Returns their exit codes.
-
-    Events: ("epoch", worker, trial number, EpochRecord), ("trial", worker, trial_row), ("error", worker, message).
-    A Ctrl-C here is passed on to the workers, which mark their running trials interrupted and stop.
-    """
-    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's torch and SQLite state
-    events = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(job, events), name=f"nas-worker-{job.worker}") for job in jobs]
-    for p in procs:
-        p.start()
-
-    def drain(wait: float) -> None:
-        try:
-            on_event(events.get(timeout=wait))
-            while True:
-                on_event(events.get_nowait())
-        except queue.Empty:
-            pass
-
+def _pid_namespace() -> str:
+    """This kernel boot and pid namespace: pids compare only within one (containers share host names)."""
     try:
-        while any(p.is_alive() for p in procs):
-            drain(0.2)
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGINT)
-        for p in procs:
-            p.join(timeout=60)
-        raise
-    finally:
-        for p in procs:
-            p.join()
-        drain(0)
-    return [p.exitcode for p in procs]
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
 
 
-def _worker(job: SearchJob, events: Any) -> None:
-    signal.signal(signal.SIGINT, _interrupt_once)
+def fail_dead_workers_trials(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose worker ran on this machine and no longer exists, and queue their
+    parameters to run again (at most MAX_RETRY times); returns their numbers. Trials of other machines
+    are left to the heartbeat rule: only this machine can tell that a process is gone."""
+    me, failed = process_identity(), []
+    host = me["worker"].rsplit(":", 1)[0]
+    for t in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
+        worker, ns = t.user_attrs.get("worker", ""), t.user_attrs.get("worker_ns", me["worker_ns"])
+        w_host, _, pid = worker.rpartition(":")
+        if w_host != host or ns != me["worker_ns"] or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if _process_gone(int(pid), t.datetime_start) and fail_trial(study, t, f"failed: worker {worker} died"):
+            retry_trial(study, t)
+            failed.append(t.number)
+    return failed
+
+
+def fail_own_trials(study: optuna.Study, reason: str) -> list[int]:
+    """Fail the trials this process left running (a signal between Optuna's steps); returns their numbers."""
+    me = process_identity()["worker"]
+    return [t.number for t in study.get_trials(deepcopy=False, states=(State.RUNNING,))
+            if t.user_attrs.get("worker") == me and fail_trial(study, t, reason)]
+
+
+def fail_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """Record `reason` and mark the running trial failed; False if another process finished it first."""
     try:
-        quiet_optuna()
-        st, obj = start_search(job, on_epoch=lambda number, record: events.put(("epoch", job.worker, number, record)))
-        run_search(st, obj, job.trials, job.timeout, lambda _s, t: events.put(("trial", job.worker, trial_row(t))))
-    except KeyboardInterrupt:
-        pass  # the objective marked the running trial interrupted
-    except NasError as e:
-        events.put(("error", job.worker, str(e)))
-        sys.exit(2)
+        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+        study.tell(t.number, state=State.FAIL, skip_if_finished=True)
+    except (RuntimeError, ValueError):  # finished meanwhile (UpdateFinishedTrialError is a RuntimeError)
+        return False
+    return study._storage.get_trial(t._trial_id).state == State.FAIL
 
 
-def _interrupt_once(signum: int, frame: Any) -> None:
-    """Ctrl-C in a terminal reaches every worker and the parent passes it on too: act on the first only."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+def retry_trial(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
+    """Queue the parameters of a trial whose worker died, unless they already ran MAX_RETRY times.
+
+    Like Optuna's RetryFailedTrialCallback, without copying the user attrs: the new trial must not
+    look as if the dead process ran it."""
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
+    if len(history) > MAX_RETRY:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=State.WAITING, params=failed.params, distributions=failed.distributions,
+        system_attrs={"failed_trial": failed.system_attrs.get("failed_trial", failed.number), "retry_history": history},
+    ))
+
+
+def _process_gone(pid: int, since: datetime | None) -> bool:
+    """Whether process `pid` no longer exists, is a zombie, or is a newer process that reused its number."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: it exists
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z":
+            return True
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime"))
+        born = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False  # cannot tell: leave it to the heartbeat
+    return since is not None and born > since.timestamp() + 1

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.data import Split
+from nas.data import Split, available_memory
+from nas import names
+from nas.errors import NasError
 
 EVAL_BATCH = 4096
 CROP_PAD = 2  # random crop: shift by up to this many pixels, zero-filled (RandomCrop(28, padding=2))
@@ -43,40 +45,72 @@ class EpochRecord:
         return asdict(self)
 
 
+class DeviceError(NasError):
+    """A device that this machine does not have."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """`auto` is the first CUDA GPU when there is one, else the CPU."""
+    """`auto` is the first CUDA GPU when there is one, else the CPU; a device that is not here is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = "" if torch.version.cuda else ", a build without CUDA"
+            raise DeviceError(f"--device {name}: this machine has no CUDA GPU that torch can use (torch "
+                              f"{torch.__version__}{build}). Use --device cpu, or auto to take a GPU when there is one.")
+        if device.index is not None and device.index >= n:
+            raise DeviceError(f"--device {name}: this machine has {n} CUDA GPU{'s' * (n > 1)}, cuda:0 to cuda:{n - 1}.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {name}: Apple's MPS is not available here. Use --device cpu or auto.")
+    return device
 
 
-def make_optimizer(
-    model: nn.Module, optimizer: str, lr: float, weight_decay: float, momentum: float
-) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adadelta": torch.optim.Adadelta}[optimizer]
-    return cls(params, lr=lr, weight_decay=weight_decay)
+def device_memory(device: torch.device) -> int:
+    """Bytes free on `device`: the GPU's free memory, or the machine's available memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
+
+
+class Recipe(Protocol):
+    """How to train: what `fit` reads of a spec's training part (`space.TrainSpec` is one)."""
+
+    optimizer: str
+    lr: float
+    batch_size: int
+    weight_decay: float
+    momentum: float
+    augment: str
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda params, r: torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay),
+    "adamw": lambda params, r: torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay),
+    "sgd": lambda params, r: torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay),
+    "adadelta": lambda params, r: torch.optim.Adadelta(params, lr=r.lr, weight_decay=r.weight_decay),
+}
+names.check_registry(OPTIMIZERS, names.OPTIMIZERS, "optimizer")
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the model's parameters."""
+    return names.lookup(OPTIMIZERS, recipe.optimizer, "optimizer")(model.parameters(), recipe)
 
 
 def fit(
     model: nn.Module,
     train: Split,
     val: Split,
+    recipe: Recipe,
     *,
     epochs: int,
-    optimizer: str,
-    lr: float,
-    batch_size: int,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    augment: str = "none",
     seed: int = 0,
     precision: str = "auto",
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> list[EpochRecord]:
-    """Train for `epochs`, scoring `val` after each; `on_epoch` may raise to stop (a pruner does).
+    """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does).
 
     `precision`: `auto` is bf16 autocast on CUDA and fp32 elsewhere; `bf16` or `fp32` force it.
     """
@@ -85,12 +119,12 @@ def fit(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every batch has the same shape, so the tuning pays off
     dtype = _autocast_dtype(precision, device)
-    opt = make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    opt = make_optimizer(model, recipe)
     shuffle = torch.Generator(device=device).manual_seed(seed)
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        loss, train_acc = train_one_epoch(model, train, opt, batch_size, shuffle, augment, dtype)
+        loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype)
         val_acc = evaluate(model, val, dtype)
         if not math.isfinite(loss):
             raise Diverged(epoch)
@@ -127,8 +161,7 @@ def train_one_epoch(
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
         x, y = data.x[idx], data.y[idx]
-        if augment != "none":
-            x = augment_batch(x, augment, shuffle)
+        x = augment_batch(x, augment, shuffle)
         with _autocast(x.device, dtype):  # the forward pass only; backward follows the dtypes it chose
             logits = model(_as_input(x))
         loss = F.cross_entropy(logits.float(), y)
@@ -140,19 +173,36 @@ def train_one_epoch(
     return total_loss.item() / n, correct.item() / n
 
 
+def _crop(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shift every image by up to CROP_PAD pixels each way, zero-filled (RandomCrop(H, padding=CROP_PAD))."""
+    n, c, h, w = x.shape
+    p = CROP_PAD
+    shift = torch.randint(0, 2 * p + 1, (2, n), device=x.device, generator=gen)
+    rows = (shift[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (shift[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return F.pad(x, (p, p, p, p))[torch.arange(n, device=x.device)[:, None, None, None],
+                                   torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the images left to right."""
+    flip = torch.rand(len(x), device=x.device, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+AUGMENTATIONS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tensor], ...]] = {
+    "none": (),
+    "flip": (_flip,),
+    "crop": (_crop,),
+    "crop_flip": (_crop, _flip),
+}
+names.check_registry(AUGMENTATIONS, names.AUGMENTATIONS, "augmentation")
+
+
 def augment_batch(x: torch.Tensor, augment: str, gen: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding, shift up to CROP_PAD) and/or horizontal flip of every uint8 image, in batch."""
-    n, _, h, w = x.shape
-    if "crop" in augment:
-        p = CROP_PAD
-        shift = torch.randint(0, 2 * p + 1, (2, n), device=x.device, generator=gen)
-        rows = (shift[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (shift[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        x = F.pad(x, (p, p, p, p))[torch.arange(n, device=x.device)[:, None, None, None],
-                                    torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-    if "flip" in augment:
-        flip = torch.rand(n, device=x.device, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    """The `augment` transforms applied to every uint8 image of the batch, on its device."""
+    for transform in names.lookup(AUGMENTATIONS, augment, "augmentation"):
+        x = transform(x, gen)
     return x
 
 

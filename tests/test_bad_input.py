@@ -35,7 +35,7 @@ def data(tmp: Path, damage=None) -> Path:
 
 
 def npz(tmp: Path, **arrays) -> Path:
-    base = {"x_train": np.zeros((4, 6, 6), np.uint8), "y_train": np.arange(4), "x_test": np.zeros((2, 6, 6), np.uint8),
+    base = {"x_train": np.zeros((4, 6, 6), np.uint8), "y_train": np.array([0, 0, 1, 1]), "x_test": np.zeros((2, 6, 6), np.uint8),
             "y_test": np.arange(2)}
     np.savez(tmp / "d.npz", **{k: v for k, v in (base | arrays).items() if v is not None})
     return tmp / "d.npz"
@@ -51,7 +51,8 @@ def studied(tmp: Path, trials: int = 1) -> str:
     else:
         import optuna
 
-        optuna.create_study(study_name="tiny", storage=db)
+        study = optuna.create_study(study_name="tiny", storage=db, direction="maximize")
+        study.set_user_attr("data", {"dataset": "fashion-mnist", "val_fraction": 0.1, "split_seed": 0, "subset": None})
     return db
 
 
@@ -152,8 +153,8 @@ CASES = [
     ("study: resumed on another dataset", lambda t: studied(t) and search(t, GOOD.replace("budget", "name: tiny\nbudget"),
                                                                     "--dataset", npz(t)), 2,
      "was searched with dataset 'fashion-mnist'"),
-    ("export: target exists", lambda t: export_into_existing(t), 2,
-     "already exists; pass --force to replace it"),
+    ("export: folder holds the user's files", lambda t: export_into_existing(t), 2,
+     "holds files that are not an export of nas (keep); nas replaces only a folder it wrote itself, even with --force"),
     ("cli: bad worker count", lambda t: search(t, GOOD, "--workers", "0"), 2,
      "expected a count ≥ 1 or auto, got '0'"),
     ("report: no completed trial", lambda t: ["report", "--storage", studied(t, 0), "--out", t / "r.html"], 2,

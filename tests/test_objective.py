@@ -6,7 +6,8 @@ import torch
 
 from nas import space as sp
 from nas.data import load_dataset
-from nas.objective import Objective, prepare_search_data, train_spec
+from nas.objective import Objective
+from nas.pipeline import prepare_search_data, train_spec
 
 CPU = torch.device("cpu")
 
@@ -84,7 +85,7 @@ def test_a_diverging_trial_is_pruned_as_diverged(prepared):
 
 
 def test_a_trial_that_raises_fails_alone_with_its_reason_and_the_study_goes_on(prepared):
-    from nas.study import run_search
+    from nas.search import CAUGHT
 
     space = _fixed({"blocks": 1, "block": {"channels": 4}, "head": {"layers": 1, "units": 8}})
     calls = []
@@ -95,7 +96,7 @@ def test_a_trial_that_raises_fails_alone_with_its_reason_and_the_study_goes_on(p
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     study = _study()
-    run_search(study, Objective(space, prepared, epochs=1, device=CPU, on_epoch=out_of_memory_once), 2, None)
+    study.optimize(Objective(space, prepared, epochs=1, device=CPU, on_epoch=out_of_memory_once), n_trials=2, catch=CAUGHT)
     first, second = study.trials
     assert first.state == optuna.trial.TrialState.FAIL
     assert first.user_attrs["reason"] == "failed: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from nas.cli import app
 from nas.data import load_dataset
 from nas.export import describe_model, write_export
-from nas.objective import new_model, prepare_final_data, score_on_test, train_spec
+from nas.pipeline import new_model, prepare_final_data, score_on_test, train_spec
 from nas.space import load_space, sample
 from nas.train import fit
 
@@ -38,9 +38,9 @@ def test_the_tutorial_lenet_learns_in_two_epochs_and_predict_names_real_test_ima
     data = prepare_final_data(ds, torch.device("cpu"))
     spec = sample(load_space(SPACES / "seed_lenet.yaml"))
     model, history = train_spec(spec, data, 2, 0, torch.device("cpu"))
-    metrics = describe_model(model, spec, ds) | score_on_test(model, data.val, ds.classes) | {"epochs": 2}
+    metrics = describe_model(model, spec, ds) | score_on_test(model, data.test, ds.classes) | {"epochs": 2}
     assert metrics["test_accuracy"] >= 0.80
-    write_export(tmp_path / "e", model, spec, metrics, data.val.x)
+    write_export(tmp_path / "e", model, spec, metrics, data.test.x)
     files = []
     for i in range(20):
         files.append(tmp_path / f"{i}.png")
@@ -60,5 +60,5 @@ def test_bf16_autocast_learns_as_well_as_fp32():
     acc = {}
     for precision in ("fp32", "bf16"):
         model = new_model(spec, data, 0, torch.device("cpu"))
-        acc[precision] = fit(model, data.train, data.val, epochs=1, precision=precision, **vars(spec.training))[-1].val_acc
+        acc[precision] = fit(model, data.train, data.test, spec.training, epochs=1, precision=precision)[-1].val_acc
     assert acc["bf16"] >= 0.75 and abs(acc["bf16"] - acc["fp32"]) < 0.03, acc

@@ -56,6 +56,7 @@ def test_report_is_one_offline_html_file_with_every_section(finished_study, tmp_
 def test_report_of_a_study_without_completed_trials_says_so(tmp_path):
     db = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(study_name="empty", storage=db, direction="maximize")
+    study.set_user_attr("data", {"dataset": "fashion-mnist", "val_fraction": 0.1, "split_seed": 0, "subset": None})
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
     result = CliRunner().invoke(app, ["report", "--storage", db, "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 2 and "no completed trial yet" in result.output

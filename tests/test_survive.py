@@ -150,9 +150,15 @@ def test_a_killed_worker_process_leaves_the_others_running_and_exit_1(tmp_path, 
     victim = wait_for_running(db, "medium", 0, proc, n_running=2)
     os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
     code, out, err = finish(proc)
-    assert code == 1 and "1 of 2 workers stopped with an error" in " ".join(err.split()), out + err
+    said = " ".join(err.split())
+    assert code == 1 and "1 of 2 workers stopped with an error" in said and "was killed by SIGKILL" in said, out + err
     trials = optuna.load_study(study_name="medium", storage=db).get_trials()
-    assert trials[victim.number].state == State.RUNNING  # until a later search sees its heartbeat stopped
+    dead = trials[victim.number]  # failed at once: its process is known to be gone, no heartbeat wait
+    assert dead.state == State.FAIL and dead.user_attrs["reason"] == f"failed: worker {victim.user_attrs['worker']} died"
+    assert f"its trial #{victim.number} failed and was queued to run again" in said
+    rerun = [t for t in trials if t.number != victim.number and t.params == victim.params]
+    assert len(rerun) == 1 and rerun[0].state in (State.WAITING, State.COMPLETE)
+    assert not [t for t in trials if t.state == State.RUNNING]
     assert sum(t.state == State.COMPLETE for t in trials) == 2  # the other worker did its share
 
 

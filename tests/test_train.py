@@ -18,7 +18,7 @@ def _run(idx_dir, seed=0, activation="relu", **training):
     torch.manual_seed(seed)
     model = build_model(spec, (1, 28, 28), 10)
     seen = []
-    history = fit(model, train, val, epochs=3, seed=seed, on_epoch=seen.append, **vars(spec.training))
+    history = fit(model, train, val, spec.training, epochs=3, seed=seed, on_epoch=seen.append)
     return history, seen
 
 
@@ -63,7 +63,7 @@ def test_augmented_and_bf16_training_still_learn(idx_dir):
     spec = sp.sample(sp.parse_space(SMALL))
     train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
     model = build_model(spec, (1, 28, 28), 10)
-    bf16 = fit(model, train, val, epochs=3, precision="bf16", **vars(spec.training))  # the GPU's autocast path, on CPU
+    bf16 = fit(model, train, val, spec.training, epochs=3, precision="bf16")  # the GPU's autocast path, on CPU
     assert bf16[-1].val_acc >= 0.5
 
 
@@ -77,7 +77,7 @@ def test_gpu_training_matches_cpu_accuracy_and_leaks_no_memory(idx_dir):
     for seed in range(5):
         torch.manual_seed(seed)
         model = build_model(spec, (1, 28, 28), 10).cuda()
-        history = fit(model, train, val, epochs=3, seed=seed, **vars(spec.training))
+        history = fit(model, train, val, spec.training, epochs=3, seed=seed)
         del model
         allocated.append(torch.cuda.memory_allocated())
         assert history[-1].val_acc >= 0.5

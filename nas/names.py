@@ -1,0 +1,42 @@
+"""The names a user may write, each kind in one place: in space files and on the command line.
+
+This module imports nothing, so the CLI can offer them as choices without loading torch or Optuna.
+The modules that build what a name stands for (`model`, `train`, `study`) each hold one registry
+keyed by these names and check it against them when imported; `lookup` refuses an unknown name
+with the valid ones listed, so nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, TypeVar
+
+from nas.errors import NasError
+
+# Space values (model.py and train.py build them)
+BLOCKS = ("conv3x3", "conv5x5", "conv3x3x2")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
+POOLS = ("max", "avg", "none")
+PADDINGS = ("valid", "same")
+INITS = ("default", "xavier", "kaiming", "normal")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
+AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
+
+# Search options (study.py builds them)
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+T = TypeVar("T")
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """`registry[name]`, or an error that lists the names `what` may take."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise NasError(f"unknown {what} {name!r}; expected one of {', '.join(registry)}.") from None
+
+
+def check_registry(registry: Mapping[str, Any], names: tuple[str, ...], what: str) -> None:
+    """Fail at import if a module's registry and the names users may write have drifted apart."""
+    if tuple(registry) != names:
+        raise AssertionError(f"the {what} registry {tuple(registry)} differs from nas.names {names}")

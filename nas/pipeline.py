@@ -1,0 +1,83 @@
+"""Torch only: a dataset cut for training on a device, the seeded network of a spec, its training, and
+its score on the test set. The search's objective, `nas train`, the export and the benchmarks share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nas.data import Dataset, Split, channel_stats, full_train, split_train_val, test_split
+from nas.model import build_model
+from nas.space import ArchSpec
+from nas.train import EpochRecord, fit, predict
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset cut for training, already on the training device, with its normalisation.
+
+    A search scores on `val` (taken from the training set) and never sees the test set; a final
+    model trains on the whole training set and is scored on `test`."""
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    input_shape: tuple[int, int, int]
+    n_classes: int
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def held_out(self) -> Split:
+        """What training scores after every epoch: the validation split, or the test set of a final model."""
+        return self.val if self.val is not None else self.test
+
+
+def prepare_search_data(
+    ds: Dataset, val_fraction: float, seed: int, device: torch.device, subset: int | None = None
+) -> Prepared:
+    """The seeded stratified train/val split the search scores on; the test set stays out of it."""
+    train, val = split_train_val(ds, val_fraction, seed, subset)
+    return Prepared(train.to(device), val.to(device), None, ds.input_shape, ds.n_classes, *channel_stats(train.x))
+
+
+def prepare_final_data(ds: Dataset, device: torch.device) -> Prepared:
+    """The whole training set to train on and the test set to score: for `train` and export."""
+    train = full_train(ds)
+    return Prepared(train.to(device), None, test_split(ds).to(device), ds.input_shape, ds.n_classes,
+                    *channel_stats(train.x))
+
+
+def new_model(spec: ArchSpec, data: Prepared, seed: int, device: torch.device) -> nn.Sequential:
+    """The seeded, freshly initialised network of `spec` on `device`."""
+    torch.manual_seed(seed)
+    return build_model(spec, data.input_shape, data.n_classes, data.mean, data.std).to(device)
+
+
+def train_spec(
+    spec: ArchSpec,
+    data: Prepared,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> tuple[nn.Sequential, list[EpochRecord]]:
+    """Build `spec`'s seeded network and train it on `data.train`, scoring `data.held_out` every epoch."""
+    model = new_model(spec, data, seed, device)
+    return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch)
+
+
+def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:
+    """Accuracy, per-class accuracy (by class name) and the confusion matrix on the test set."""
+    pred = predict(model, test.x)
+    n = len(classes)
+    confusion = torch.bincount(test.y * n + pred, minlength=n * n).reshape(n, n)  # rows: true, columns: predicted
+    return {
+        "test_accuracy": (pred == test.y).float().mean().item(),
+        "per_class_accuracy": dict(zip(classes, (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist())),
+        "confusion": confusion.tolist(),
+    }

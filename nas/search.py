@@ -1,0 +1,391 @@
+"""One search: the space, the dataset and the study opened once, then trials in this process or in N
+worker processes, progress reported as events, and SIGINT, SIGTERM and SIGHUP ending it cleanly.
+
+A signal records the running trials as failed with reason `interrupted` and raises `Interrupted`
+(exit status 128 + the signal's number). Workers are spawned with the dataset in shared memory, die
+with their parent, and forward nothing but events; a worker that dies has its trial failed and its
+parameters queued again at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import queue
+import shlex
+import signal
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+import sqlalchemy.exc
+import torch
+
+from nas import data, study as studies
+from nas.data import Dataset
+from nas.errors import NasError
+from nas.objective import Objective
+from nas.pipeline import prepare_search_data
+from nas.space import Space, baseline_params, load_space
+from nas.train import EpochRecord, pick_device
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CAUGHT = (RuntimeError, ValueError)  # errors that fail their trial alone (CUDA out of memory is a RuntimeError)
+STOP_GRACE = 30  # seconds a worker has to record its trial after a signal, before it is killed
+
+
+class Interrupted(KeyboardInterrupt):
+    """A search stopped by a signal; `status` is the conventional exit status, 128 + its number."""
+
+    def __init__(self, signum: int, n_done: int = 0):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.n_done = signum, n_done
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signum
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """What the user asked of one search, as plain (picklable) data; None takes the space's value."""
+
+    space: Path
+    study: str | None = None
+    storage: str = "sqlite:///studies/nas.db"
+    dataset: str | None = None
+    data_dir: str | None = None
+    device: str = "auto"
+    epochs: int | None = None
+    subset: int | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    heartbeat: int = 10
+    trials: int = 1
+    timeout: float | None = None
+    workers: int | None = 1  # None: as many as pay on this machine (`auto_workers`)
+
+
+# --- events, in the order a search sends them -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    study: str
+    storage: str
+    n_finished: int  # trials the study had finished before this run
+    n_baselines: int  # baselines waiting to run first
+    best: float | None  # the study's best value so far
+    n_train: int
+    n_val: int
+    devices: tuple[str, ...]
+    epochs: int
+    n_workers: int
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    worker: int
+    trial: int
+    record: EpochRecord
+
+
+@dataclass(frozen=True)
+class TrialDone:
+    worker: int
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    worker: int
+    message: str
+
+
+Event = Started | EpochDone | TrialDone | WorkerFailed
+
+
+@dataclass
+class Outcome:
+    """What a finished search leaves: the study's counts and best trials, and what went wrong."""
+
+    study: str
+    storage: str
+    counts: dict[str, int]
+    best: list[dict[str, Any]]
+    n_workers: int
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the trials of this run
+    failed_workers: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_trained(self) -> bool:
+        """Every trial of this run failed or was rejected before training: the search achieved nothing."""
+        return bool(self.rows) and not any(
+            r["state"] == "complete" or (r["reason"] or "").startswith("pruned at epoch") for r in self.rows)
+
+
+def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
+    """Run `job.trials` more trials of the job's study (creating or resuming it); see the module doc.
+
+    Everything that can be refused is checked before the study is touched or any work starts: the
+    space's baselines, the device, the storage's folder, the dataset.
+    """
+    studies.quiet_optuna()  # progress and each trial's fate arrive as events
+    space = load_space(job.space)
+    job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
+                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset)
+    baselines = baseline_params(space)
+    n_workers = min(job.workers or auto_workers(job.device), job.trials)
+    devices = worker_devices(job.device, n_workers)
+    studies.check_storage_target(job.storage)
+    ds = data.load_dataset(job.dataset, job.data_dir)
+    wanted = {"dataset": ds.name, "val_fraction": space.val_fraction, "split_seed": job.seed, "subset": job.subset}
+    data.split_sizes(ds, space.val_fraction, job.subset)  # a dataset too small to split fails before the study
+    study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
+                               space, baselines, job.heartbeat)
+    split = study.user_attrs["data"]  # a resumed study keeps the split it started with
+    n_train, n_val = data.split_sizes(ds, split["val_fraction"], split["subset"])
+    trials = study.get_trials(deepcopy=False)
+    threads = threads_per_worker(n_workers)
+    done = [t.value for t in trials if t.state == studies.State.COMPLETE]
+    on_event(Started(study.study_name, job.storage, sum(t.state in studies.FINISHED for t in trials),
+                     sum(t.state == studies.State.WAITING for t in trials), max(done, default=None), n_train, n_val,
+                     tuple(sorted(set(devices))), job.epochs, n_workers, threads))
+    rows: list[dict[str, Any]] = []
+
+    def count(event: Event) -> None:
+        if isinstance(event, TrialDone):
+            rows.append(event.row)
+        on_event(event)
+
+    failed: list[str] = []
+    with _signals_interrupt():
+        try:
+            if n_workers == 1:
+                _run_here(study, space, ds, job, devices[0], count)
+            else:
+                failed = _run_workers(study, space, ds, job, devices, threads, count)
+        except Interrupted as e:
+            _record_interrupted(study)
+            raise Interrupted(e.signum, len(rows)) from None
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            first = str(e).strip().splitlines()[0]
+            raise studies.StudyError(
+                f"the study storage {job.storage} stopped accepting writes ({first}) after {len(rows)} trials of "
+                "this run; they are saved. Fix the storage (space, permissions, server) and run the same command "
+                "again: a trial left running is failed and re-run then."
+            ) from e
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+    best = [studies.trial_row(t) for t in studies.top_trials(study, 5)] if "complete" in states else []
+    return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
+                   rows, failed)
+
+
+def resume_command(argv: list[str], n_left: int) -> str:
+    """The shell-quoted `nas search` command line that runs the `n_left` trials an interrupted run did not."""
+    return shlex.join(["nas", "search", *argv, "--trials", str(n_left)])
+
+
+# --- in this process ---------------------------------------------------------------------------
+
+
+def _run_here(study: optuna.Study, space: Space, ds: Dataset, job: SearchJob, device: str,
+              on_event: Callable[[Event], None], worker: int = 0) -> None:
+    """Run the job's trials in this process; events go to `on_event`."""
+    device = torch.device(device)
+    split = study.user_attrs["data"]
+    prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
+    objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
+                          on_epoch=lambda number, record: on_event(EpochDone(worker, number, record)))
+
+    def after_trial(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        on_event(TrialDone(worker, studies.trial_row(t)))
+        studies.fail_dead_workers_trials(st)
+
+    study.optimize(objective, n_trials=job.trials, timeout=job.timeout, catch=CAUGHT,
+                   callbacks=[after_trial])
+
+
+def _record_interrupted(study: optuna.Study) -> None:
+    """The objective records its trial as interrupted; a signal between Optuna's steps may leave one running."""
+    try:
+        studies.fail_own_trials(study, "interrupted")
+    except sqlalchemy.exc.SQLAlchemyError:
+        pass  # the storage is gone too: the next search fails the trial (this process will not exist)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread, whatever dispositions this
+    process inherited (a job started in the background ignores SIGINT). Only the first: later ones are
+    ignored while the running trials are recorded and the workers stop."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --- in N worker processes ---------------------------------------------------------------------
+
+
+def _run_workers(study: optuna.Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str],
+                 threads: int | None, on_event: Callable[[Event], None]) -> list[str]:
+    """Run the job's trials split exactly among worker processes; returns what stopped any of them early.
+
+    A worker that dies has its running trial failed and queued again at once; the others go on.
+    A signal here stops every worker (each records its trial as interrupted) and re-raises.
+    """
+    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's torch and SQLite state
+    events = ctx.Queue()
+    n = len(devices)
+    jobs = [replace(job, device=d, trials=job.trials // n + (i < job.trials % n)) for i, d in enumerate(devices)]
+    procs = [ctx.Process(target=_worker, args=(j, space, i, threads, ds, events, os.getpid()), name=f"nas-worker-{i}",
+                         daemon=True) for i, j in enumerate(jobs)]
+    for p in procs:
+        p.start()
+    failed: list[str] = []
+    said: set[int] = set()  # workers that reported their own error
+    ended: set[int] = set()  # workers whose early end has been dealt with
+
+    def drain(wait: float) -> None:
+        try:
+            event = events.get(timeout=wait)
+            while True:
+                if isinstance(event, WorkerFailed):
+                    said.add(event.worker)
+                    failed.append(event.message)
+                on_event(event)
+                event = events.get_nowait()
+        except queue.Empty:
+            pass
+
+    def note_ended() -> None:
+        for i, p in enumerate(procs):
+            if p.exitcode in (None, 0) or i in ended:
+                continue
+            ended.add(i)
+            drain(0)  # its own last words first
+            retried = studies.fail_dead_workers_trials(study)
+            if i not in said:
+                message = f"worker {i} (pid {p.pid}) {_how_it_ended(p.exitcode)}" + (
+                    f"; its trial {', '.join(f'#{r}' for r in retried)} failed and was queued to run again"
+                    if retried else "")
+                failed.append(message)
+                on_event(WorkerFailed(i, message))
+
+    try:
+        while any(p.is_alive() for p in procs):
+            drain(0.2)
+            note_ended()
+    except Interrupted:
+        _stop(procs)
+        drain(0)
+        studies.fail_dead_workers_trials(study)  # of a worker that had to be killed
+        raise
+    finally:
+        for p in procs:
+            p.join()
+        drain(0)
+    note_ended()
+    return failed
+
+
+def _stop(procs: list[multiprocessing.Process]) -> None:
+    """Ask every worker to stop (SIGTERM: each records its trial as interrupted), then kill stragglers."""
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.join(timeout=STOP_GRACE)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _how_it_ended(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    if exitcode - 128 in {int(s) for s in SIGNALS}:
+        return f"was stopped by {signal.Signals(exitcode - 128).name}"
+    return f"stopped with exit status {exitcode}"
+
+
+def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: Dataset, events: Any,
+            parent: int) -> None:
+    """One worker process: join the study and run its share of trials, sending events to the parent."""
+    _die_with_parent(parent)
+    if threads:
+        torch.set_num_threads(threads)
+    put = events.put
+    study = None
+    try:
+        with _signals_interrupt():
+            try:
+                studies.quiet_optuna()
+                study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs,
+                                           heartbeat=job.heartbeat, worker=worker)
+                _run_here(study, space, ds, job, job.device, put, worker)
+            except Interrupted as e:
+                if study is not None:
+                    _record_interrupted(study)
+                sys.exit(e.status)
+    except NasError as e:
+        put(WorkerFailed(worker, f"worker {worker}: {e}"))
+        sys.exit(2)
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        put(WorkerFailed(worker, f"worker {worker}: the study storage failed ({str(e).splitlines()[0]})"))
+        sys.exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this process when its parent dies (Linux), so no worker outlives
+    the command even if the parent is killed with SIGKILL; stop now if the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
+# --- where workers run ----------------------------------------------------------------------------
+
+
+def worker_devices(device: str, n: int) -> list[str]:
+    """The device of each of `n` workers: `auto`/`cuda` spread them over all GPUs, else all share `device`.
+
+    A device this machine does not have is an error here, before any study is created."""
+    picked = pick_device(device)
+    if device in ("auto", "cuda") and picked.type == "cuda":
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(n)]
+    return [str(picked)] * n
+
+
+def auto_workers(device: str) -> int:
+    """How many workers `--workers auto` runs: see docs/benchmarks.md for the measurements behind it."""
+    if device != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 1
+        return max(1, min(4 * gpus, _cores()))  # one small net leaves a GPU idle between its kernels
+    return max(1, min(_cores(), 8))  # one single-threaded worker per core beats threads inside one small net
+
+
+def threads_per_worker(n_workers: int) -> int | None:
+    """Several workers split the cores between them; one keeps torch's default (all of them)."""
+    return None if n_workers == 1 else max(1, _cores() // n_workers)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
