@@ -62,7 +62,8 @@ DatasetOpt = Annotated[
 ]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", callback=_check_device)]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split, sampler and training.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1,  # Optuna's samplers take 32-bit seeds, plus offsets
+                                      help="Seed of the split, sampler and training.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing export folder.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; only the result.")]
@@ -128,8 +129,9 @@ def search(
         except searching.Interrupted as e:
             left = trials - e.n_done
             err_console.print(
-                f"interrupted by {e}: {e.n_done} finished trials of this run are saved, the running ones are marked "
-                f"failed (interrupted). Resume with: {searching.resume_command(_given_options(ctx, 'trials'), left)}",
+                f"interrupted by {e}: {e.n_done} finished trial{'s' * (e.n_done != 1)} of this run saved, the running "
+                f"ones marked failed (interrupted). Resume with: "
+                f"{searching.resume_command(_given_options(ctx, 'trials'), left)}",
                 highlight=False, soft_wrap=True)
             raise typer.Exit(e.status) from None
         _show_outcome(outcome, json_out)
@@ -333,6 +335,9 @@ def train_cmd(
         if export is not None:
             check_export_target(export, force)  # before the training, not after it
         ds = data.load_dataset(dataset or sp.dataset, data_dir)
+        _, too_large = pipeline.assess(spec, ds.input_shape, ds.n_classes, dev, sp.max_params, sp.max_mflops)
+        if too_large:
+            raise NasError(f"{space}: the network is {too_large}; make it smaller (or raise the constraint).")
         prepared = pipeline.prepare_final_data(ds, dev)
         epochs = epochs or sp.epochs
         quiet = quiet or json_out
@@ -363,19 +368,9 @@ def predict(
 ) -> None:
     """Classify images with an exported model, preprocessed as in training; print the top classes."""
     with _user_errors():
-        import torch
+        from nas import export as exporting
 
-        from nas import data, export as exporting
-
-        model = exporting.load_model(model_dir)
-        info = json.loads((model_dir / "metrics.json").read_text())
-        classes = info["classes"]
-        names, x = data.read_images(files, tuple(info["input_shape"]))
-        with torch.inference_mode():
-            probs = torch.softmax(model(x.float() / 255), dim=1)  # what ToTensor gives; the model normalises
-        best = probs.topk(min(top, len(classes)), dim=1)
-        rows = [{"file": name, "top": [{"class": classes[i], "probability": p} for p, i in zip(ps, idx)]}
-                for name, ps, idx in zip(names, best.values.tolist(), best.indices.tolist())]
+        rows = exporting.classify(model_dir, files, top)
         if json_out:
             print(json.dumps(rows, indent=2))
             return
@@ -417,7 +412,7 @@ def validate(
             spec = spaces.sample(sp, study.ask())
             console.print(f"\n[bold]sample {i + 1}[/]: {spec.describe()}", highlight=False)
             try:
-                info = models.model_info(models.build_model(spec, shape, n_classes), shape)
+                info = models.spec_info(spec, shape, n_classes)  # nothing allocated
             except models.ShapeError as e:
                 console.print(f"  invalid, would be pruned before training: {e}")
                 continue

@@ -582,7 +582,7 @@ def _check_fits(n_bytes: int, what: str) -> None:
     """Refuse data that would not fit in this machine's available memory, before reading it."""
     available = available_memory()
     if n_bytes > available:
-        raise DataError(f"{what} would take {n_bytes / 2**30:.1f} GiB in memory, but only {available / 2**30:.1f} "
+        raise DataError(f"{what} would take {n_bytes / 2**30:.3g} GiB in memory, but only {available / 2**30:.3g} "
                         "GiB are available; the file is corrupt or too large for this machine.")
 
 

@@ -24,13 +24,13 @@ import torch
 import yaml
 from torch import nn
 
-from nas.data import Dataset, Split, test_split
+from nas.data import CHANNELS, MAX_PIXELS, Dataset, Split, available_memory, read_images, test_split
 from nas.errors import NasError
 from nas.files import EXPORT_FILES, check_export_target, new_folder_beside, replace_folder
-from nas.model import build_model, model_info
+from nas.model import ShapeError, build_model, model_info, spec_info
 from nas.pipeline import prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.space import ArchSpec, SpaceError, fixed_space_dict, load_space, sample
-from nas.train import EpochRecord
+from nas.train import EpochRecord, predict_logits
 
 FILES = EXPORT_FILES[:3]  # what load_model needs
 ONNX_TOLERANCE = 1e-4
@@ -159,8 +159,17 @@ def write_portable(folder: Path, model: nn.Module, images: torch.Tensor) -> dict
     return diffs
 
 
-def load_model(path: str | Path) -> nn.Module:
-    """The exported model in eval mode: float images in [0, 1], N×C×H×W, in; class logits out."""
+@dataclass(frozen=True)
+class Export:
+    """An export folder read back: the model in eval mode, its classes and the input it takes."""
+
+    model: nn.Module
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+
+
+def open_export(path: str | Path) -> Export:
+    """Read an export folder, checking every file before the network is built."""
     path = Path(path)
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
@@ -168,18 +177,48 @@ def load_model(path: str | Path) -> nn.Module:
                           "(write one with `nas best --export DIR`).")
     try:
         metrics = json.loads((path / "metrics.json").read_text())
-        shape, n_classes = tuple(metrics["input_shape"]), len(metrics["classes"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"{path / 'metrics.json'}: unreadable or incomplete ({e}); export the model again.")
+        shape, classes = tuple(metrics["input_shape"]), tuple(metrics["classes"])
+        if not (len(shape) == 3 and all(isinstance(n, int) and n >= 1 for n in shape) and shape[0] in CHANNELS
+                and shape[1] * shape[2] <= MAX_PIXELS and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+            raise ValueError(f"input_shape {_short(shape)} and classes {_short(classes)} are not C×H×W and 2+ names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{path / 'metrics.json'}: unreadable or incomplete ({e}); export the model again.") from e
     try:
         spec = sample(load_space(path / "arch.yaml"))
+        info = spec_info(spec, shape, len(classes))
     except SpaceError as e:
-        raise ExportError(f"{path / 'arch.yaml'} is not a fixed architecture: {e}")
-    model = build_model(spec, shape, n_classes)
+        raise ExportError(f"{path / 'arch.yaml'} is not a fixed architecture: {e}") from e
+    except ShapeError as e:
+        raise ExportError(f"{path / 'arch.yaml'} does not fit the input {shape} of metrics.json: {e}") from e
+    if 4 * info.n_params > available_memory():
+        raise ExportError(f"{path / 'arch.yaml'}: a network of {info.n_params:,} parameters does not fit in this "
+                          "machine's memory.")
+    model = build_model(spec, shape, len(classes))
     try:
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # unpickling, size and key mismatches all mean: not these weights
         raise ExportError(f"{path / 'model.pt'}: the weights do not load into the architecture of arch.yaml "
-                          f"({str(e).splitlines()[0]}). Export the model again.")
-    return model.eval()
+                          f"({str(e).splitlines()[0]}). Export the model again.") from e
+    return Export(model.eval(), classes, shape)
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """The exported model in eval mode: float images in [0, 1], N×C×H×W, in; class logits out."""
+    return open_export(path).model
+
+
+def classify(path: str | Path, files: list[Path], top: int = 3) -> list[dict[str, Any]]:
+    """The `top` classes, with probabilities, of each image in `files` (PNG/JPG, or .npz of uint8 images),
+    by the model exported to `path`, preprocessed as in training."""
+    export = open_export(path)
+    names, x = read_images(files, export.input_shape)
+    probs = torch.softmax(predict_logits(export.model, x), dim=1)
+    best = probs.topk(min(top, len(export.classes)), dim=1)
+    return [{"file": name, "top": [{"class": export.classes[i], "probability": p} for p, i in zip(ps, idx)]}
+            for name, ps, idx in zip(names, best.values.tolist(), best.indices.tolist())]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -9,6 +9,7 @@ files and nothing else, keeping the old one until the new one is in place.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -136,8 +137,8 @@ def _check_folder_writable(folder: Path, what: str, need: int) -> None:
             os.unlink(probe)
         free = shutil.disk_usage(existing).free
     except OSError as e:
-        raise WriteError(f"cannot write {what} in {existing}: {e.strerror or e}. Choose a writable place "
-                         "(or free some space).") from e
+        fix = "Free some space, or choose another place." if e.errno == errno.ENOSPC else "Choose a writable place."
+        raise WriteError(f"cannot write {what} in {existing}: {e.strerror or e}. {fix}") from e
     if free < need + MIN_FREE:
         raise WriteError(f"cannot write {what} in {existing}: only {free / 2**20:.1f} MiB free, it needs about "
                          f"{(need + MIN_FREE) / 2**20:.0f} MiB. Free some space or choose another place.")

@@ -15,12 +15,10 @@ from typing import Callable, NoReturn
 import optuna
 import torch
 
-from nas.model import ShapeError, spec_info, training_bytes
-from nas.pipeline import Prepared, new_model
+from nas.model import ShapeError
+from nas.pipeline import Prepared, assess, new_model
 from nas.space import Space, sample
-from nas.train import Diverged, EpochRecord, device_memory, fit
-
-MEMORY_SHARE = 0.8  # of the device's free memory a trial may plan to use
+from nas.train import Diverged, EpochRecord, fit
 
 
 class Objective:
@@ -55,20 +53,14 @@ class Objective:
         for key, value in {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs}.items():
             trial.set_user_attr(key, value)
         try:
-            info = spec_info(spec, self.data.input_shape, self.data.n_classes)
+            info, too_large = assess(spec, self.data.input_shape, self.data.n_classes, self.device,
+                                     self.space.max_params, self.space.max_mflops)
         except ShapeError as e:
             _prune(trial, f"invalid: {e}")
         trial.set_user_attr("n_params", info.n_params)
         trial.set_user_attr("flops", info.flops)
-        limits = ((info.n_params, self.space.max_params, "parameters", "max_params"),
-                  (info.flops / 1e6, self.space.max_mflops, "MFLOPs", "max_mflops"))
-        for value, limit, what, key in limits:
-            if limit is not None and value > limit:
-                _prune(trial, f"too large: {value:,.0f} {what} > {key} {limit:,}")
-        need, free = training_bytes(info, spec.training.batch_size), device_memory(self.device)
-        if need > MEMORY_SHARE * free:
-            _prune(trial, f"too large: training needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on "
-                          f"{self.device}")
+        if too_large:
+            _prune(trial, too_large)
         model = new_model(spec, self.data, seed, self.device)
 
         curve: list[dict] = []

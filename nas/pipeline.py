@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from nas.data import Dataset, Split, channel_stats, full_train, split_train_val, test_split
-from nas.model import build_model
+from nas.model import ModelInfo, build_model, spec_info, training_bytes
 from nas.space import ArchSpec
-from nas.train import EpochRecord, fit, predict
+from nas.train import EpochRecord, device_memory, fit, predict
+
+MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,28 @@ def prepare_final_data(ds: Dataset, device: torch.device) -> Prepared:
     train = full_train(ds)
     return Prepared(train.to(device), None, test_split(ds).to(device), ds.input_shape, ds.n_classes,
                     *channel_stats(train.x))
+
+
+def assess(
+    spec: ArchSpec,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    device: torch.device,
+    max_params: int | None = None,
+    max_mflops: float | None = None,
+) -> tuple[ModelInfo, str | None]:
+    """The size of `spec`'s network, worked out without allocating it, and why it must not be trained
+    (over `max_params` / `max_mflops`, or more memory than `device` has free), or None.
+    Raises ShapeError for a net that does not fit the input."""
+    info = spec_info(spec, input_shape, n_classes)
+    for value, limit, what, key in ((info.n_params, max_params, "parameters", "max_params"),
+                                    (info.flops / 1e6, max_mflops, "MFLOPs", "max_mflops")):
+        if limit is not None and value > limit:
+            return info, f"too large: {value:,.0f} {what} > {key} {limit:,}"
+    need, free = training_bytes(info, spec.training.batch_size), device_memory(device)
+    if need > MEMORY_SHARE * free:
+        return info, f"too large: training needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device}"
+    return info, None
 
 
 def new_model(spec: ArchSpec, data: Prepared, seed: int, device: torch.device) -> nn.Sequential:

@@ -36,6 +36,7 @@ from nas.train import EpochRecord, pick_device
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CAUGHT = (RuntimeError, ValueError)  # errors that fail their trial alone (CUDA out of memory is a RuntimeError)
 STOP_GRACE = 30  # seconds a worker has to record its trial after a signal, before it is killed
+MAX_WORKERS_PER_CORE = 4
 
 
 class Interrupted(KeyboardInterrupt):
@@ -141,6 +142,9 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
                   epochs=job.epochs or space.epochs, subset=job.subset or space.subset)
     baselines = baseline_params(space)
+    if job.workers and job.workers > MAX_WORKERS_PER_CORE * _cores():
+        raise NasError(f"--workers {job.workers}: this machine has {_cores()} cores; run at most "
+                       f"{MAX_WORKERS_PER_CORE * _cores()} workers here (each loads torch and the data), or --workers auto.")
     n_workers = min(job.workers or auto_workers(job.device), job.trials)
     devices = worker_devices(job.device, n_workers)
     studies.check_storage_target(job.storage)
@@ -174,17 +178,34 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
         except Interrupted as e:
             _record_interrupted(study)
             raise Interrupted(e.signum, len(rows)) from None
-        except sqlalchemy.exc.SQLAlchemyError as e:
-            first = str(e).strip().splitlines()[0]
+        except Exception as e:
+            cause = storage_failure(e)
+            if cause is None:
+                raise
             raise studies.StudyError(
-                f"the study storage {job.storage} stopped accepting writes ({first}) after {len(rows)} trials of "
-                "this run; they are saved. Fix the storage (space, permissions, server) and run the same command "
-                "again: a trial left running is failed and re-run then."
+                f"the study storage {job.storage} stopped accepting writes ({cause}) after {len(rows)} trials of "
+                "this run; those are saved. Fix the storage (free space, permissions, the server) and run the same "
+                "command again: the trial left running is then failed and re-run."
             ) from e
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     best = [studies.trial_row(t) for t in studies.top_trials(study, 5)] if "complete" in states else []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
                    rows, failed)
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """The first line of the storage error behind `error`, if a storage error is in its chain, else None.
+
+    Optuna wraps a failed write in StorageInternalError and may meet an AssertionError of its own while
+    handling it, so the whole chain is searched, and the innermost (the database's own words) is told."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            inner = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+            found = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+        error = error.__cause__ or error.__context__
+    return found
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
@@ -216,8 +237,9 @@ def _record_interrupted(study: optuna.Study) -> None:
     """The objective records its trial as interrupted; a signal between Optuna's steps may leave one running."""
     try:
         studies.fail_own_trials(study, "interrupted")
-    except sqlalchemy.exc.SQLAlchemyError:
-        pass  # the storage is gone too: the next search fails the trial (this process will not exist)
+    except Exception as e:
+        if storage_failure(e) is None:
+            raise  # the storage is gone too: the next search fails the trial (this process will not exist)
 
 
 @contextmanager
@@ -346,8 +368,11 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
     except NasError as e:
         put(WorkerFailed(worker, f"worker {worker}: {e}"))
         sys.exit(2)
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        put(WorkerFailed(worker, f"worker {worker}: the study storage failed ({str(e).splitlines()[0]})"))
+    except Exception as e:
+        cause = storage_failure(e)
+        if cause is None:
+            raise
+        put(WorkerFailed(worker, f"worker {worker}: the study storage stopped accepting writes ({cause})"))
         sys.exit(1)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import reprlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -257,6 +258,13 @@ def sample(space: Space, trial: Trial | None = None) -> ArchSpec:
 def to_params(space: Space, spec: ArchSpec, source: str = "the architecture") -> dict[str, Any]:
     """The trial parameters that make `sample` return `spec`; error if `spec` lies outside `space`."""
     values, params = spec.flat(), {}
+    for count, listed, what in ((len(spec.blocks), space.blocks, "blocks"), (len(spec.head), space.layers, "head layers")):
+        fixed = space.n_blocks if what == "blocks" else space.n_layers
+        if fixed is None and count != len(listed):
+            raise SpaceError(
+                f"{source} has {count} {what}, but the space {_where(space)} lists exactly {len(listed)}; "
+                f"give the space {count} {what} (or a count such as {{int: [1, {max(count, len(listed))}]}}), or fix the baseline."
+            )
 
     def pick(name: str, dim: Dim) -> Any:
         value = values[name]
@@ -361,27 +369,125 @@ _ARCH = ("blocks", "block", "head", "init")
 _HEAD = ("layers", *_LAYER)
 
 
+MAX_FILE_BYTES = 1 << 20  # a space file is a page of YAML
+MAX_DEPTH = 32  # nesting levels, after expanding aliases
+MAX_VALUES = 10_000  # scalars, lists and mappings, after expanding aliases (a YAML alias bomb has billions)
+
+
 def load_space(path: str | Path) -> Space:
     """Read and validate a space file; every mistake names its path in the file."""
     path = Path(path)
+    return parse_space(_read_yaml(path), path)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in `path`, refusing what is not a small UTF-8 text of one non-empty document.
+
+    Aliases are counted on PyYAML's node graph before anything is built, so an alias bomb is refused
+    without being expanded; nesting is counted while composing, before Python's recursion limit."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpaceError(f"{path}: no such space file. Pass an existing YAML file to --space (see search_spaces/).")
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file" if path.exists() else None
+            if what is None:
+                raise SpaceError(f"{path}: no such space file. Pass an existing YAML file to --space (see search_spaces/).")
+            raise SpaceError(f"{path}: is {what}; --space takes a YAML file (see search_spaces/).")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise SpaceError(f"{path}: cannot read the space file ({e.strerror}).")
+        raise SpaceError(f"{path}: cannot read the space file ({e.strerror}).") from e
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpaceError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a space file is a page of YAML. Is it the right file?")
+    if b"\0" in raw:
+        raise SpaceError(f"{path}: a binary file, not YAML text. Pass a space file such as search_spaces/lenet.yaml.")
     try:
-        raw = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8.") from e
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader refuses control characters here already
+        node = loader.get_single_node()
+        if node is not None:
+            _count_values(node, path)
+            return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpaceError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}. Fix the syntax and retry.")
-    return parse_space(raw, path)
+        raise SpaceError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', None) or e}. Fix it and retry.") from e
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys and nesting deeper than MAX_DEPTH."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with `<<` may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                line = first.setdefault(key, key_node.start_mark.line)
+            except TypeError:
+                continue  # unhashable: PyYAML's own check says so below
+            if line != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_REPR.repr(key)} (first at line {line + 1}); write each key once",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _count_values(root: Any, path: Path) -> None:
+    """Refuse a node graph that expands to more than MAX_VALUES values or MAX_DEPTH levels, or loops."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise SpaceError(f"{path}: line {node.start_mark.line + 1}: an alias refers to the value that contains it; "
+                             "YAML aliases may only repeat finished values.")
+        if depth > MAX_DEPTH:
+            raise SpaceError(f"{path}: line {node.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels once its "
+                             "aliases are expanded; a space file is a few levels deep.")
+        open_nodes.add(id(node))
+        children = [] if isinstance(node, yaml.ScalarNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value)
+        total = 1 + sum(size(child, depth + 1) for child in children)
+        open_nodes.discard(id(node))
+        if total > MAX_VALUES:
+            raise SpaceError(f"{path}: holds more than {MAX_VALUES:,} values (counting what its YAML aliases repeat); "
+                             "a space file holds a few dozen. Is it an alias bomb, or the wrong file?")
+        sizes[id(node)] = total
+        return total
+
+    size(root, 1)
 
 
 def parse_space(raw: Any, path: Path | None = None) -> Space:
     """Validate an already-loaded mapping (see `load_space`)."""
     p = _Parser(str(path) if path else "<space>")
+    if raw is None:
+        p.fail("", "the file is empty (or only comments); a space file is a YAML mapping such as "
+                   "search_spaces/lenet.yaml, and `{}` asks for the default network")
     top = p.mapping(raw, "", _TOP)
     budget = p.mapping(top.get("budget", {}), "budget", _BUDGET)
     cons = p.mapping(top.get("constraints", {}), "constraints", _CONSTRAINTS)
@@ -399,10 +505,10 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
             p.fail(f"baselines[{i}]", f"no such file {str(b)!r} (paths are relative to the space file)")
     name = top.get("name", path.stem if path else "study")
     if not isinstance(name, str) or not name.strip():
-        p.fail("name", f"expected a non-empty study name, got {name!r}")
+        p.fail("name", f"expected a non-empty study name, got {_show(name)}")
     dataset = top.get("dataset", "fashion-mnist")
     if not isinstance(dataset, str) or not dataset:
-        p.fail("dataset", f"expected a dataset name or a path, got {dataset!r}")
+        p.fail("dataset", f"expected a dataset name or a path, got {_show(dataset)}")
     return Space(
         name=name,
         dataset=dataset,
@@ -490,7 +596,7 @@ class _Parser:
             values = [self.constant(v, f"{where}.choice[{i}]", kind) for i, v in enumerate(values)]
             if len(set(values)) != len(values):
                 dup = next(v for v in values if values.count(v) > 1)
-                self.fail(_join(where, "choice"), f"{dup!r} is listed twice; list each value once")
+                self.fail(_join(where, "choice"), f"{_REPR.repr(dup)} is listed twice; list each value once")
             if log:
                 self.fail(_join(where, "log"), "log applies to int and float ranges only")
             return Choice(tuple(values))
@@ -528,8 +634,10 @@ class _Parser:
             except ValueError:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if cast is int:
-            ok = ok and float(value).is_integer()
+        try:  # an int too large for a float, or inf and nan, is no number a space can use
+            ok = ok and math.isfinite(value) and (cast is float or float(value).is_integer())
+        except OverflowError:
+            ok = False
         if not ok or not low <= value <= high:
             self.fail(where, f"expected {_range_text(cast is int, low, high)}, got {_show(raw)}")
         return cast(value)
@@ -544,8 +652,14 @@ class _Parser:
 
 
 def _join(where: str, key: Any) -> str:
-    return f"{where}.{key}" if where else str(key)
+    key = str(key) if len(str(key)) <= 60 else str(key)[:57] + "..."  # a key can be any YAML value
+    return f"{where}.{key}" if where else key
+
+
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 4, 4, 40, 40, 40
 
 
 def _show(raw: Any) -> str:
-    return f"{type(raw).__name__} {raw!r}" if raw is not None else "nothing (null)"
+    """A value in a message: its type and a short repr (never the whole of a huge or recursive value)."""
+    return f"{type(raw).__name__} {_REPR.repr(raw)}" if raw is not None else "nothing (null)"

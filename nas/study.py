@@ -80,8 +80,10 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
                 continue
             break
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    slow = (f" The server did not answer within {CONNECT_TIMEOUT} s; add ?connect_timeout=SECONDS to the URL to "
+            "wait longer." if "timeout" in first.lower() else "")
     raise StudyError(
-        f"cannot open the study storage {url!r}: {first}. Use sqlite:///PATH.db or "
+        f"cannot open the study storage {url!r}: {first}.{slow} Use sqlite:///PATH.db or "
         "postgresql://USER@HOST:PORT/DB with the server running."
     ) from error
 
@@ -201,7 +203,7 @@ def _check_resumable(study: optuna.Study, storage: str, data_attrs: dict[str, An
     known = study.user_attrs.get("data")
     if known is None:
         if study.trials:
-            raise StudyError(_not_ours(study, storage, "nas search continues only studies it started"))
+            raise StudyError(_not_ours(study, storage, "nas search continues only studies it started; pass a new --study name"))
         return  # created by a run that stopped before recording anything
     for key in ("dataset", "subset"):
         if known[key] != data_attrs[key]:
@@ -246,7 +248,7 @@ def _dist_text(dist: optuna.distributions.BaseDistribution) -> str:
 
 def _not_ours(study: optuna.Study, storage: str, what: str) -> str:
     return (f"study {study.study_name!r} in {storage} was not made by `nas search` (it records no dataset); "
-            f"{what}. Look at it with `nas dashboard`, or pass the --study of a nas search.")
+            f"{what}. `nas dashboard` shows any Optuna study.")
 
 
 def load_study(name: str | None, storage: str, nas_only: bool = True) -> optuna.Study:
@@ -261,7 +263,8 @@ def load_study(name: str | None, storage: str, nas_only: bool = True) -> optuna.
         raise StudyError(f"{storage} holds {what}. Studies there: {have}.")
     study = optuna.load_study(study_name=name, storage=rdb)
     if nas_only and ("data" not in study.user_attrs or len(study.directions) != 1):
-        raise StudyError(_not_ours(study, storage, "nas best and nas report read only studies nas search wrote"))
+        raise StudyError(_not_ours(study, storage, "nas best and nas report read only studies nas search wrote; "
+                                                   "pass the --study of one"))
     return study
 
 

@@ -207,11 +207,16 @@ def augment_batch(x: torch.Tensor, augment: str, gen: torch.Generator) -> torch.
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Predicted class of every uint8 image in `x`, in large batches."""
+def predict_logits(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The model's class logits (float32) for every uint8 image in `x`, in large batches."""
     model.eval()
     with _autocast(x.device, dtype):
-        return torch.cat([model(_as_input(x[i : i + EVAL_BATCH])).argmax(1) for i in range(0, len(x), EVAL_BATCH)])
+        return torch.cat([model(_as_input(x[i : i + EVAL_BATCH])).float() for i in range(0, len(x), EVAL_BATCH)])
+
+
+def predict(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Predicted class of every uint8 image in `x`."""
+    return predict_logits(model, x, dtype).argmax(1)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:

@@ -156,3 +156,36 @@ def finished_study(tmp_path_factory, idx_dir):
         result = CliRunner().invoke(app, [str(a) for a in args] + ["--storage", db, "--data-dir", str(idx_dir)])
         assert result.exit_code == 0, result.output
     return db, out
+
+
+def mount_tmpfs(where: Path, options: str) -> None:
+    """Mount a real tmpfs at `where` (`ro`, or `size=...`); skip the test where this machine cannot."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only or small file system needs root (CI runs as root)")
+    where.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+
+
+def unmount(where: Path) -> None:
+    """Detach the file system now; the test's own open SQLite connections may still hold it (lazy)."""
+    import subprocess
+
+    subprocess.run(["umount", "--lazy", str(where)], check=True)
+
+
+def fill_disk(folder: Path) -> None:
+    """Write a file into `folder` until its file system has no byte left."""
+    import os
+
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, bytes(1 << 16)):
+            pass
+    except OSError:  # no space left: the point
+        pass
+    finally:
+        os.close(fd)

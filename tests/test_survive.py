@@ -1,16 +1,24 @@
-"""Workers that die, Ctrl-C, and several workers on one study: real processes, real SQLite and PostgreSQL."""
+"""Workers that die, signals, full disks and silent servers, and several workers on one study: real
+processes, real signals, real SQLite files and PostgreSQL servers."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
+
+from conftest import fill_disk, mount_tmpfs, unmount
 
 State = optuna.trial.TrialState
 
@@ -23,9 +31,47 @@ training: {lr: {float: [1.0e-3, 1.0e-2], log: true}, batch_size: 32}
 QUICK_TRIALS = LONG_TRIALS.replace("name: long", "name: quick").replace("epochs: 150", "epochs: 1")
 
 
-def start(*args) -> subprocess.Popen:
+def start(*args, ignore_sigint: bool = False) -> subprocess.Popen:
+    """`nas ARGS` in a new process; with `ignore_sigint`, started as a background job of a shell starts it."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     return subprocess.Popen([sys.executable, "-m", "nas.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"NAS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # one thread per worker
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore,
+                            env=os.environ | {"NAS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # one thread per worker
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (its workers), read from /proc."""
+    found, todo = set(), [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += kids - found
+            found |= kids
+    return found
+
+
+def all_gone(pids: set[int], timeout: float = 60) -> bool:
+    """Whether every process in `pids` has ended (a zombie has ended too) within `timeout` seconds."""
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def hint_of(err: str) -> list[str]:
+    """The resume command that an interrupted search printed, as the shell would split it."""
+    return shlex.split(" ".join(err.split()).split("Resume with: ")[1])
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -45,7 +91,7 @@ def wait_for_running(storage: str, name: str, n_complete: int, proc: subprocess.
         assert proc.poll() is None, finish(proc)
         try:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-        except KeyError:  # not created yet
+        except (KeyError, sqlalchemy.exc.OperationalError):  # the study (or its folder) is not created yet
             trials = []
         running = [t for t in trials if t.state == State.RUNNING and t.intermediate_values]  # inside `fit`
         if sum(t.state == State.COMPLETE for t in trials) >= n_complete and len(running) >= n_running:
@@ -69,24 +115,24 @@ def long_space(tmp_path, request):
     return path
 
 
-def test_a_killed_worker_leaves_no_running_trial_and_its_parameters_run_again(storage, long_space, idx_dir):
+def test_kill_9_then_an_immediate_resume_leaves_no_running_trial_and_reruns_its_parameters(storage, long_space, idx_dir):
     study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
-    proc = search(long_space, storage, idx_dir, 10, "--heartbeat", 1)
+    proc = search(long_space, storage, idx_dir, 10)
     killed = wait_for_running(storage, study_name, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = optuna.load_study(study_name=study_name, storage=storage).get_trials()
     done_before = {t.number: t.params for t in before if t.state == State.COMPLETE}
-    assert any(t.state == State.RUNNING for t in before)
+    assert before[killed.number].state == State.RUNNING
 
-    time.sleep(3.5)  # three missed heartbeats
-    code, out, err = finish(search(long_space, storage, idx_dir, 1, "--heartbeat", 1))
+    code, out, err = finish(search(long_space, storage, idx_dir, 1, "--epochs", 1))  # at once: no heartbeat wait
     assert code == 0, out + err
     after = optuna.load_study(study_name=study_name, storage=storage).get_trials()
     assert not [t for t in after if t.state == State.RUNNING]
     assert after[killed.number].state == State.FAIL
+    assert after[killed.number].user_attrs["reason"] == f"failed: worker {killed.user_attrs['worker']} died"
     rerun = [t for t in after if t.number > killed.number and t.params == killed.params]
-    assert rerun and rerun[0].state == State.COMPLETE
+    assert rerun and rerun[0].state == State.COMPLETE and rerun[0].system_attrs["failed_trial"] == killed.number
     assert {t.number: t.params for t in after if t.number in done_before and t.state == State.COMPLETE} == done_before
 
 
@@ -111,6 +157,40 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_p
     trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
     finished = [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
     assert len(finished) == 2 and left == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_command(tmp_path, long_space, idx_dir, signum):
+    db = f"sqlite:///{tmp_path}/my studies/s.db"  # a space in the path, a ; in the study name: the hint must paste
+    proc = search(long_space, db, idx_dir, 3, "--study", "a b;c")
+    stopped = wait_for_running(db, "a b;c", 1, proc)
+    proc.send_signal(signum)
+    code, out, err = finish(proc)
+    assert code == 128 + signum and "Traceback" not in err, out + err
+    assert f"interrupted by {signal.Signals(signum).name}: 1 finished trial of this run saved" in " ".join(err.split())
+    trial = optuna.load_study(study_name="a b;c", storage=db).trials[stopped.number]
+    assert trial.state == State.FAIL and trial.user_attrs["reason"] == "interrupted"
+    args = hint_of(err)
+    assert args[:2] == ["nas", "search"] and args[args.index("--study") + 1] == "a b;c"
+    assert args[args.index("--storage") + 1] == db and args[-2:] == ["--trials", "2"]
+    if signum == signal.SIGTERM:  # the pasted command finishes the run
+        code, out, err = finish(start(*args[1:], "--epochs", 1))
+        assert code == 0, out + err
+        trials = optuna.load_study(study_name="a b;c", storage=db).get_trials()
+        assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == 3
+
+
+def test_ctrl_c_stops_a_search_even_when_it_was_started_with_sigint_ignored(tmp_path, long_space, idx_dir):
+    """A shell starts background jobs with SIGINT ignored; nas installs its own handler anyway."""
+    db = f"sqlite:///{tmp_path}/nas.db"
+    study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
+    proc = start("search", "--space", long_space, "--storage", db, "--data-dir", idx_dir, "--trials", 2,
+                 "--pruner", "none", ignore_sigint=True)
+    stopped = wait_for_running(db, study_name, 0, proc)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, out + err
+    assert optuna.load_study(study_name=study_name, storage=db).trials[stopped.number].user_attrs["reason"] == "interrupted"
 
 
 def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(storage, tmp_path, idx_dir):
@@ -140,6 +220,40 @@ def test_ctrl_c_stops_every_worker_and_marks_their_trials_interrupted(tmp_path, 
     trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
     assert [t.state for t in trials] == [State.FAIL, State.FAIL]
     assert all(t.user_attrs["reason"] == "interrupted" for t in trials)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_signal_to_the_parent_ends_every_worker_and_no_trial_is_left_running(tmp_path, long_space, idx_dir, signum):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
+    proc = search(long_space, db, idx_dir, 4, "--workers", 2)
+    wait_for_running(db, study_name, 0, proc, n_running=2)
+    workers = descendants(proc.pid)
+    assert len(workers) >= 2
+    proc.send_signal(signum)  # to the parent only; SIGKILL gives it no chance to pass anything on
+    code, out, err = finish(proc)
+    assert code == (143 if signum == signal.SIGTERM else -9), out + err
+    assert all_gone(workers), "a worker outlived the command"
+    if signum == signal.SIGTERM:
+        assert "--workers 2" in shlex.join(hint_of(err)) and "Traceback" not in err
+    trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
+    assert [t.state for t in trials] == [State.FAIL, State.FAIL]
+    assert all(t.user_attrs["reason"] == "interrupted" for t in trials)  # each worker recorded its own trial
+
+
+def test_a_worker_stopped_by_sigterm_is_reported_and_the_other_finishes(tmp_path, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "medium.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: medium").replace("epochs: 150", "epochs: 60"))
+    proc = search(space, db, idx_dir, 4, "--workers", 2)
+    victim = wait_for_running(db, "medium", 0, proc, n_running=2)
+    os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGTERM)
+    code, out, err = finish(proc)
+    said = " ".join(err.split())
+    assert code == 1 and "was stopped by SIGTERM" in said, out + err
+    trials = optuna.load_study(study_name="medium", storage=db).get_trials()
+    assert trials[victim.number].user_attrs["reason"] == "interrupted"
+    assert not [t for t in trials if t.state == State.RUNNING]
 
 
 def test_a_killed_worker_process_leaves_the_others_running_and_exit_1(tmp_path, idx_dir):
@@ -196,6 +310,46 @@ def test_postgres_storage_serves_best_and_studies(postgres_url, tmp_path, idx_di
     assert code == 0 and '"val_accuracy"' in out, err
     code, out, err = finish(start("studies", "--storage", postgres_url))
     assert code == 0 and "pg-best" in out, err
+
+
+def test_a_postgresql_server_that_never_answers_is_an_error_in_seconds_not_a_hang(tmp_path, long_space, idx_dir):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # the kernel completes the connection; nothing ever answers it
+    url = f"postgresql://nas@127.0.0.1:{server.getsockname()[1]}/nas"
+    try:
+        for args in (["studies", "--storage", url], ["search", "--space", long_space, "--storage", url, "--data-dir", idx_dir]):
+            started = time.monotonic()
+            code, out, err = finish(start(*args), timeout=60)
+            assert code == 2 and "connection timeout expired" in err and "?connect_timeout=SECONDS" in " ".join(err.split())
+            assert time.monotonic() - started < 30 and "Traceback" not in err
+    finally:
+        server.close()
+
+
+def test_a_disk_that_fills_during_a_search_is_an_error_and_the_resume_recovers(tmp_path, long_space, idx_dir):
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "size=40m")
+    db = f"sqlite:///{disk}/nas.db"
+    study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
+    proc = search(long_space, db, idx_dir, 5)
+    try:
+        left = wait_for_running(db, study_name, 1, proc)
+        fill_disk(disk)  # while the trial trains
+        code, out, err = finish(proc)
+        said = " ".join(err.split())
+        assert code == 2 and "stopped accepting writes (database or disk is full)" in said and "Traceback" not in said, said
+        (disk / "filler").unlink()
+        code, out, err = finish(search(long_space, db, idx_dir, 1, "--epochs", 1))
+        assert code == 0, out + err
+        trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
+        assert trials[0].state == State.COMPLETE and trials[left.number].state == State.FAIL
+        assert not [t for t in trials if t.state == State.RUNNING]
+        assert [t for t in trials if t.number > left.number and t.params == left.params]  # re-run
+    finally:
+        proc.kill()
+        proc.wait()
+        unmount(disk)
 
 
 def test_an_unreachable_server_is_a_clear_error(tmp_path):
