@@ -76,7 +76,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except NasError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +309,9 @@ def best(
                 f"({'retrained on train+val, ' if metrics['retrained_on_train_and_val'] else ''}{metrics['epochs']} epochs); "
                 f"model.onnx and model.ts match PyTorch within {max(metrics['onnx_max_abs_diff'], metrics['torchscript_max_abs_diff']):.1e}"
             )
+            if metrics.get("recorded_in_study") is False:
+                err_console.print("note: the study's storage is read-only, so the export is not recorded in it "
+                                  "(`nas report` will not show its confusion matrix).", highlight=False)
 
 
 @app.command("train")
@@ -465,7 +468,7 @@ def dashboard(
         names = optuna.get_all_study_names(rdb)
         page = "dashboard/"
         if study is not None or len(names) == 1:
-            st = studies.load_study(study, storage)
+            st = studies.load_study(study, storage, nas_only=False)  # optuna-dashboard shows any study
             page = f"dashboard/studies/{rdb.get_study_id_from_name(st.study_name)}"
 
         class Quiet(WSGIRequestHandler):
@@ -475,7 +478,7 @@ def dashboard(
         try:
             server = make_server(host, port, optuna_dashboard.wsgi(rdb), handler_class=Quiet)
         except OSError as e:
-            raise NasError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or 0 for any free one.")
+            raise NasError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or 0 for any free one.") from e
         url = f"http://{host}:{server.server_port}/{page}"
         console.print(f"optuna-dashboard for {storage} at {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True)
         try:

@@ -12,8 +12,8 @@ import gzip
 import math
 import os
 import struct
+import shutil
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from nas.errors import NasError
+from nas.files import new_folder_beside
 
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -280,9 +281,8 @@ def _download(name: str, data_dir: str | Path | None) -> Path:
 
 def _fetch(name: str, url: str, target: Path) -> None:
     """Download into a temporary folder beside `target`, then rename, so nothing is half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        tmp = Path(tmp)
+    tmp = new_folder_beside(target)
+    try:
         if name == "cifar10":
             archive = tmp / "cifar.tar.gz"
             _get(url, archive)
@@ -290,10 +290,11 @@ def _fetch(name: str, url: str, target: Path) -> None:
                 tar.extractall(tmp, filter="data")
             (tmp / "cifar-10-batches-bin").rename(target)
             return
-        (tmp / "files").mkdir()
         for f in _IDX_FILES:
-            _get(url + f + ".gz", tmp / "files" / (f + ".gz"))
-        (tmp / "files").rename(target)
+            _get(url + f + ".gz", tmp / (f + ".gz"))
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _get(url: str, dest: Path) -> None:

@@ -30,6 +30,7 @@ from nas.files import EXPORT_FILES, check_export_target, new_folder_beside, repl
 from nas.model import ShapeError, build_model, model_info, spec_info
 from nas.pipeline import prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.space import ArchSpec, SpaceError, fixed_space_dict, load_space, sample
+from nas.study import storage_failure
 from nas.train import EpochRecord, predict_logits
 
 FILES = EXPORT_FILES[:3]  # what load_model needs
@@ -85,10 +86,18 @@ def retrain_trial(
 
 
 def export_trained(trained: Trained, out: Path, study: optuna.Study | None = None, force: bool = False) -> dict[str, Any]:
-    """Write `trained` to `out`; with `study`, also record the export's metrics in it for `nas report`."""
+    """Write `trained` to `out`; with `study`, also record the export's metrics in it for `nas report`.
+
+    The files are what the user asked for: a study that cannot record them (a read-only storage) only
+    sets `recorded_in_study` to False in the returned metrics."""
     metrics = write_export(out, trained.model, trained.spec, trained.metrics, trained.test.x, force)
     if study is not None:
-        study.set_user_attr("export", metrics | {"path": str(out.resolve())})
+        try:
+            study.set_user_attr("export", metrics | {"path": str(out.resolve())})
+        except Exception as e:
+            if storage_failure(e) is None:
+                raise
+            return metrics | {"recorded_in_study": False}
     return metrics
 
 

@@ -114,6 +114,7 @@ def replace_folder(new: Path, out: Path) -> None:
         os.rename(new, out)
     except OSError:
         os.rename(old / out.name, out)
+        old.rmdir()
         raise
     shutil.rmtree(old, ignore_errors=True)
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
-import sqlalchemy.exc
 import torch
 
 from nas import data, study as studies
@@ -179,7 +178,7 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
             _record_interrupted(study)
             raise Interrupted(e.signum, len(rows)) from None
         except Exception as e:
-            cause = storage_failure(e)
+            cause = studies.storage_failure(e)
             if cause is None:
                 raise
             raise studies.StudyError(
@@ -191,21 +190,6 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     best = [studies.trial_row(t) for t in studies.top_trials(study, 5)] if "complete" in states else []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
                    rows, failed)
-
-
-def storage_failure(error: BaseException) -> str | None:
-    """The first line of the storage error behind `error`, if a storage error is in its chain, else None.
-
-    Optuna wraps a failed write in StorageInternalError and may meet an AssertionError of its own while
-    handling it, so the whole chain is searched, and the innermost (the database's own words) is told."""
-    found, seen = None, set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
-            inner = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
-            found = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
-        error = error.__cause__ or error.__context__
-    return found
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
@@ -238,7 +222,7 @@ def _record_interrupted(study: optuna.Study) -> None:
     try:
         studies.fail_own_trials(study, "interrupted")
     except Exception as e:
-        if storage_failure(e) is None:
+        if studies.storage_failure(e) is None:
             raise  # the storage is gone too: the next search fails the trial (this process will not exist)
 
 
@@ -369,7 +353,7 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
         put(WorkerFailed(worker, f"worker {worker}: {e}"))
         sys.exit(2)
     except Exception as e:
-        cause = storage_failure(e)
+        cause = studies.storage_failure(e)
         if cause is None:
             raise
         put(WorkerFailed(worker, f"worker {worker}: the study storage stopped accepting writes ({cause})"))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
+import sqlalchemy.exc
 
 from nas import names
 from nas.errors import NasError
@@ -307,6 +308,21 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "arch": a.get("arch"),
         "reason": a.get("reason"),
     }
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """The first line of the storage error behind `error`, if a storage error is in its chain, else None.
+
+    Optuna wraps a failed write in StorageInternalError and may meet an AssertionError of its own while
+    handling it, so the whole chain is searched, and the innermost (the database's own words) is told."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            inner = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+            found = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+        error = error.__cause__ or error.__context__
+    return found
 
 
 # --- who runs a trial, and the trials of workers that are gone ---------------------------------

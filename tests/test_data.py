@@ -169,3 +169,29 @@ def test_a_bad_image_folder_is_a_clear_error(tmp_path, damage, words):
     damage(root)
     with pytest.raises(DataError, match=words):
         load_dataset(str(root))
+
+
+def test_16_bit_png_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL's convert("L") clips 16-bit pixels at 255, which made every image white."""
+    from PIL import Image
+
+    for c, level in (("dark", 4000), ("light", 60000)):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), level, np.uint16)).save(tmp_path / "imgs" / c / f"{i}.png")
+    ds = load_dataset(str(tmp_path / "imgs"))
+    assert Image.open(tmp_path / "imgs" / "dark" / "0.png").mode.startswith("I;16")
+    assert ds.input_shape == (1, 8, 8)
+    dark, light = (ds.x_train[ds.y_train == ds.classes.index(c)] for c in ("dark", "light"))
+    assert dark.unique().tolist() == [round(4000 * 255 / 65535)] and light.unique().tolist() == [round(60000 * 255 / 65535)]
+
+
+def test_a_channels_first_npz_is_read_as_channels_first(tmp_path):
+    x = np.zeros((6, 3, 10, 12), np.uint8)  # N×C×H×W, as torch users save it
+    x[:, 0] = 200
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.array([0, 0, 0, 1, 1, 1]), x_test=x[:2], y_test=np.array([0, 1]))
+    ds = load_dataset(str(tmp_path / "d.npz"))
+    assert ds.input_shape == (3, 10, 12) and ds.x_train[:, 0].min() == 200 and ds.x_train[:, 1:].max() == 0
+    np.savez(tmp_path / "d.npz", x_train=x.transpose(0, 2, 3, 1), y_train=np.array([0, 0, 0, 1, 1, 1]),
+             x_test=x[:2].transpose(0, 2, 3, 1), y_test=np.array([0, 1]))
+    assert load_dataset(str(tmp_path / "d.npz")).input_shape == (3, 10, 12)  # N×H×W×C gives the same

@@ -117,3 +117,21 @@ def test_no_network_outlives_its_trial(tiny_space, prepared):
     study.optimize(Objective(sp.load_space(tiny_space), prepared, epochs=2, device=CPU), n_trials=8,
                    callbacks=[lambda *_: counts.append(live_models())])
     assert counts == [before] * 8
+
+
+def test_a_net_too_large_for_memory_is_refused_from_its_spec(prepared):
+    """4096-channel blocks and a 65,536-unit head: 17.9 billion parameters, 72 GB. Nothing is allocated."""
+    import resource
+    import time
+
+    raw = {"architecture": {"blocks": 2, "block": {"conv": "conv3x3x2", "channels": 4096, "padding": "same"},
+                            "head": {"layers": 2, "units": 65536}}}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    for constraints, reason in (({"max_params": 1_000_000}, "too large: 17,902,129,162 parameters > max_params 1,000,000"),
+                                ({}, "too large: training needs about")):
+        t = _run_one(sp.parse_space(raw | {"constraints": constraints}), prepared)
+        assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["reason"].startswith(reason)
+        assert t.user_attrs["n_params"] == 17_902_129_162 and "curve" not in t.user_attrs
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 1 << 20  # KiB: grew by under 1 GiB
+    assert time.monotonic() - started < 60
