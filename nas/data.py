@@ -77,6 +77,8 @@ NAMED = {
 
 @dataclass(frozen=True)
 class Dataset:
+    """A dataset as tensors: uint8 images N×C×H×W and int64 labels, train and test, with class names."""
+
     name: str
     x_train: torch.Tensor  # uint8, N×C×H×W
     y_train: torch.Tensor  # int64, N
@@ -214,10 +216,12 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def full_train(ds: Dataset) -> Split:
+    """The whole training set, to train a final model on."""
     return Split(ds.x_train, ds.y_train)
 
 
 def test_split(ds: Dataset) -> Split:
+    """The test set: scored only by final models, never by the search."""
     return Split(ds.x_test, ds.y_test)
 
 

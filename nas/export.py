@@ -15,7 +15,7 @@ import io
 import json
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,14 +24,15 @@ import torch
 import yaml
 from torch import nn
 
-from nas.data import CHANNELS, MAX_PIXELS, Dataset, Split, available_memory, read_images, test_split
+from nas.data import CHANNELS, MAX_PIXELS, Dataset, Split, available_memory, load_dataset, read_images, test_split
 from nas.errors import NasError
 from nas.files import EXPORT_FILES, check_export_target, new_folder_beside, replace_folder
 from nas.model import ShapeError, build_model, model_info, spec_info
-from nas.pipeline import prepare_final_data, prepare_search_data, score_on_test, train_spec
-from nas.space import ArchSpec, SpaceError, fixed_space_dict, load_space, sample
-from nas.study import storage_failure
-from nas.train import EpochRecord, predict_logits
+from nas.pipeline import assess, prepare_final_data, prepare_search_data, score_on_test, train_spec
+from nas.space import SpaceError, fixed_space_dict, load_space, sample
+from nas.spec import ArchSpec
+from nas.study import load_study, quiet_optuna, storage_failure, top_trials, trial_row
+from nas.train import EpochRecord, pick_device, predict_logits
 
 FILES = EXPORT_FILES[:3]  # what load_model needs
 ONNX_TOLERANCE = 1e-4
@@ -51,13 +52,117 @@ class Trained:
     test: Split
 
 
+@dataclass(frozen=True)
+class TrainingStarted:
+    """Event: a network starts training (`trial` is None for `nas train`'s fixed one)."""
+
+    trial: int | None
+    index: int
+    count: int
+    epochs: int
+    arch: str
+    dataset: str
+    n_train: int
+    n_held_out: int
+    device: str
+
+
+@dataclass
+class Best:
+    """What `nas best` shows: the top trials, the retrained ones ranked on test, and the export written."""
+
+    study: str
+    n_trials: int
+    rows: list[dict[str, Any]]
+    retrained: list[dict[str, Any]] = field(default_factory=list)  # best test accuracy first
+    reproduced: dict[str, Any] | None = None  # the best trial trained again as in the search
+    export: dict[str, Any] | None = None
+
+
+def best(
+    study_name: str | None,
+    storage: str,
+    top: int | None = None,
+    export: Path | None = None,
+    retrain_epochs: int | None = None,
+    force: bool = False,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
+) -> Best:
+    """The study's top trials (`top`, default 5); with `retrain_epochs`, the top K (default 1) retrained on
+    train+val and ranked by test accuracy; with `export`, the first of them (or the best trial trained
+    again as in the search) written there. The export target, the device and the dataset are checked
+    before any training."""
+    quiet_optuna()
+    study = load_study(study_name, storage)
+    trials = top_trials(study, top or 5)
+    result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials])
+    if export is None and not retrain_epochs:
+        return result
+    if export is not None:
+        check_export_target(export, force)
+    dev = pick_device(device)
+    ds = load_dataset(dataset or study.user_attrs["data"]["dataset"], data_dir)
+    candidates = trials[: top or 1] if retrain_epochs else trials[:1]
+    trained = [retrain_trial(t, study, ds, dev, retrain_epochs, i, len(candidates), on_event)
+               for i, t in enumerate(candidates, 1)]
+    trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
+    if retrain_epochs:
+        keys = ("trial", "val_accuracy", "test_accuracy", "epochs", "retrained_on_train_and_val", "n_params", "flops", "arch")
+        result.retrained = [{k: m.metrics[k] for k in keys} | {"gap": m.metrics["test_accuracy"] - m.metrics["val_accuracy"]}
+                            for m in trained]
+    else:
+        result.reproduced = trained[0].metrics
+    if export is not None:
+        result.export = export_trained(trained[0], export, study, force)
+    return result
+
+
+def train_fixed(
+    space_path: str | Path,
+    epochs: int | None = None,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    export: Path | None = None,
+    force: bool = False,
+    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
+) -> dict[str, Any]:
+    """Train the fixed architecture of a space file on the whole training set and score it on the test
+    set (`nas train`); with `export`, write it there. Returns the metrics, with the per-epoch history."""
+    space = load_space(space_path)
+    spec = sample(space)
+    dev = pick_device(device)
+    if export is not None:
+        check_export_target(export, force)  # before the training, not after it
+    ds = load_dataset(dataset or space.dataset, data_dir)
+    _, too_large = assess(spec, ds.input_shape, ds.n_classes, dev, space.max_params, space.max_mflops)
+    if too_large:
+        raise ExportError(f"{space_path}: the network is {too_large}; make it smaller (or raise the constraint).")
+    data = prepare_final_data(ds, dev)
+    epochs = epochs or space.epochs
+    if on_event:
+        on_event(TrainingStarted(None, 1, 1, epochs, spec.describe(), ds.name, len(data.train), len(data.test), str(dev)))
+    model, history = train_spec(spec, data, epochs, seed, dev, on_event)
+    metrics = {"epochs": epochs, "seed": seed} | describe_model(model, spec, ds) | score_on_test(model, data.test, ds.classes)
+    metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
+    if export is not None:
+        metrics = write_export(export, model, spec, metrics | {"study": space.name}, data.test.x, force)
+    return metrics | {"history": [r.to_dict() for r in history]}
+
+
 def retrain_trial(
     trial: optuna.trial.FrozenTrial,
     study: optuna.Study,
     ds: Dataset,
     device: torch.device,
     retrain_epochs: int | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
+    index: int = 1,
+    count: int = 1,
+    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
 ) -> Trained:
     """Train `trial`'s network again and score it on the test set.
 
@@ -71,7 +176,10 @@ def retrain_trial(
     else:
         epochs = trial.user_attrs["epochs"]
         data = prepare_search_data(ds, data_attrs["val_fraction"], data_attrs["split_seed"], device, data_attrs["subset"])
-    model, history = train_spec(spec, data, epochs, seed, device, on_epoch)
+    if on_event:
+        on_event(TrainingStarted(trial.number, index, count, epochs, spec.describe(), ds.name, len(data.train),
+                                 len(data.held_out), str(device)))
+    model, history = train_spec(spec, data, epochs, seed, device, on_event)
     test = data.test if retrain_epochs else test_split(ds).to(device)
     reproduced = {} if retrain_epochs else {"reproduced_val_accuracy": history[-1].val_acc}  # should equal the trial's
     metrics = reproduced | {

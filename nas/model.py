@@ -6,6 +6,8 @@ as torchvision's `ToTensor` gives them.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -14,7 +16,8 @@ import torch
 from torch import nn
 
 from nas.errors import NasError
-from nas.space import ArchSpec, BlockSpec
+from nas import names
+from nas.spec import ArchSpec, BlockSpec
 
 # One registry per kind of name a space may use; a test checks they match the space's names.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -26,11 +29,15 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
-CONVS: dict[str, tuple[int, ...]] = {"conv3x3": (3,), "conv5x5": (5,), "conv3x3x2": (3, 3)}  # stacked kernels
+BLOCKS: dict[str, tuple[int, ...]] = {"conv3x3": (3,), "conv5x5": (5,), "conv3x3x2": (3, 3)}  # stacked kernels
 POOLS: dict[str, Callable[[], nn.Module] | None] = {
     "max": lambda: nn.MaxPool2d(2),
     "avg": lambda: nn.AvgPool2d(2),
     "none": None,
+}
+PADDINGS: dict[str, Callable[[int], int]] = {
+    "valid": lambda k: 0,  # 28 -> 24 -> 12 -> 8 -> 4, as in the tutorials
+    "same": lambda k: k // 2,
 }
 INITS: dict[str, Callable[[torch.Tensor], object] | None] = {
     "default": None,  # PyTorch's own
@@ -38,6 +45,10 @@ INITS: dict[str, Callable[[torch.Tensor], object] | None] = {
     "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
     "normal": lambda w: nn.init.normal_(w, 0.0, 0.02),
 }
+for _registry, _names, _what in ((ACTIVATIONS, names.ACTIVATIONS, "activation"), (BLOCKS, names.BLOCKS, "block"),
+                                 (POOLS, names.POOLS, "pool"), (PADDINGS, names.PADDINGS, "padding"),
+                                 (INITS, names.INITS, "init")):
+    names.check_registry(_registry, _names, _what)
 
 
 class ShapeError(NasError):
@@ -58,9 +69,12 @@ class Normalize(nn.Module):
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """Each layer's output shape, the parameter count and the FLOPs of a network."""
+
     layers: list[tuple[str, tuple[int, ...]]]  # each layer and its output shape (C, H, W) or (F,)
     n_params: int
     flops: int  # forward pass of one image, 2 × multiply-accumulates of convs and linears
+    stages: tuple[tuple[int, ...], ...] = ()  # output shape of each block and head layer (from spec_info)
 
 
 def build_model(
@@ -71,8 +85,22 @@ def build_model(
     std: Sequence[float] | None = None,
 ) -> nn.Sequential:
     """The network of `spec` for C×H×W inputs; raises ShapeError when it does not fit them."""
+    model = nn.Sequential(*(m for stage in _stages(spec, input_shape, n_classes, mean, std) for m in stage)).train()
+    _initialize(model, spec.init)
+    return model
+
+
+def _stages(
+    spec: ArchSpec,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> list[list[nn.Module]]:
+    """The network's layers by stage: input normalisation, each block, flatten, each head layer, the output
+    layer. Shapes come from running a zero image through each layer as it is made."""
     c = input_shape[0]
-    layers: list[nn.Module] = [Normalize(mean or [0.0] * c, std or [1.0] * c)]
+    stages: list[list[nn.Module]] = [[Normalize(mean or [0.0] * c, std or [1.0] * c)]]
     x = torch.zeros(1, *input_shape)
     with torch.no_grad():
         for i, block in enumerate(spec.blocks, 1):
@@ -85,17 +113,14 @@ def build_model(
                         f"feature map, too small for its {type(m).__name__}: use fewer blocks or padding 'same'."
                     )
                 x = m(x)
-            layers += modules
-    layers.append(nn.Flatten())
+            stages.append(modules)
+    stages.append([nn.Flatten()])
     width = x[0].numel()
     for h in spec.head:
-        layers += [nn.Linear(width, h.units), ACTIVATIONS[h.activation]()]
-        layers += [nn.Dropout(h.dropout)] if h.dropout else []
+        stages.append([nn.Linear(width, h.units), ACTIVATIONS[h.activation]()] + ([nn.Dropout(h.dropout)] if h.dropout else []))
         width = h.units
-    layers.append(nn.Linear(width, n_classes))
-    model = nn.Sequential(*layers).train()
-    _initialize(model, spec.init)
-    return model
+    stages.append([nn.Linear(width, n_classes)])
+    return stages
 
 
 def model_info(model: nn.Sequential, input_shape: tuple[int, int, int]) -> ModelInfo:
@@ -122,7 +147,11 @@ def spec_info(spec: ArchSpec, input_shape: tuple[int, int, int], n_classes: int)
     meta device: nothing is allocated, so a net too large for the constraints or for memory is refused
     before it exists. Raises ShapeError as `build_model` does."""
     with torch.device("meta"):
-        return model_info(build_model(spec, input_shape, n_classes), input_shape)
+        stages = _stages(spec, input_shape, n_classes, None, None)
+        info = model_info(nn.Sequential(*(m for stage in stages for m in stage)), input_shape)
+    ends = list(itertools.accumulate(len(stage) for stage in stages))
+    shapes = tuple(info.layers[end - 1][1] for end, stage in zip(ends, stages) if not isinstance(stage[0], (Normalize, nn.Flatten)))
+    return dataclasses.replace(info, stages=shapes)
 
 
 def training_bytes(info: ModelInfo, batch_size: int) -> int:
@@ -134,8 +163,8 @@ def training_bytes(info: ModelInfo, batch_size: int) -> int:
 
 def _block(block: BlockSpec, in_channels: int) -> list[nn.Module]:
     modules: list[nn.Module] = []
-    for k in CONVS[block.conv]:
-        pad = k // 2 if block.padding == "same" else 0
+    for k in BLOCKS[block.conv]:
+        pad = PADDINGS[block.padding](k)
         modules.append(nn.Conv2d(in_channels, block.channels, k, padding=pad, bias=not block.batch_norm))
         modules += [nn.BatchNorm2d(block.channels)] if block.batch_norm else []
         modules.append(ACTIVATIONS[block.activation]())

@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from nas.data import Dataset, Split, channel_stats, full_train, split_train_val, test_split
+from nas.data import Dataset, Split, available_memory, channel_stats, full_train, split_train_val, test_split
 from nas.model import ModelInfo, build_model, spec_info, training_bytes
-from nas.space import ArchSpec
-from nas.train import EpochRecord, device_memory, fit, predict
+from nas.spec import ArchSpec
+from nas.train import EpochRecord, fit, predict
 
 MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
 
@@ -74,6 +74,13 @@ def assess(
     if need > MEMORY_SHARE * free:
         return info, f"too large: training needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device}"
     return info, None
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes free on `device`: the GPU's free memory, or the machine's available memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
 
 
 def new_model(spec: ArchSpec, data: Prepared, seed: int, device: torch.device) -> nn.Sequential:

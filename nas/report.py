@@ -10,21 +10,38 @@ Plotly's JavaScript is inlined once, so the file opens offline.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from nas.files import check_file_target, write_file
-from nas.study import StudyError, top_trials, trial_row
+from nas.study import StudyError, load_study, open_storage, quiet_optuna, top_trials, trial_row
 
-COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+COMPLETE = optuna.trial.TrialState.COMPLETE
 N_SLICES = 4  # slice plots of the most important parameters
 N_PARALLEL = 8  # parameters on the parallel-coordinates plot
 
 
-def summarize(study: optuna.Study, top: int = 10) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Summary:
+    """Everything the report shows, as plain data (tests read it without plotly or a browser)."""
+
+    study: str
+    counts: dict[str, int]  # trials by state
+    best: dict[str, Any]  # the best trial's row
+    history: list[dict[str, Any]]  # number, value and best so far of each completed trial
+    curves: list[dict[str, Any]]  # per-epoch validation accuracy of every trial that trained
+    importances: dict[str, float]
+    size: list[dict[str, Any]]  # accuracy, parameters and FLOPs of each completed trial
+    pareto: dict[str, list[int]]  # cost ("n_params", "flops") -> numbers of the trials on its front
+    top: list[dict[str, Any]]
+    export: dict[str, Any] | None  # what `nas best --export` recorded
+
+
+def summarize(study: optuna.Study, top: int = 10) -> Summary:
     """Everything the report shows, as plain data."""
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == COMPLETE]
@@ -37,24 +54,23 @@ def summarize(study: optuna.Study, top: int = 10) -> dict[str, Any]:
         best_so_far = max(best_so_far, t.value)
         history.append({"number": t.number, "value": t.value, "best": best_so_far})
     sized = [t for t in done if t.user_attrs.get("n_params") is not None]
-    return {
-        "study": study.study_name,
-        "counts": {s: states.count(s) for s in sorted(set(states))},
-        "best": trial_row(study.best_trial),
-        "history": history,
-        "curves": [
+    return Summary(
+        study=study.study_name,
+        counts={s: states.count(s) for s in sorted(set(states))},
+        best=trial_row(study.best_trial),
+        history=history,
+        curves=[
             {"number": t.number, "state": t.state.name.lower(), "reason": t.user_attrs.get("reason"),
              "epochs": [r["epoch"] for r in t.user_attrs["curve"]], "val_acc": [r["val_acc"] for r in t.user_attrs["curve"]]}
             for t in trials if t.user_attrs.get("curve")
         ],
-        "importances": importances(study) if len(done) >= 2 else {},
-        "size": [{"number": t.number, "value": t.value, "n_params": t.user_attrs["n_params"],
-                  "flops": t.user_attrs["flops"], "arch": t.user_attrs.get("arch", "")} for t in sized],
-        "pareto_n_params": pareto_front(sized, "n_params"),
-        "pareto_flops": pareto_front(sized, "flops"),
-        "top": [trial_row(t) for t in top_trials(study, top)],
-        "export": study.user_attrs.get("export"),
-    }
+        importances=importances(study) if len(done) >= 2 else {},
+        size=[{"number": t.number, "value": t.value, "n_params": t.user_attrs["n_params"],
+               "flops": t.user_attrs["flops"], "arch": t.user_attrs.get("arch", "")} for t in sized],
+        pareto={cost: pareto_front(sized, cost) for cost in ("n_params", "flops")},
+        top=[trial_row(t) for t in top_trials(study, top)],
+        export=study.user_attrs.get("export"),
+    )
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
@@ -75,12 +91,12 @@ def pareto_front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[int]
     return front
 
 
-def figures(study: optuna.Study, summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
+def figures(study: optuna.Study, summary: Summary) -> list[tuple[str, str, Any]]:
     """(id, title, plotly figure) for every figure the summary supports, in report order."""
     import plotly.graph_objects as go
     from optuna import visualization as vis
 
-    important = list(summary["importances"])
+    important = list(summary.importances)
     figs = [
         ("history", "Optimization history", vis.plot_optimization_history(study)),
         ("curves", "Learning curves (validation accuracy per epoch; pruned trials dotted)", _curves(summary, go)),
@@ -96,14 +112,16 @@ def figures(study: optuna.Study, summary: dict[str, Any]) -> list[tuple[str, str
         ("pareto-params", "Validation accuracy vs parameters (Pareto front)", _pareto(summary, "n_params", "parameters", go)),
         ("pareto-flops", "Validation accuracy vs FLOPs (Pareto front)", _pareto(summary, "flops", "FLOPs", go)),
     ]
-    if summary["export"]:
-        figs += _export_figures(summary["export"], go)
+    if summary.export:
+        figs += _export_figures(summary.export, go)
     return figs
 
 
-def write_report(study: optuna.Study, out: Path, storage: str = "") -> dict[str, Any]:
-    """Write the HTML report to `out` (atomically); returns the summary it shows."""
+def write_report(study_name: str | None, storage: str, out: Path) -> Summary:
+    """Write the HTML report of a study to `out` (checked first, written atomically); returns what it shows."""
     check_file_target(out, "the report", need=8 << 20)
+    quiet_optuna()
+    study = load_study(study_name, storage)
     summary = summarize(study)
     sections = []
     for i, (fig_id, title, fig) in enumerate(figures(study, summary)):
@@ -111,22 +129,53 @@ def write_report(study: optuna.Study, out: Path, storage: str = "") -> dict[str,
         div = fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{fig_id}", config={"responsive": True})
         sections.append(f'<section class="figure" id="{fig_id}"><h2>{html.escape(title)}</h2>{div}</section>')
     page = _PAGE.format(
-        title=html.escape(f"nas report: {summary['study']}"),
+        title=html.escape(f"nas report: {summary.study}"),
         header=_header(summary, storage),
-        top=_top_table(summary["top"]),
+        top=_top_table(summary.top),
         figures="\n".join(sections),
     )
     write_file(out, page)
     return summary
 
 
+def serve_dashboard(storage: str, study_name: str | None, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    """Serve optuna-dashboard on the storage until Ctrl-C; `on_ready` gets the URL (of the study, when there
+    is one to show) once the port is bound. Any Optuna study is shown, not only those nas made."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    import optuna_dashboard
+
+    quiet_optuna()
+    rdb = open_storage(storage)
+    page = "dashboard/"
+    if study_name is not None or len(optuna.get_all_study_names(rdb)) == 1:
+        study = load_study(study_name, storage, nas_only=False)
+        page = f"dashboard/studies/{rdb.get_study_id_from_name(study.study_name)}"
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:  # no line per request
+            pass
+
+    try:
+        server = make_server(host, port, optuna_dashboard.wsgi(rdb), handler_class=Quiet)
+    except OSError as e:
+        raise StudyError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or 0 for any free one.") from e
+    try:
+        on_ready(f"http://{host}:{server.server_port}/{page}")
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # ---------------------------------------------------------------------------------------------
 
 
-def _curves(summary: dict[str, Any], go: Any) -> Any:
+def _curves(summary: Summary, go: Any) -> Any:
     fig = go.Figure()
     shown = set()
-    for c in summary["curves"]:
+    for c in summary.curves:
         pruned = c["state"] != "complete"
         group = c["state"]
         fig.add_trace(go.Scatter(
@@ -141,9 +190,9 @@ def _curves(summary: dict[str, Any], go: Any) -> Any:
     return fig
 
 
-def _pareto(summary: dict[str, Any], cost: str, label: str, go: Any) -> Any:
-    points = summary["size"]
-    on_front = set(summary[f"pareto_{cost}"])
+def _pareto(summary: Summary, cost: str, label: str, go: Any) -> Any:
+    points = summary.size
+    on_front = set(summary.pareto[cost])
     front = sorted((p for p in points if p["number"] in on_front), key=lambda p: p[cost])
     fig = go.Figure([
         go.Scatter(x=[p[cost] for p in points], y=[p["value"] for p in points], mode="markers", name="trials",
@@ -168,10 +217,10 @@ def _export_figures(export: dict[str, Any], go: Any) -> list[tuple[str, str, Any
     return [("confusion", f"Test confusion matrix ({where})", matrix), ("per-class", "Test accuracy per class", bars)]
 
 
-def _header(summary: dict[str, Any], storage: str) -> str:
-    best = summary["best"]
-    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
-    return (f"<h1>Study {html.escape(summary['study'])}</h1><p>{html.escape(storage)} · {sum(summary['counts'].values())} "
+def _header(summary: Summary, storage: str) -> str:
+    best = summary.best
+    counts = ", ".join(f"{n} {state}" for state, n in summary.counts.items())
+    return (f"<h1>Study {html.escape(summary.study)}</h1><p>{html.escape(storage)} · {sum(summary.counts.values())} "
             f"trials ({html.escape(counts)}) · best validation accuracy <b>{best['val_accuracy']:.4f}</b> "
             f"(trial #{best['number']}: {html.escape(best['arch'] or '')})</p>")
 

@@ -16,12 +16,13 @@ import queue
 import shlex
 import signal
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import optuna
 import torch
 
 from nas import data, study as studies
@@ -32,8 +33,10 @@ from nas.pipeline import prepare_search_data
 from nas.space import Space, baseline_params, load_space
 from nas.train import EpochRecord, pick_device
 
+if TYPE_CHECKING:
+    from optuna import Study
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-CAUGHT = (RuntimeError, ValueError)  # errors that fail their trial alone (CUDA out of memory is a RuntimeError)
 STOP_GRACE = 30  # seconds a worker has to record its trial after a signal, before it is killed
 MAX_WORKERS_PER_CORE = 4
 
@@ -76,6 +79,8 @@ class SearchJob:
 
 @dataclass(frozen=True)
 class Started:
+    """Event: the search has opened its study and read its data, and the first trial starts."""
+
     study: str
     storage: str
     n_finished: int  # trials the study had finished before this run
@@ -91,6 +96,8 @@ class Started:
 
 @dataclass(frozen=True)
 class EpochDone:
+    """Event: a worker's trial finished an epoch."""
+
     worker: int
     trial: int
     record: EpochRecord
@@ -98,12 +105,16 @@ class EpochDone:
 
 @dataclass(frozen=True)
 class TrialDone:
+    """Event: a worker's trial ended (its row: state, value, reason, ...)."""
+
     worker: int
     row: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class WorkerFailed:
+    """Event: a worker process stopped early; `message` says how and what became of its trial."""
+
     worker: int
     message: str
 
@@ -200,7 +211,7 @@ def resume_command(argv: list[str], n_left: int) -> str:
 # --- in this process ---------------------------------------------------------------------------
 
 
-def _run_here(study: optuna.Study, space: Space, ds: Dataset, job: SearchJob, device: str,
+def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: str,
               on_event: Callable[[Event], None], worker: int = 0) -> None:
     """Run the job's trials in this process; events go to `on_event`."""
     device = torch.device(device)
@@ -209,15 +220,10 @@ def _run_here(study: optuna.Study, space: Space, ds: Dataset, job: SearchJob, de
     objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
                           on_epoch=lambda number, record: on_event(EpochDone(worker, number, record)))
 
-    def after_trial(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        on_event(TrialDone(worker, studies.trial_row(t)))
-        studies.fail_dead_workers_trials(st)
-
-    study.optimize(objective, n_trials=job.trials, timeout=job.timeout, catch=CAUGHT,
-                   callbacks=[after_trial])
+    studies.run_trials(study, objective, job.trials, job.timeout, lambda row: on_event(TrialDone(worker, row)))
 
 
-def _record_interrupted(study: optuna.Study) -> None:
+def _record_interrupted(study: Study) -> None:
     """The objective records its trial as interrupted; a signal between Optuna's steps may leave one running."""
     try:
         studies.fail_own_trials(study, "interrupted")
@@ -237,6 +243,9 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals: a search run from another one stops on its caller's terms
+        return
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield
@@ -248,7 +257,7 @@ def _signals_interrupt() -> Iterator[None]:
 # --- in N worker processes ---------------------------------------------------------------------
 
 
-def _run_workers(study: optuna.Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str],
+def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str],
                  threads: int | None, on_event: Callable[[Event], None]) -> list[str]:
     """Run the job's trials split exactly among worker processes; returns what stopped any of them early.
 
@@ -300,7 +309,7 @@ def _run_workers(study: optuna.Study, space: Space, ds: Dataset, job: SearchJob,
     except Interrupted:
         _stop(procs)
         drain(0)
-        studies.fail_dead_workers_trials(study)  # of a worker that had to be killed
+        studies.fail_own_trials(study, "interrupted", [p.pid for p in procs])  # of a worker that had to be killed
         raise
     finally:
         for p in procs:
@@ -311,12 +320,14 @@ def _run_workers(study: optuna.Study, space: Space, ds: Dataset, job: SearchJob,
 
 
 def _stop(procs: list[multiprocessing.Process]) -> None:
-    """Ask every worker to stop (SIGTERM: each records its trial as interrupted), then kill stragglers."""
+    """Ask every worker to stop (SIGTERM: each records its trial as interrupted), then kill stragglers
+    (their trials are recorded by the caller)."""
     for p in procs:
         if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
     for p in procs:
-        p.join(timeout=STOP_GRACE)
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
             p.join()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import random
 import reprlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,17 +18,9 @@ from typing import Any, Callable, Protocol
 
 import yaml
 
+from nas import names
 from nas.errors import NasError
-
-# The names a space may use; model.py holds a builder for each (a test keeps the two in step).
-CONVS = ("conv3x3", "conv5x5", "conv3x3x2")
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
-POOLS = ("max", "avg", "none")
-PADDINGS = ("valid", "same")
-OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
-AUGMENTS = ("none", "flip", "crop", "crop_flip")  # done in batch on the training device (train.augment)
-INITS = ("default", "xavier", "kaiming", "normal")
-
+from nas.spec import ArchSpec, BlockSpec, LayerSpec, TrainSpec
 
 class SpaceError(NasError):
     """A space file that cannot be used: the message names the file, the path in it and what is allowed."""
@@ -39,16 +32,22 @@ class SpaceError(NasError):
 
 @dataclass(frozen=True)
 class Const:
+    """A value that is not searched."""
+
     value: Any
 
 
 @dataclass(frozen=True)
 class Choice:
+    """One of a list of values (`{choice: [...]}`)."""
+
     values: tuple
 
 
 @dataclass(frozen=True)
 class IntRange:
+    """An integer in [low, high] (`{int: [lo, hi]}`), log-uniform with `log`."""
+
     low: int
     high: int
     log: bool = False
@@ -56,6 +55,8 @@ class IntRange:
 
 @dataclass(frozen=True)
 class FloatRange:
+    """A number in [low, high] (`{float: [lo, hi]}`), log-uniform with `log`."""
+
     low: float
     high: float
     log: bool = False
@@ -89,108 +90,29 @@ def _range_text(is_int: bool, low: float, high: float) -> str:
 
 
 _BLOCK = {
-    "conv": _Kind("name", "conv5x5", CONVS),
+    "conv": _Kind("name", "conv5x5", names.BLOCKS),
     "channels": _Kind("int", 16, low=1, high=4096),
-    "activation": _Kind("name", "relu", ACTIVATIONS),
+    "activation": _Kind("name", "relu", names.ACTIVATIONS),
     "batch_norm": _Kind("bool", False),
-    "pool": _Kind("name", "max", POOLS),
-    "padding": _Kind("name", "valid", PADDINGS),
+    "pool": _Kind("name", "max", names.POOLS),
+    "padding": _Kind("name", "valid", names.PADDINGS),
     "dropout": _Kind("float", 0.0, low=0.0, high=0.95),
 }
 _LAYER = {
     "units": _Kind("int", 120, low=1, high=65536),
-    "activation": _Kind("name", "relu", ACTIVATIONS),
+    "activation": _Kind("name", "relu", names.ACTIVATIONS),
     "dropout": _Kind("float", 0.0, low=0.0, high=0.95),
 }
 _TRAINING = {
-    "optimizer": _Kind("name", "adam", OPTIMIZERS),
+    "optimizer": _Kind("name", "adam", names.OPTIMIZERS),
     "lr": _Kind("float", 1e-3, low=1e-12, high=100.0),
     "batch_size": _Kind("int", 256, low=1, high=1 << 20),
     "weight_decay": _Kind("float", 0.0, low=0.0, high=1.0),
     "momentum": _Kind("float", 0.9, low=0.0, high=1.0),  # used by sgd only, sampled only for sgd
-    "augment": _Kind("name", "none", AUGMENTS),
+    "augment": _Kind("name", "none", names.AUGMENTATIONS),  # in batch on the device
 }
-_INIT = _Kind("name", "default", INITS)
+_INIT = _Kind("name", "default", names.INITS)
 _COUNT = _Kind("int", 2, low=0, high=64)
-
-# ---------------------------------------------------------------------------------------------
-# The plain-data description of one network and its training
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    conv: str
-    channels: int
-    activation: str
-    batch_norm: bool
-    pool: str
-    padding: str
-    dropout: float
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    units: int
-    activation: str
-    dropout: float
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    optimizer: str
-    lr: float
-    batch_size: int
-    weight_decay: float
-    momentum: float
-    augment: str = "none"  # specs stored before augmentation existed have none
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """One network and how to train it; round-trips exactly through `to_dict` / `from_dict`."""
-
-    blocks: tuple[BlockSpec, ...]
-    head: tuple[LayerSpec, ...]
-    init: str
-    training: TrainSpec
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"blocks": [asdict(b) for b in self.blocks], "head": [asdict(h) for h in self.head]}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
-        return cls(
-            blocks=tuple(BlockSpec(**b) for b in d["blocks"]),
-            head=tuple(LayerSpec(**h) for h in d["head"]),
-            init=d["init"],
-            training=TrainSpec(**d["training"]),
-        )
-
-    def flat(self) -> dict[str, Any]:
-        """Values by parameter name, as `sample` names them (`block2.channels`, `fc1.units`, `lr`)."""
-        out: dict[str, Any] = {"blocks": len(self.blocks), "head.layers": len(self.head), "init": self.init}
-        for i, b in enumerate(self.blocks, 1):
-            out |= {f"block{i}.{k}": v for k, v in asdict(b).items()}
-        for i, h in enumerate(self.head, 1):
-            out |= {f"fc{i}.{k}": v for k, v in asdict(h).items()}
-        return out | asdict(self.training)
-
-    def describe(self) -> str:
-        """The architecture in one readable line."""
-        parts = []
-        for b in self.blocks:
-            extras = [b.activation] + ["bn"] * b.batch_norm + (["same"] if b.padding == "same" else [])
-            extras += [] if b.pool == "none" else [f"{b.pool}pool"]
-            extras += [f"drop{b.dropout:.2f}"] if b.dropout else []
-            parts.append(f"{b.conv}:{b.channels} " + " ".join(extras))
-        for h in self.head:
-            parts.append(f"fc{h.units} {h.activation}" + (f" drop{h.dropout:.2f}" if h.dropout else ""))
-        t = self.training
-        opt = f"{t.optimizer} lr={t.lr:.2g} bs={t.batch_size}" + (f" wd={t.weight_decay:.2g}" if t.weight_decay else "")
-        init = "" if self.init == "default" else f" init={self.init}"
-        aug = "" if t.augment == "none" else f" aug={t.augment}"
-        return " → ".join(parts) + f" | {opt}{init}{aug}"
-
 
 # ---------------------------------------------------------------------------------------------
 # The validated space
@@ -198,6 +120,8 @@ class ArchSpec:
 
 @dataclass(frozen=True)
 class Space:
+    """A validated space file: what is searched, its budget, constraints and baselines."""
+
     name: str
     dataset: str
     epochs: int
@@ -236,6 +160,25 @@ class Trial(Protocol):
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
     def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int: ...
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+
+class RandomTrial:
+    """A Trial that draws every value at random from a seeded generator (uniform, or log-uniform for log
+    ranges): enough to show what a space holds without an Optuna study."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.rng.choice(list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        if log:
+            return min(high, max(low, round(math.exp(self.rng.uniform(math.log(low), math.log(high))))))
+        return self.rng.randint(low, high)
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        return math.exp(self.rng.uniform(math.log(low), math.log(high))) if log else self.rng.uniform(low, high)
 
 
 def sample(space: Space, trial: Trial | None = None) -> ArchSpec:

@@ -27,6 +27,7 @@ State = optuna.trial.TrialState
 FINISHED = (State.COMPLETE, State.PRUNED)
 CONNECT_TIMEOUT = 10  # seconds to wait for a PostgreSQL server's answer
 MAX_RETRY = 3  # times the parameters of a trial whose worker died are run again
+CAUGHT = (RuntimeError, ValueError)  # errors that fail their trial alone (CUDA out of memory is a RuntimeError)
 
 
 class StudyError(NasError):
@@ -283,6 +284,25 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
     return rows
 
 
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    timeout: float | None,
+    on_trial: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run `n_trials` more trials (or until `timeout`); a trial that raises one of CAUGHT fails alone.
+
+    After each trial, `on_trial` gets its row and the trials of dead workers of this machine are failed
+    and queued again, so a `kill -9` elsewhere on this machine is noticed within one trial."""
+
+    def after(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        on_trial(trial_row(t))
+        fail_dead_workers_trials(st)
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=CAUGHT, callbacks=[after])
+
+
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The k completed trials with the highest validation accuracy, best first."""
     done = [t for t in study.get_trials(deepcopy=False, states=(State.COMPLETE,)) if "spec" in t.user_attrs]
@@ -359,11 +379,13 @@ def fail_dead_workers_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
-def fail_own_trials(study: optuna.Study, reason: str) -> list[int]:
-    """Fail the trials this process left running (a signal between Optuna's steps); returns their numbers."""
-    me = process_identity()["worker"]
+def fail_own_trials(study: optuna.Study, reason: str, pids: Sequence[int] = ()) -> list[int]:
+    """Fail the trials left running by this process (a signal between Optuna's steps), or by its
+    `pids` (workers it stopped), with `reason` and no retry; returns their numbers."""
+    host = socket.gethostname()
+    mine = {f"{host}:{pid}" for pid in (pids or [os.getpid()])}
     return [t.number for t in study.get_trials(deepcopy=False, states=(State.RUNNING,))
-            if t.user_attrs.get("worker") == me and fail_trial(study, t, reason)]
+            if t.user_attrs.get("worker") in mine and fail_trial(study, t, reason)]
 
 
 def fail_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -> bool:

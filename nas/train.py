@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.data import Split, available_memory
 from nas import names
 from nas.errors import NasError
 
@@ -35,6 +34,8 @@ class Diverged(Exception):
 
 @dataclass(frozen=True)
 class EpochRecord:
+    """One epoch of training: mean loss, accuracy on the training batches and on the held-out split."""
+
     epoch: int
     loss: float
     train_acc: float
@@ -67,11 +68,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def device_memory(device: torch.device) -> int:
-    """Bytes free on `device`: the GPU's free memory, or the machine's available memory for the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return available_memory()
+class Split(Protocol):
+    """Images (uint8, N×C×H×W) and their labels, on the training device (`data.Split` is one)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
 
 
 class Recipe(Protocol):
@@ -154,7 +155,7 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One pass over `data` in shuffled batches; returns (mean loss, accuracy) read once at the end."""
     model.train()
-    n = len(data)
+    n = len(data.y)
     order = torch.randperm(n, device=data.x.device, generator=shuffle)
     total_loss = torch.zeros((), device=data.x.device)
     correct = torch.zeros((), device=data.x.device, dtype=torch.long)
@@ -230,5 +231,5 @@ def _as_input(x: torch.Tensor) -> torch.Tensor:
 
 def evaluate(model: nn.Module, data: Split, dtype: torch.dtype | None = None) -> float:
     """Accuracy on `data`."""
-    return (predict(model, data.x, dtype) == data.y).float().mean().item() if len(data) else float("nan")
+    return (predict(model, data.x, dtype) == data.y).float().mean().item() if len(data.y) else float("nan")
 

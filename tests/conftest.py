@@ -47,6 +47,17 @@ def write_idx_dataset(folder: Path, n_train: int = 40, n_test: int = 10, gz: boo
     return folder
 
 
+def pytest_configure(config):
+    """Under pytest-xdist the cores are shared between workers: one torch thread each, or they spin
+    against each other (measured: twice the CPU time for the same tests)."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     """No test downloads, reads the user's cache or finds the machine's installed datasets by accident."""

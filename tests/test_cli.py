@@ -179,3 +179,26 @@ def test_an_image_folder_dataset_works_end_to_end(tmp_path, tiny_space):
     image = sorted((tmp_path / "imgs" / "class3").iterdir())[0]
     said = json.loads(nas_cli("predict", tmp_path / "e", image, "--top", 10, "--json").stdout)
     assert sorted(c["class"] for c in said[0]["top"]) == out["export"]["classes"]
+
+
+def test_a_search_reads_its_space_and_dataset_once_and_its_parent_builds_no_objective(tmp_path, tiny_space, idx_dir,
+                                                                                     monkeypatch):
+    """Counted through the real functions (they still run): once each, with one worker or two."""
+    from nas import objective, search as searching
+
+    calls = {"space": 0, "data": 0, "objective": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(searching, "load_space", counting("space", searching.load_space))
+    monkeypatch.setattr(searching.data, "load_dataset", counting("data", searching.data.load_dataset))
+    monkeypatch.setattr(objective.Objective, "__init__", counting("objective", objective.Objective.__init__))
+    db = f"sqlite:///{tmp_path}/nas.db"
+    nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--data-dir", idx_dir)
+    assert calls == {"space": 1, "data": 1, "objective": 1}
+    nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--data-dir", idx_dir, "--workers", 2)
+    assert calls == {"space": 2, "data": 2, "objective": 1}  # the workers build theirs, with the parent's data

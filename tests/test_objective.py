@@ -85,7 +85,7 @@ def test_a_diverging_trial_is_pruned_as_diverged(prepared):
 
 
 def test_a_trial_that_raises_fails_alone_with_its_reason_and_the_study_goes_on(prepared):
-    from nas.search import CAUGHT
+    from nas.study import CAUGHT
 
     space = _fixed({"blocks": 1, "block": {"channels": 4}, "head": {"layers": 1, "units": 8}})
     calls = []

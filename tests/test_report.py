@@ -14,16 +14,16 @@ def test_summary_holds_every_trial_and_the_export(finished_study):
     study = optuna.load_study(study_name="tiny", storage=db)
     s = summarize(study)
     states = [t.state.name.lower() for t in study.trials]
-    assert s["counts"] == {st: states.count(st) for st in set(states)} and sum(s["counts"].values()) == 30
-    best = [h["best"] for h in s["history"]]
+    assert s.counts == {st: states.count(st) for st in set(states)} and sum(s.counts.values()) == 30
+    best = [h["best"] for h in s.history]
     assert best == sorted(best) and best[-1] == study.best_value
     trained = [t for t in study.trials if t.user_attrs.get("curve")]
-    assert [c["number"] for c in s["curves"]] == [t.number for t in trained]
-    assert all(c["epochs"] == list(range(1, len(c["val_acc"]) + 1)) for c in s["curves"])
-    assert [r["number"] for r in s["top"]] == [t.number for t in sorted(
+    assert [c["number"] for c in s.curves] == [t.number for t in trained]
+    assert all(c["epochs"] == list(range(1, len(c["val_acc"]) + 1)) for c in s.curves)
+    assert [r["number"] for r in s.top] == [t.number for t in sorted(
         (t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)][:10]
-    assert s["export"]["classes"][0] == "T-shirt/top" and len(s["export"]["confusion"]) == 10
-    assert set(s["pareto_n_params"]) <= {p["number"] for p in s["size"]}
+    assert s.export["classes"][0] == "T-shirt/top" and len(s.export["confusion"]) == 10
+    assert set(s.pareto["n_params"]) <= {p["number"] for p in s.size}
 
 
 def _trial(number, value, n_params):

@@ -32,11 +32,31 @@ def test_seed_lenet_is_the_tutorial_net():
     assert (spec.training.optimizer, spec.training.lr, spec.training.batch_size) == ("adam", 0.001, 256)
 
 
-def test_registries_match_the_names_a_space_allows():
-    assert set(sp.CONVS) == set(model.CONVS)
-    assert set(sp.ACTIVATIONS) == set(model.ACTIVATIONS)
-    assert set(sp.POOLS) == set(model.POOLS)
-    assert set(sp.INITS) == set(model.INITS)
+def test_every_registry_agrees_with_the_names_the_space_and_the_command_line_allow():
+    from nas import names, study, train
+
+    by_field = {"conv": model.BLOCKS, "activation": model.ACTIVATIONS, "pool": model.POOLS, "padding": model.PADDINGS,
+                "optimizer": train.OPTIMIZERS, "augment": train.AUGMENTATIONS}
+    kinds = {**sp._BLOCK, **sp._LAYER, **sp._TRAINING, "init": sp._INIT}
+    named = {field: kind.allowed for field, kind in kinds.items() if kind.kind == "name"}
+    assert set(named) == set(by_field) | {"init"}  # every name a space takes has a registry that builds it
+    for field, allowed in named.items():
+        assert tuple(by_field.get(field, model.INITS)) == allowed, field
+    assert tuple(study.SAMPLERS) == names.SAMPLERS and tuple(study.PRUNERS) == names.PRUNERS
+
+
+@pytest.mark.parametrize("lookup,words", [
+    (lambda: __import__("nas.study").study.make_sampler("cma", 0), "unknown sampler 'cma'; expected one of tpe, random"),
+    (lambda: __import__("nas.study").study.make_pruner("always", 5), "unknown pruner 'always'; expected one of median, hyperband, none"),
+    (lambda: __import__("nas.train").train.augment_batch(None, "rotate", None), "unknown augmentation 'rotate'; expected one of none, flip"),
+    (lambda: __import__("nas.train").train.make_optimizer(None, sp.TrainSpec("lion", 0.1, 8, 0, 0)),
+     "unknown optimizer 'lion'; expected one of adam, adamw, sgd, adadelta"),
+], ids=["sampler", "pruner", "augmentation", "optimizer"])
+def test_an_unknown_name_is_refused_with_the_valid_ones_listed(lookup, words):
+    from nas.errors import NasError
+
+    with pytest.raises(NasError, match=words.replace("(", r"\(")):
+        lookup()
 
 
 def test_baseline_params_sample_back_to_the_baseline():

@@ -1,0 +1,62 @@
+"""What a space holds, shown without training anything (`nas validate`): its dimensions and size, and a
+few nets drawn from it at random, each sized from its spec on PyTorch's meta device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nas.data import dataset_shape
+from nas.model import ShapeError
+from nas.pipeline import assess
+from nas.space import RandomTrial, baseline_params, dim_text, load_space, n_combinations, sample
+
+
+@dataclass(frozen=True)
+class SampledNet:
+    """One net drawn from a space, sized from its spec: `problem` says why a search would not train it."""
+
+    arch: str
+    stages: tuple[tuple[int, ...], ...]  # output shape of each block and head layer
+    n_params: int | None
+    flops: int | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class SpacePreview:
+    """What `nas validate` shows of a space: its dimensions, its size and a few nets drawn from it."""
+
+    name: str
+    dimensions: list[tuple[str, str]]  # (parameter, its values in words)
+    n_discrete: int
+    n_continuous: int
+    n_baselines: int
+    input_shape: tuple[int, int, int]
+    n_classes: int
+    epochs: int
+    samples: list[SampledNet]
+
+
+def preview_space(path: str, dataset: str | None = None, data_dir: str | None = None, n_samples: int = 3,
+                  seed: int = 0) -> SpacePreview:
+    """Check a space file (and its baselines) and draw `n_samples` nets from it (one from a fixed
+    architecture), each sized on the meta device; nothing is trained or allocated."""
+    space = load_space(path)
+    baselines = baseline_params(space)
+    shape, n_classes = dataset_shape(dataset or space.dataset, data_dir)
+    dims = space.dimensions()
+    trial = RandomTrial(seed)
+    samples = []
+    for _ in range(n_samples if dims else 1):
+        spec = sample(space, trial)
+        try:
+            info, problem = assess(spec, shape, n_classes, torch.device("cpu"), space.max_params, space.max_mflops)
+            samples.append(SampledNet(spec.describe(), info.stages, info.n_params, info.flops, problem))
+        except ShapeError as e:
+            samples.append(SampledNet(spec.describe(), (), None, None, f"invalid: {e}"))
+    n_discrete, n_continuous = n_combinations(space)
+    return SpacePreview(space.name, [(name, dim_text(dim)) for name, dim in dims.items()], n_discrete, n_continuous,
+                        len(baselines), shape, n_classes, space.epochs, samples)

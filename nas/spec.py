@@ -1,0 +1,89 @@
+"""The plain-data description of one network and how to train it: what sampling a space gives, what
+the builder builds, what a trial stores and an export writes. No YAML, no torch, no Optuna here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One conv block: its convolution(s), width, activation, normalisation, pooling, padding, dropout."""
+
+    conv: str
+    channels: int
+    activation: str
+    batch_norm: bool
+    pool: str
+    padding: str
+    dropout: float
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One fully connected layer of the head."""
+
+    units: int
+    activation: str
+    dropout: float
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How the network is trained (`train.Recipe`)."""
+
+    optimizer: str
+    lr: float
+    batch_size: int
+    weight_decay: float
+    momentum: float
+    augment: str = "none"  # specs stored before augmentation existed have none
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One network and how to train it; round-trips exactly through `to_dict` / `from_dict`."""
+
+    blocks: tuple[BlockSpec, ...]
+    head: tuple[LayerSpec, ...]
+    init: str
+    training: TrainSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"blocks": [asdict(b) for b in self.blocks], "head": [asdict(h) for h in self.head]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        return cls(
+            blocks=tuple(BlockSpec(**b) for b in d["blocks"]),
+            head=tuple(LayerSpec(**h) for h in d["head"]),
+            init=d["init"],
+            training=TrainSpec(**d["training"]),
+        )
+
+    def flat(self) -> dict[str, Any]:
+        """Values by parameter name, as `sample` names them (`block2.channels`, `fc1.units`, `lr`)."""
+        out: dict[str, Any] = {"blocks": len(self.blocks), "head.layers": len(self.head), "init": self.init}
+        for i, b in enumerate(self.blocks, 1):
+            out |= {f"block{i}.{k}": v for k, v in asdict(b).items()}
+        for i, h in enumerate(self.head, 1):
+            out |= {f"fc{i}.{k}": v for k, v in asdict(h).items()}
+        return out | asdict(self.training)
+
+    def describe(self) -> str:
+        """The architecture in one readable line."""
+        parts = []
+        for b in self.blocks:
+            extras = [b.activation] + ["bn"] * b.batch_norm + (["same"] if b.padding == "same" else [])
+            extras += [] if b.pool == "none" else [f"{b.pool}pool"]
+            extras += [f"drop{b.dropout:.2f}"] if b.dropout else []
+            parts.append(f"{b.conv}:{b.channels} " + " ".join(extras))
+        for h in self.head:
+            parts.append(f"fc{h.units} {h.activation}" + (f" drop{h.dropout:.2f}" if h.dropout else ""))
+        t = self.training
+        opt = f"{t.optimizer} lr={t.lr:.2g} bs={t.batch_size}" + (f" wd={t.weight_decay:.2g}" if t.weight_decay else "")
+        init = "" if self.init == "default" else f" init={self.init}"
+        aug = "" if t.augment == "none" else f" aug={t.augment}"
+        return " → ".join(parts) + f" | {opt}{init}{aug}"

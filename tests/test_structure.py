@@ -1,0 +1,122 @@
+"""The shape of the package, as DESIGN.md states it: imports run one way, heavy libraries stay where they
+belong, the command line stays thin, and errors keep their causes."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "nas"
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+# What each module may import from nas. Leaves first; nothing imports cli.
+ALLOWED = {
+    "errors": set(),
+    "names": {"errors"},  # the names users may write, for the CLI's choices: imports nothing heavy
+    "files": {"errors"},  # every write nas makes
+    "spec": set(),  # the plain data of one network
+    "space": {"errors", "names", "spec"},
+    "data": {"errors", "files"},
+    "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
+    "train": {"errors", "names"},  # torch only
+    "pipeline": {"data", "model", "spec", "train"},
+    "objective": {"model", "pipeline", "space", "spec", "train"},
+    "study": {"errors", "files", "names", "space"},
+    "search": {"data", "errors", "objective", "pipeline", "space", "study", "train"},
+    "preview": {"data", "model", "pipeline", "space"},
+    "report": {"files", "study"},
+    "export": {"data", "errors", "files", "model", "pipeline", "space", "spec", "study", "train"},
+    "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
+    "__init__": {"export"},
+}
+HEAVY = {  # third-party libraries and the only modules that may import them
+    "optuna": {"objective", "study", "report", "export"},
+    "optuna_dashboard": {"report"},
+    "plotly": {"report"},
+    "torch": {"data", "model", "train", "pipeline", "objective", "search", "preview", "export"},
+    "onnxruntime": {"export"},
+}
+
+
+def _imports(module: str) -> list[tuple[str, bool]]:
+    """(imported module, at module level) for every import of `module`, leaving out `if TYPE_CHECKING:` blocks."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((a.name, top) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module:
+                base = child.module
+                found.extend((f"{base}.{a.name}" if base == "nas" else base, top) for a in child.names)
+            visit(child, top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+
+    visit(tree, True)
+    return found
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_run_the_way_design_md_says(module):
+    for name, top in _imports(module):
+        root = name.split(".")[0]
+        if root == "nas":
+            target = name.split(".")[1]
+            assert target in ALLOWED[module], f"nas.{module} imports nas.{target}"
+            assert module != "cli" or not top or target in ("errors", "names"), f"nas.cli imports nas.{target} at load"
+        elif root in HEAVY:
+            assert module in HEAVY[root], f"nas.{module} imports {root}"
+
+
+def test_the_allowed_imports_have_no_cycle():
+    seen: dict[str, int] = {}
+
+    def depth(m: str, path: tuple[str, ...] = ()) -> int:
+        assert m not in path, f"import cycle: {' -> '.join((*path, m))}"
+        if m not in seen:
+            seen[m] = 1 + max((depth(d, (*path, m)) for d in ALLOWED[m] if m != "cli"), default=0)
+        return seen[m]
+
+    for m in ALLOWED:
+        depth(m)
+
+
+def test_importing_the_command_line_loads_neither_torch_nor_optuna():
+    code = "import sys, nas.cli; print(sorted(m for m in ('torch', 'optuna', 'plotly') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_command_is_short():
+    """A command parses, calls one library function and renders: no function of cli.py over 40 lines."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    long = [f"{n.name} ({n.end_lineno - n.lineno + 1})" for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 40]
+    assert not long
+
+
+def test_no_raise_inside_except_drops_its_cause():
+    """Inside an `except`, `raise X(...)` says `from e` (or `from None`), so the cause stays in the traceback."""
+    bare = []
+    for module in MODULES:
+        for handler in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+            if isinstance(handler, ast.ExceptHandler):
+                bare += [f"nas/{module}.py:{n.lineno}" for n in ast.walk(handler)
+                         if isinstance(n, ast.Raise) and n.exc is not None and n.cause is None]
+    assert not bare
+
+
+def test_public_functions_say_what_they_do():
+    missing = []
+    for module in MODULES:
+        for node in ast.parse((PACKAGE / f"{module}.py").read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_") and module != "cli":
+                if not ast.get_docstring(node):
+                    missing.append(f"nas.{module}.{node.name}")
+    assert not missing
