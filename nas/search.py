@@ -145,48 +145,19 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     """Run `job.trials` more trials of the job's study (creating or resuming it); see the module doc.
 
     Everything that can be refused is checked before the study is touched or any work starts: the
-    space's baselines, the device, the storage's folder, the dataset.
+    space's baselines, the device, the storage's folder, the dataset. A signal at any point, reading
+    the data included, ends the run as `Interrupted`.
     """
     studies.quiet_optuna()  # progress and each trial's fate arrive as events
-    space = load_space(job.space)
-    job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
-                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset)
-    baselines = baseline_params(space)
-    if job.workers and job.workers > MAX_WORKERS_PER_CORE * _cores():
-        raise NasError(f"--workers {job.workers}: this machine has {_cores()} cores; run at most "
-                       f"{MAX_WORKERS_PER_CORE * _cores()} workers here (each loads torch and the data), or --workers auto.")
-    n_workers = min(job.workers or auto_workers(job.device), job.trials)
-    devices = worker_devices(job.device, n_workers)
-    studies.check_storage_target(job.storage)
-    ds = data.load_dataset(job.dataset, job.data_dir)
-    wanted = {"dataset": ds.name, "val_fraction": space.val_fraction, "split_seed": job.seed, "subset": job.subset}
-    data.split_sizes(ds, space.val_fraction, job.subset)  # a dataset too small to split fails before the study
-    study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
-                               space, baselines, job.heartbeat)
-    split = study.user_attrs["data"]  # a resumed study keeps the split it started with
-    n_train, n_val = data.split_sizes(ds, split["val_fraction"], split["subset"])
-    trials = study.get_trials(deepcopy=False)
-    threads = threads_per_worker(n_workers)
-    done = [t.value for t in trials if t.state == studies.State.COMPLETE]
-    on_event(Started(study.study_name, job.storage, sum(t.state in studies.FINISHED for t in trials),
-                     sum(t.state == studies.State.WAITING for t in trials), max(done, default=None), n_train, n_val,
-                     tuple(sorted(set(devices))), job.epochs, n_workers, threads))
     rows: list[dict[str, Any]] = []
-
-    def count(event: Event) -> None:
-        if isinstance(event, TrialDone):
-            rows.append(event.row)
-        on_event(event)
-
-    failed: list[str] = []
+    study = None
     with _signals_interrupt():
         try:
-            if n_workers == 1:
-                _run_here(study, space, ds, job, devices[0], count)
-            else:
-                failed = _run_workers(study, space, ds, job, devices, threads, count)
+            study, space, ds, job, devices = _open(job)
+            return _search(study, space, ds, job, devices, rows, on_event)
         except Interrupted as e:
-            _record_interrupted(study)
+            if study is not None:
+                _record_interrupted(study)
             raise Interrupted(e.signum, len(rows)) from None
         except Exception as e:
             cause = studies.storage_failure(e)
@@ -195,8 +166,51 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
             raise studies.StudyError(
                 f"the study storage {job.storage} stopped accepting writes ({cause}) after {len(rows)} trials of "
                 "this run; those are saved. Fix the storage (free space, permissions, the server) and run the same "
-                "command again: the trial left running is then failed and re-run."
+                "command again to go on: a trial left running is failed then and its parameters run again."
             ) from e
+
+
+def _open(job: SearchJob) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
+    """Read the space and the dataset, check the device and the storage, then create or resume the study."""
+    space = load_space(job.space)
+    job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
+                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset)
+    baselines = baseline_params(space)
+    if job.workers and job.workers > MAX_WORKERS_PER_CORE * _cores():
+        raise NasError(f"--workers {job.workers}: this machine has {_cores()} cores; run at most "
+                       f"{MAX_WORKERS_PER_CORE * _cores()} workers here (each loads torch and the data), or --workers auto.")
+    devices = worker_devices(job.device, min(job.workers or auto_workers(job.device), job.trials))
+    studies.check_storage_target(job.storage)
+    ds = data.load_dataset(job.dataset, job.data_dir)
+    wanted = {"dataset": ds.name, "val_fraction": space.val_fraction, "split_seed": job.seed, "subset": job.subset}
+    data.split_sizes(ds, space.val_fraction, job.subset)  # a dataset too small to split fails before the study
+    study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
+                               space, baselines, job.heartbeat)
+    return study, space, ds, job, devices
+
+
+def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str], rows: list[dict[str, Any]],
+            on_event: Callable[[Event], None]) -> Outcome:
+    """Run the trials here or in workers, collecting the rows of this run's trials into `rows`."""
+    split = study.user_attrs["data"]  # a resumed study keeps the split it started with
+    n_train, n_val = data.split_sizes(ds, split["val_fraction"], split["subset"])
+    trials = study.get_trials(deepcopy=False)
+    n_workers, threads = len(devices), threads_per_worker(len(devices))
+    done = [t.value for t in trials if t.state == studies.State.COMPLETE]
+    on_event(Started(study.study_name, job.storage, sum(t.state in studies.FINISHED for t in trials),
+                     sum(t.state == studies.State.WAITING for t in trials), max(done, default=None), n_train, n_val,
+                     tuple(sorted(set(devices))), job.epochs, n_workers, threads))
+
+    def count(event: Event) -> None:
+        if isinstance(event, TrialDone):
+            rows.append(event.row)
+        on_event(event)
+
+    if n_workers == 1:
+        _run_here(study, space, ds, job, devices[0], count)
+        failed = []
+    else:
+        failed = _run_workers(study, space, ds, job, devices, threads, count)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     best = [studies.trial_row(t) for t in studies.top_trials(study, 5)] if "complete" in states else []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
@@ -212,15 +226,35 @@ def resume_command(argv: list[str], n_left: int) -> str:
 
 
 def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: str,
-              on_event: Callable[[Event], None], worker: int = 0) -> None:
-    """Run the job's trials in this process; events go to `on_event`."""
+              on_event: Callable[[Event], None], worker: int = 0, tickets: Any = None) -> None:
+    """Run the job's trials in this process; events go to `on_event`. A worker is given the shared
+    count of trials left (`tickets`) instead and takes one before each trial, so a worker that dies or
+    is slow leaves its part to the others and the run still makes exactly `job.trials` trials."""
     device = torch.device(device)
     split = study.user_attrs["data"]
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
     objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
-                          on_epoch=lambda number, record: on_event(EpochDone(worker, number, record)))
+                          on_epoch=lambda number, record: (_checkpoint(), on_event(EpochDone(worker, number, record))))
 
-    studies.run_trials(study, objective, job.trials, job.timeout, lambda row: on_event(TrialDone(worker, row)))
+    def on_trial(row: dict[str, Any]) -> None:
+        on_event(TrialDone(worker, row))
+        _checkpoint()
+
+    if tickets is None:
+        studies.run_trials(study, objective, job.trials, job.timeout, on_trial)
+        return
+    deadline = None if job.timeout is None else time.monotonic() + job.timeout
+    while (deadline is None or time.monotonic() < deadline) and _take(tickets):
+        studies.run_trials(study, objective, 1, None, on_trial)
+
+
+def _take(tickets: Any) -> bool:
+    """Take one of the trials left to the workers; False when none is."""
+    with tickets.get_lock():
+        if tickets.value <= 0:
+            return False
+        tickets.value -= 1
+        return True
 
 
 def _record_interrupted(study: Study) -> None:
@@ -232,21 +266,30 @@ def _record_interrupted(study: Study) -> None:
             raise  # the storage is gone too: the next search fails the trial (this process will not exist)
 
 
+_pending: list[int] = []  # the signal this process was asked to stop by, once one came
+
+
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread, whatever dispositions this
-    process inherited (a job started in the background ignores SIGINT). Only the first: later ones are
-    ignored while the running trials are recorded and the workers stop."""
+    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread. SIGINT does so even when this
+    process inherited it ignored (a shell starts background jobs so); SIGHUP and SIGTERM inherited as
+    ignored stay ignored (`nohup` asks for that). Only the first: later ones are ignored while the
+    running trials are recorded and the workers stop.
+
+    Python drops an exception raised where it cannot propagate (a weakref callback, a __del__), so the
+    signal is also remembered and `_checkpoint` raises it again where the search can stop cleanly."""
 
     def handler(signum: int, _frame: Any) -> None:
-        for s in SIGNALS:
-            signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
+        if not _pending:
+            _pending.append(signum)
+            raise Interrupted(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may handle signals: a search run from another one stops on its caller's terms
         return
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    _pending.clear()
+    previous = {s: signal.signal(s, handler) for s in SIGNALS
+                if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
@@ -254,22 +297,29 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _checkpoint() -> None:
+    """Raise the signal that came, if its first raise was swallowed: called between epochs and trials."""
+    if _pending:
+        raise Interrupted(_pending[0])
+
+
 # --- in N worker processes ---------------------------------------------------------------------
 
 
 def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str],
                  threads: int | None, on_event: Callable[[Event], None]) -> list[str]:
-    """Run the job's trials split exactly among worker processes; returns what stopped any of them early.
+    """Run the job's trials in worker processes that take them one at a time from a shared count;
+    returns what stopped any of them early.
 
     A worker that dies has its running trial failed and queued again at once; the others go on.
     A signal here stops every worker (each records its trial as interrupted) and re-raises.
     """
     ctx = multiprocessing.get_context("spawn")  # fork would copy this process's torch and SQLite state
     events = ctx.Queue()
-    n = len(devices)
-    jobs = [replace(job, device=d, trials=job.trials // n + (i < job.trials % n)) for i, d in enumerate(devices)]
-    procs = [ctx.Process(target=_worker, args=(j, space, i, threads, ds, events, os.getpid()), name=f"nas-worker-{i}",
-                         daemon=True) for i, j in enumerate(jobs)]
+    tickets = ctx.Value("i", job.trials)
+    procs = [ctx.Process(target=_worker, args=(replace(job, device=d), space, i, threads, ds, events, os.getpid(),
+                                               tickets), name=f"nas-worker-{i}", daemon=True)
+             for i, d in enumerate(devices)]
     for p in procs:
         p.start()
     failed: list[str] = []
@@ -306,6 +356,7 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
         while any(p.is_alive() for p in procs):
             drain(0.2)
             note_ended()
+            _checkpoint()
     except Interrupted:
         _stop(procs)
         drain(0)
@@ -342,8 +393,8 @@ def _how_it_ended(exitcode: int) -> str:
 
 
 def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: Dataset, events: Any,
-            parent: int) -> None:
-    """One worker process: join the study and run its share of trials, sending events to the parent."""
+            parent: int, tickets: Any) -> None:
+    """One worker process: join the study and run trials while any are left, sending events to the parent."""
     _die_with_parent(parent)
     if threads:
         torch.set_num_threads(threads)
@@ -355,7 +406,7 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
                 studies.quiet_optuna()
                 study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs,
                                            heartbeat=job.heartbeat, worker=worker)
-                _run_here(study, space, ds, job, job.device, put, worker)
+                _run_here(study, space, ds, job, job.device, put, worker, tickets)
             except Interrupted as e:
                 if study is not None:
                     _record_interrupted(study)

@@ -192,21 +192,22 @@ def open_study(
     else:  # load_if_exists: workers started together may race to create it
         study = optuna.create_study(direction="maximize", load_if_exists=True, **kwargs)
     if data_attrs is not None and "data" not in study.user_attrs:
-        study.set_user_attr("data", data_attrs)
-        for params in baselines:
+        for params in baselines:  # first: a creation cut short by a signal is finished by the next run
             study.enqueue_trial(params, skip_if_exists=True)
-    fail_dead_workers_trials(study)
-    # A resumed run must not replay the first run's random draws: seed by how far the study got.
+        study.set_user_attr("data", data_attrs)
+    # A resumed run must not replay the first run's random draws: seed by how far the study got (counted
+    # before dead workers' trials are queued again, as it always was).
     study.sampler = make_sampler(sampler, seed + len(study.trials) + 10_007 * worker)
+    fail_dead_workers_trials(study)
     return study
 
 
 def _check_resumable(study: optuna.Study, storage: str, data_attrs: dict[str, Any], space: Space | None) -> None:
     known = study.user_attrs.get("data")
     if known is None:
-        if study.trials:
+        if any(t.state != State.WAITING for t in study.get_trials(deepcopy=False)):
             raise StudyError(_not_ours(study, storage, "nas search continues only studies it started; pass a new --study name"))
-        return  # created by a run that stopped before recording anything
+        return  # created by a run stopped before it recorded its data: only baselines wait in it
     for key in ("dataset", "subset"):
         if known[key] != data_attrs[key]:
             raise StudyError(
@@ -382,20 +383,24 @@ def fail_dead_workers_trials(study: optuna.Study) -> list[int]:
 def fail_own_trials(study: optuna.Study, reason: str, pids: Sequence[int] = ()) -> list[int]:
     """Fail the trials left running by this process (a signal between Optuna's steps), or by its
     `pids` (workers it stopped), with `reason` and no retry; returns their numbers."""
-    host = socket.gethostname()
+    me = process_identity()
+    host = me["worker"].rsplit(":", 1)[0]
     mine = {f"{host}:{pid}" for pid in (pids or [os.getpid()])}
     return [t.number for t in study.get_trials(deepcopy=False, states=(State.RUNNING,))
-            if t.user_attrs.get("worker") in mine and fail_trial(study, t, reason)]
+            if t.user_attrs.get("worker") in mine and t.user_attrs.get("worker_ns", me["worker_ns"]) == me["worker_ns"]
+            and fail_trial(study, t, reason)]
 
 
 def fail_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -> bool:
-    """Record `reason` and mark the running trial failed; False if another process finished it first."""
+    """Record `reason` and mark the running trial failed; False if another process finished it first.
+
+    The state is set in one locked update that refuses a finished trial (as Optuna's fail_stale_trials
+    does), so of two processes failing the same trial only one is told it did, and only one retries it."""
     try:
         study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
-        study.tell(t.number, state=State.FAIL, skip_if_finished=True)
-    except (RuntimeError, ValueError):  # finished meanwhile (UpdateFinishedTrialError is a RuntimeError)
+        return study._storage.set_trial_state_values(t._trial_id, state=State.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    return study._storage.get_trial(t._trial_id).state == State.FAIL
 
 
 def retry_trial(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:

@@ -31,11 +31,12 @@ training: {lr: {float: [1.0e-3, 1.0e-2], log: true}, batch_size: 32}
 QUICK_TRIALS = LONG_TRIALS.replace("name: long", "name: quick").replace("epochs: 150", "epochs: 1")
 
 
-def start(*args, ignore_sigint: bool = False) -> subprocess.Popen:
-    """`nas ARGS` in a new process; with `ignore_sigint`, started as a background job of a shell starts it."""
-    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+def start(*args, ignore: tuple[int, ...] = ()) -> subprocess.Popen:
+    """`nas ARGS` in a new process, with the signals in `ignore` ignored from the start (as a shell's
+    background job ignores SIGINT, and `nohup` SIGHUP)."""
     return subprocess.Popen([sys.executable, "-m", "nas.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN) for s in ignore],
                             env=os.environ | {"NAS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # one thread per worker
 
 
@@ -154,7 +155,7 @@ def test_kill_9_then_an_immediate_resume_leaves_no_running_trial_and_reruns_its_
 def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_path, long_space, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
-    proc = search(long_space, db, idx_dir, 2)
+    proc = search(long_space, db, idx_dir, 2, "--epochs", 60)  # long enough to be caught training, short to finish
     stopped = wait_for_running(db, study_name, 1, proc)
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc)
@@ -177,7 +178,7 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_p
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_command(tmp_path, long_space, idx_dir, signum):
     db = f"sqlite:///{tmp_path}/my studies/s.db"  # a space in the path, a ; in the study name: the hint must paste
-    proc = search(long_space, db, idx_dir, 3, "--study", "a b;c")
+    proc = search(long_space, db, idx_dir, 3, "--study", "a b;c", "--epochs", 60)
     n_done = int(signum == signal.SIGTERM)  # SIGTERM after a finished trial, SIGHUP during the first
     stopped = wait_for_running(db, "a b;c", n_done, proc)
     proc.send_signal(signum)
@@ -202,12 +203,27 @@ def test_ctrl_c_stops_a_search_even_when_it_was_started_with_sigint_ignored(tmp_
     db = f"sqlite:///{tmp_path}/nas.db"
     study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
     proc = start("search", "--space", long_space, "--storage", db, "--data-dir", idx_dir, "--trials", 2,
-                 "--pruner", "none", ignore_sigint=True)
+                 "--pruner", "none", ignore=(signal.SIGINT,))
     stopped = wait_for_running(db, study_name, 0, proc)
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc)
     assert code == 130, out + err
     assert optuna.load_study(study_name=study_name, storage=db).trials[stopped.number].user_attrs["reason"] == "interrupted"
+
+
+def test_a_search_started_with_nohup_ignores_sighup_and_finishes(tmp_path, idx_dir):
+    """`nohup nas search ...` asks for SIGHUP to be ignored (the terminal closing); nas keeps that."""
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "short.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: short").replace("epochs: 150", "epochs: 15"))
+    proc = start("search", "--space", space, "--storage", db, "--data-dir", idx_dir, "--trials", 1, "--pruner", "none",
+                 ignore=(signal.SIGHUP,))
+    running = wait_for_running(db, "short", 0, proc)
+    proc.send_signal(signal.SIGHUP)
+    code, out, err = finish(proc)
+    assert code == 0 and "interrupted" not in err, out + err
+    trial = optuna.load_study(study_name="short", storage=db).trials[running.number]
+    assert trial.state == State.COMPLETE and len(trial.intermediate_values) == 15  # trained to the end
 
 
 def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(storage, tmp_path, idx_dir):
@@ -221,7 +237,7 @@ def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(stora
     assert len(trials) == 7 and all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2 and f":{proc.pid}" not in " ".join(workers)  # not the parent process
-    assert sorted(list(map(lambda t: t.user_attrs["worker"], trials)).count(w) for w in workers) == [3, 4]  # split exactly
+    assert all(t.user_attrs["worker"] for t in trials)  # each trial taken by one worker from the shared count
     assert len({t.params["lr"] for t in trials}) == 7  # each worker's sampler draws its own values
 
 
@@ -292,7 +308,8 @@ def test_a_killed_worker_process_leaves_the_others_running_and_exit_1(tmp_path, 
     rerun = [t for t in trials if t.number != victim.number and t.params == victim.params]
     assert len(rerun) == 1 and rerun[0].state in (State.WAITING, State.COMPLETE)
     assert not [t for t in trials if t.state == State.RUNNING]
-    assert sum(t.state == State.COMPLETE for t in trials) == 2  # the other worker did its share
+    # the other worker took the dead one's part too: 4 trials asked for, one of them lost to the kill
+    assert len(trials) == 4 and sum(t.state == State.COMPLETE for t in trials) == 3, said
 
 
 def test_three_workers_on_postgresql_run_exactly_the_requested_trials(postgres_url, tmp_path, idx_dir):
@@ -312,12 +329,12 @@ def test_four_local_workers_share_one_sqlite_file_without_lock_errors(tmp_path, 
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "quick.yaml"
     space.write_text(QUICK_TRIALS.replace("name: quick", "name: stress"))
-    procs = [search(space, db, idx_dir, 50, "--seed", i, "--subset", 50, "--sampler", "random") for i in range(4)]
+    procs = [search(space, db, idx_dir, 30, "--seed", i, "--subset", 50, "--sampler", "random") for i in range(4)]
     for p in procs:
         code, out, err = finish(p, timeout=900)
         assert code == 0 and "locked" not in err, out + err
     trials = optuna.load_study(study_name="stress", storage=db).get_trials()
-    assert len(trials) == 200 and all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
+    assert len(trials) == 120 and all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
 
 
 def test_postgres_storage_serves_best_and_studies(postgres_url, tmp_path, idx_dir):
@@ -370,7 +387,12 @@ def test_a_disk_that_fills_during_a_search_is_an_error_and_the_resume_recovers(t
         trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
         assert trials[0].state == State.COMPLETE and trials[left.number].state == State.FAIL
         assert not [t for t in trials if t.state == State.RUNNING]
-        assert [t for t in trials if t.number > left.number and t.params == left.params]  # re-run
+        rerun = [t for t in trials if t.number > left.number and t.params == left.params]
+        # Left RUNNING (the usual case), the resume fails it and runs its parameters again; Optuna may
+        # also have managed to mark it failed itself as the write failed (an in-place update can fit).
+        reason = trials[left.number].user_attrs.get("reason") or ""
+        if "died" in reason:
+            assert rerun, [t.params for t in trials]
     finally:
         proc.kill()
         proc.wait()
