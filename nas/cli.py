@@ -93,6 +93,12 @@ def _user_errors() -> Iterator[None]:
     except NasError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except OSError as e:  # a path the checks could not even look at (too long a name, a folder we may not enter)
+        if e.filename is None:
+            raise
+        err_console.print(f"[bold red]error:[/] cannot use {e.filename}: {e.strerror or e}. Check the path, or "
+                          "choose another one.", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,10 +129,12 @@ def search(
             with view.progress:
                 outcome = searching.run(job, view.show)
         except searching.Interrupted as e:
-            hint = searching.resume_command(_given_options(ctx, "trials"), trials - e.n_done)
+            left = trials - e.n_done
+            said = (f"the running ones marked failed (interrupted). Resume with: "
+                    f"{searching.resume_command(_given_options(ctx, 'trials'), left)}" if left > 0 else
+                    "none was left to run.")
             err_console.print(f"interrupted by {e}: {e.n_done} finished trial{'s' * (e.n_done != 1)} of this run saved, "
-                              f"the running ones marked failed (interrupted). Resume with: {hint}",
-                              highlight=False, soft_wrap=True)
+                              + said, highlight=False, soft_wrap=True)
             raise typer.Exit(e.status) from None
         _show_outcome(outcome, json_out)
 

@@ -188,23 +188,22 @@ def split_sizes(ds: Dataset, val_fraction: float, subset: int | None = None) -> 
 
 
 def _split_counts(ds: Dataset, val_fraction: float, subset: int | None) -> list[tuple[int, int]]:
-    """Per class: (images kept, of which validation); every class keeps at least one of each."""
+    """Per class: (images kept, of which validation); a class of two or more images keeps at least one
+    of each, a class of one image only trains. Refused only when nothing would be left to validate on."""
     per_class = torch.bincount(ds.y_train, minlength=ds.n_classes).tolist()
     take = subset / len(ds.y_train) if subset and subset < len(ds.y_train) else 1.0
     out = []
     for n in per_class:
         kept = math.ceil(n * take)
-        out.append((kept, min(max(1, round(kept * val_fraction)), kept - 1)))
-    short = [(ds.classes[c], kept) for c, (kept, _) in enumerate(out) if kept < 2]
-    if short:
-        (name, kept), more = short[0], len(short) - 1
-        fewest = min(per_class)
-        fix = ("Add images of that class, or remove the class." if fewest < 2 else
-               f"Use a --subset of at least {len(ds.y_train) // fewest + 1}, or none.")  # ceil(fewest*take) >= 2
+        out.append((kept, min(max(1, round(kept * val_fraction)), max(kept - 1, 0))))
+    if not any(n_val for _, n_val in out):
+        most = max(per_class)
+        fix = ("Add images: a class needs 2 or more." if most < 2 else
+               f"Use a --subset of at least {len(ds.y_train) // most + 1}, or none.")  # ceil(most*take) >= 2
         raise DataError(
-            f"{ds.name}: class {name!r} has {kept} training image{'s' * (kept != 1)}"
-            f"{f' in the --subset {subset}' if take < 1 else ''}{f' (and {more} more classes too few)' if more else ''}; "
-            f"a search needs at least 2 of each class, one to train on and one to validate. {fix}"
+            f"{ds.name}: every class has at most 1 training image{f' in the --subset {subset}' if take < 1 else ''}, "
+            f"so none is left to validate on; a search needs a class of at least 2 images, one to train on and one "
+            f"to validate. {fix}"
         )
     return out
 

@@ -84,7 +84,7 @@ def write_file(path: Path, data: str | bytes) -> None:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; what nas writes is for sharing
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the mode open() would
         os.replace(tmp, path)
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror or e}. Nothing was changed there.") from e
@@ -95,7 +95,15 @@ def write_file(path: Path, data: str | bytes) -> None:
 def new_folder_beside(out: Path) -> Path:
     """An empty temporary folder on the same file system as `out`, to fill and then `replace_folder` with."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}-new-", dir=out.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}-new-", dir=out.parent))
+    folder.chmod(0o777 & ~_umask())  # mkdtemp makes it private; it becomes the user's folder, made as mkdir would
+    return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it, so set it straight back
+    os.umask(mask)
+    return mask
 
 
 def replace_folder(new: Path, out: Path) -> None:
@@ -107,7 +115,8 @@ def replace_folder(new: Path, out: Path) -> None:
         os.rename(new, out)
         return
     if not is_export(out):  # checked before the work too; this guards against a change since
-        raise WriteError(f"{out} now holds files that are not an export of nas; the new export is left in {new}.")
+        raise WriteError(f"{out} now holds files that are not an export of nas (put there during the export); "
+                         "nothing was changed there. Choose a new folder.")
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
     os.rename(out, old / out.name)
     try:

@@ -383,17 +383,18 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         first: dict[Any, int] = {}
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # keys merged in with `<<` may be overridden: that is what merging is for
+            if key_node.tag == "tag:yaml.org,2002:merge" or not (
+                    node.start_mark.index <= key_node.start_mark.index < node.end_mark.index):
+                continue  # keys merged in with `<<` (written elsewhere) may be overridden: that is what merging is for
             key = self.construct_object(key_node, deep=deep)
             try:
-                line = first.setdefault(key, key_node.start_mark.line)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_REPR.repr(key)} (first at line {first[key] + 1}); write each key "
+                        "once", key_node.start_mark)
+                first[key] = key_node.start_mark.line
             except TypeError:
                 continue  # unhashable: PyYAML's own check says so below
-            if line != key_node.start_mark.line:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_REPR.repr(key)} (first at line {line + 1}); write each key once",
-                    key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 

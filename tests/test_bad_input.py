@@ -298,6 +298,8 @@ CASES += [
     ("space: null document", lambda t: ["validate", "--space", space(t, "~\n")], 2, "the file is empty"),
     ("space: duplicate key", lambda t: ["validate", "--space", space(t, "name: a\nname: b\n")], 2,
      "duplicate key 'name' (first at line 1); write each key once"),
+    ("space: duplicate key on one line", lambda t: ["validate", "--space", space(t, "training: {lr: 0.1, lr: 0.001}\n")], 2,
+     "duplicate key 'lr' (first at line 1); write each key once"),
     ("space: duplicate key in a block", lambda t: ["validate", "--space", space(t, "architecture:\n  block:\n    channels: 4\n"
                                                                                   "    channels: 8\n")], 2,
      "at line 4, column 5: duplicate key 'channels' (first at line 3)"),
@@ -384,10 +386,12 @@ CASES += [
      "neither N×H×W×C nor N×C×H×W with C = 1 to 4 channels"),
     ("data: one class", lambda t: search(t, GOOD, "--dataset", npz(t, y_train=np.zeros(4, np.int64), y_test=np.zeros(2, np.int64))),
      2, "only one class ('0'); a classifier needs at least two"),
-    ("data: too few images of a class to split", lambda t: search(t, GOOD, "--dataset", npz(t, y_train=np.array([0, 0, 0, 1]))), 2,
-     "class '1' has 1 training image; a search needs at least 2 of each class, one to train on and one to validate"),
+    ("data: too few images of a class to split", lambda t: search(t, GOOD, "--dataset", npz(
+        t, x_train=np.zeros((2, 6, 6), np.uint8), y_train=np.array([0, 1]))), 2,
+     "every class has at most 1 training image, so none is left to validate on; a search needs a class of at least 2 "
+     "images, one to train on and one to validate. Add images"),
     ("data: --subset too small to split", lambda t: search(t, GOOD, "--subset", 10), 2,
-     "has 1 training image in the --subset 10 (and 9 more classes too few)"),
+     "every class has at most 1 training image in the --subset 10, so none is left to validate on"),
     ("data: labels with a gap", lambda t: search(t, GOOD, "--dataset", npz(t, y_train=np.array([0, 0, 2, 2]), y_test=np.array([0, 2]))),
      2, "class '1' has no training images (labels run 0..2); number the classes 0, 1, 2, ... without gaps"),
     ("data: huge labels", lambda t: search(t, GOOD, "--dataset", npz(t, y_train=np.array([0, 0, 10**9, 10**9]))), 2,
@@ -425,6 +429,14 @@ CASES += [
     ("predict: .npz and PNG of different sizes", lambda t: ["predict", exported_model(t), png_header(t, "ok.png", 28, 28, body=bytes(28 * 29)),
                                                             npz_images(t, np.zeros((2, 6, 6), np.uint8))], 2,
      "the images are 1×6×6 (C×H×W) but the model takes 1×28×28"),
+    # Paths the system refuses to look at
+    ("path: a 300-character --out name", lambda t: ["report", "--storage", studied(t), "--out", t / ("r" * 300 + ".html")],
+     2, "File name too long. Check the path, or choose another one."),
+    ("path: a 300-character --export name", lambda t: ["best", "--storage", studied(t), "--export", t / ("e" * 300)],
+     2, "File name too long. Check the path"),
+    ("path: a 300-character storage file name", lambda t: search(t, GOOD, "--storage", f"sqlite:///{t}/{'s' * 300}.db"),
+     2, "File name too long. Check the path"),
+    ("path: a 300-character --data-dir", lambda t: search(t, GOOD, folder=t / ("d" * 300)), 2, "File name too long"),
     # Studies nas did not make, or cannot continue
     ("study: made by another tool (best)", lambda t: ["best", "--storage", foreign_study(t), "--study", "other"], 2,
      "study 'other' in sqlite:///" and "was not made by `nas search` (it records no dataset); nas best and nas report read only"),

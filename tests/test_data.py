@@ -107,6 +107,13 @@ def test_split_is_seeded_stratified_disjoint_and_subsettable(idx_dir):
     assert len(sub_train) + len(sub_val) == 100 and torch.bincount(sub_val.y).tolist() == [2] * 10
 
 
+def test_a_class_of_one_image_is_trained_on_and_the_others_still_validate():
+    x = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 1, 4, 4).contiguous()
+    ds = data.Dataset("tiny", x, torch.tensor([0, 0, 0, 0, 1]), x[:2], torch.tensor([0, 1]), ("a", "b"))
+    train, val = split_train_val(ds, 0.25, seed=0)
+    assert torch.bincount(train.y, minlength=2).tolist() == [3, 1] and val.y.tolist() == [0]
+
+
 def test_channel_stats_are_those_of_images_in_unit_range():
     x = torch.tensor(make_images(3, 0)[0])[:, None]
     mean, std = data.channel_stats(x)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import mount_tmpfs, unmount
 from nas.cli import app
-from nas.files import EXPORT_FILES, WriteError, is_export, new_folder_beside, replace_folder
+from nas.files import EXPORT_FILES, WriteError, is_export, new_folder_beside, replace_folder, write_file
 
 FIXED = "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\nbudget: {epochs: 1}\n"
 
@@ -93,3 +95,19 @@ def test_an_export_from_a_study_on_a_read_only_disk_is_written_and_says_it_was_n
         assert is_export(tmp_path / "out")
     finally:
         unmount(tmp_path / "disk")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_what_nas_writes_gets_the_mode_the_users_umask_gives_not_a_private_one(tmp_path, umask):
+    """Temporary files and folders are made private (0600, 0700); once in place they are the user's."""
+    before = os.umask(umask)
+    try:
+        write_file(tmp_path / "report.html", "<p>")
+        out = tmp_path / "export"
+        new = new_folder_beside(out)
+        (new / "metrics.json").write_text("{}")
+        replace_folder(new, out)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
