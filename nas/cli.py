@@ -323,6 +323,11 @@ class _SearchView:
 
     def _trial(self, e: Any) -> None:
         row = e.row
+        if row["rejected"]:  # not one of the run's trials: another net is drawn in its place
+            if not self.quiet:
+                self.progress.console.print(f"[dim]#{row['number']:<4} rejected {escape(row['reason'] or '')}[/]",
+                                            highlight=False)
+            return
         self.done += 1
         self.pruned += row["state"] == "pruned"
         if row["state"] == "complete":
@@ -365,12 +370,13 @@ class _TrainingView:
 
 def _show_outcome(outcome: Any, json_out: bool) -> None:
     """The end of a search: its counts and best trials; exit 1 if a worker failed or nothing trained."""
-    reasons = _count_reasons(outcome.rows) if outcome.nothing_trained else {}
+    reasons = _count_reasons(outcome.rows) if outcome.nothing_trained and not outcome.gave_up else {}
     if json_out:
         print(json.dumps({"study": outcome.study, "storage": outcome.storage, "trials": sum(outcome.counts.values()),
                           "states": outcome.counts, "workers": outcome.n_workers,
                           "failed_workers": len(outcome.failed_workers), "best": outcome.best,
-                          "nothing_trained": outcome.nothing_trained, "reasons": reasons}, indent=2))
+                          "nothing_trained": outcome.nothing_trained, "reasons": reasons, "gave_up": outcome.gave_up},
+                         indent=2))
     else:
         counts = ", ".join(f"{outcome.counts[s]} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed"))
                            if s in outcome.counts)
@@ -386,7 +392,10 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
                           + "; ".join(f"{n} × {r}" for r, n in reasons.items())
                           + ". Fix the space or the data those reasons point at, then run it again.",
                           highlight=False, soft_wrap=True)
-    if outcome.failed_workers or reasons:
+    if outcome.gave_up:
+        err_console.print(f"error: stopped after {outcome.n_trained} trained trial{'s' * (outcome.n_trained != 1)}: "
+                          f"{outcome.gave_up}", highlight=False, soft_wrap=True)
+    if outcome.failed_workers or reasons or outcome.gave_up:
         raise typer.Exit(1)
 
 

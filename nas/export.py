@@ -139,7 +139,7 @@ def train_fixed(
     if export is not None:
         check_export_target(export, force)  # before the training, not after it
     ds = load_dataset(dataset or space.dataset, data_dir)
-    _, too_large = assess(spec, ds.input_shape, ds.n_classes, dev, space.max_params, space.max_mflops)
+    _, too_large, _ = assess(spec, ds.input_shape, ds.n_classes, dev, space.max_params, space.max_mflops)
     if too_large:
         raise ExportError(f"{space_path}: the network is {too_large}; make it smaller (or raise the constraint).")
     data = prepare_final_data(ds, dev)

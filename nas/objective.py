@@ -2,7 +2,9 @@
 can stop a trial.
 
 A net that does not fit the input, exceeds the space's constraints or would not fit in memory is
-refused from its spec alone, before any of its tensors exist. Each trial stores what the report and
+refused from its spec alone, before any of its tensors exist; it is marked `rejected` (a search does
+not count it against its trials) and every trial gives Optuna its constraint values, so the sampler
+learns where the trainable nets are. Each trial stores what the report and
 export need as user attrs: the process that ran it, the ArchSpec and its one-line form, seed, epochs,
 parameter count, FLOPs, per-epoch curve, seconds, and why it was pruned or failed.
 """
@@ -53,14 +55,15 @@ class Objective:
         for key, value in {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs}.items():
             trial.set_user_attr(key, value)
         try:
-            info, too_large = assess(spec, self.data.input_shape, self.data.n_classes, self.device,
-                                     self.space.max_params, self.space.max_mflops)
+            info, too_large, over = assess(spec, self.data.input_shape, self.data.n_classes, self.device,
+                                           self.space.max_params, self.space.max_mflops)
         except ShapeError as e:
-            _prune(trial, f"invalid: {e}")
+            _reject(trial, f"invalid: {e}", {"fits_input": 1.0, "max_params": 0.0, "max_mflops": 0.0, "memory": 0.0})
         trial.set_user_attr("n_params", info.n_params)
         trial.set_user_attr("flops", info.flops)
         if too_large:
-            _prune(trial, too_large)
+            _reject(trial, too_large, {"fits_input": -1.0} | over)
+        _constrain(trial, {"fits_input": -1.0} | over)
         model = new_model(spec, self.data, seed, self.device)
 
         curve: list[dict] = []
@@ -88,6 +91,20 @@ class Objective:
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
         return history[-1].val_acc
+
+
+def _constrain(trial: optuna.Trial, values: dict[str, float]) -> None:
+    """Give Optuna how far the net is over each limit (> 0 infeasible), so the sampler learns where
+    the nets that can be trained are (TPE reads a trial's constraints)."""
+    for key, value in values.items():
+        trial.set_constraint(key, value)
+
+
+def _reject(trial: optuna.Trial, reason: str, constraints: dict[str, float]) -> NoReturn:
+    """Refuse the net before training: it does not count against the run's trials (see study.run_trials)."""
+    _constrain(trial, constraints)
+    trial.set_user_attr("rejected", True)
+    _prune(trial, reason)
 
 
 def _prune(trial: optuna.Trial, reason: str) -> NoReturn:

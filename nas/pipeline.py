@@ -61,19 +61,23 @@ def assess(
     device: torch.device,
     max_params: int | None = None,
     max_mflops: float | None = None,
-) -> tuple[ModelInfo, str | None]:
-    """The size of `spec`'s network, worked out without allocating it, and why it must not be trained
-    (over `max_params` / `max_mflops`, or more memory than `device` has free), or None.
+) -> tuple[ModelInfo, str | None, dict[str, float]]:
+    """The size of `spec`'s network, worked out without allocating it; why it must not be trained (over
+    `max_params` / `max_mflops`, or more memory than `device` has free), or None; and how far it is over
+    each limit as a fraction, > 0 over and <= 0 within (what a search gives Optuna as constraints).
     Raises ShapeError for a net that does not fit the input."""
     info = spec_info(spec, input_shape, n_classes)
+    need, free = training_bytes(info, spec.training.batch_size), device_memory(device)
+    over = {"max_params": info.n_params / max_params - 1 if max_params else -1.0,
+            "max_mflops": info.flops / 1e6 / max_mflops - 1 if max_mflops else -1.0,
+            "memory": need / (MEMORY_SHARE * free) - 1 if free else 1.0}
     for value, limit, what, key in ((info.n_params, max_params, "parameters", "max_params"),
                                     (info.flops / 1e6, max_mflops, "MFLOPs", "max_mflops")):
-        if limit is not None and value > limit:
-            return info, f"too large: {value:,.0f} {what} > {key} {limit:,}"
-    need, free = training_bytes(info, spec.training.batch_size), device_memory(device)
-    if need > MEMORY_SHARE * free:
-        return info, f"too large: training needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device}"
-    return info, None
+        if over[key] > 0:
+            return info, f"too large: {value:,.0f} {what} > {key} {limit:,}", over
+    if over["memory"] > 0:
+        return info, f"too large: training needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device}", over
+    return info, None, over
 
 
 def device_memory(device: torch.device) -> int:

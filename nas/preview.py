@@ -53,7 +53,7 @@ def preview_space(path: str, dataset: str | None = None, data_dir: str | None = 
     for _ in range(n_samples if dims else 1):
         spec = sample(space, trial)
         try:
-            info, problem = assess(spec, shape, n_classes, torch.device("cpu"), space.max_params, space.max_mflops)
+            info, problem, _ = assess(spec, shape, n_classes, torch.device("cpu"), space.max_params, space.max_mflops)
             samples.append(SampledNet(spec.describe(), info.stages, info.n_params, info.flops, problem))
         except ShapeError as e:
             samples.append(SampledNet(spec.describe(), (), None, None, f"invalid: {e}"))

@@ -133,6 +133,12 @@ class Outcome:
     n_workers: int
     rows: list[dict[str, Any]] = field(default_factory=list)  # the trials of this run
     failed_workers: list[str] = field(default_factory=list)
+    gave_up: str | None = None  # why the run stopped early: the space kept giving nets that cannot train
+
+    @property
+    def n_trained(self) -> int:
+        """Trials of this run that were not rejected before training (what --trials counts)."""
+        return sum(not r["rejected"] for r in self.rows)
 
     @property
     def nothing_trained(self) -> bool:
@@ -158,7 +164,7 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
         except Interrupted as e:
             if study is not None:
                 _record_interrupted(study)
-            raise Interrupted(e.signum, len(rows)) from None
+            raise Interrupted(e.signum, sum(not r["rejected"] for r in rows)) from None
         except Exception as e:
             cause = studies.storage_failure(e)
             if cause is None:
@@ -206,15 +212,18 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
             rows.append(event.row)
         on_event(event)
 
+    failed, gave_up = [], None
     if n_workers == 1:
-        _run_here(study, space, ds, job, devices[0], count)
-        failed = []
+        try:
+            _run_here(study, space, ds, job, devices[0], count)
+        except studies.Infeasible as e:
+            gave_up = str(e)
     else:
         failed = _run_workers(study, space, ds, job, devices, threads, count)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     best = [studies.trial_row(t) for t in studies.top_trials(study, 5)] if "complete" in states else []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
-                   rows, failed)
+                   rows, failed, gave_up)
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
@@ -229,7 +238,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
               on_event: Callable[[Event], None], worker: int = 0, tickets: Any = None) -> None:
     """Run the job's trials in this process; events go to `on_event`. A worker is given the shared
     count of trials left (`tickets`) instead and takes one before each trial, so a worker that dies or
-    is slow leaves its part to the others and the run still makes exactly `job.trials` trials."""
+    is slow leaves its part to the others and the run still makes exactly `job.trials` trials. Nets
+    rejected before training do not count (`study.run_trials`)."""
     device = torch.device(device)
     split = study.user_attrs["data"]
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
@@ -241,11 +251,11 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
         _checkpoint()
 
     if tickets is None:
-        studies.run_trials(study, objective, job.trials, job.timeout, on_trial)
-        return
-    deadline = None if job.timeout is None else time.monotonic() + job.timeout
-    while (deadline is None or time.monotonic() < deadline) and _take(tickets):
-        studies.run_trials(study, objective, 1, None, on_trial)
+        granted = iter(range(job.trials))
+        take = lambda: next(granted, None) is not None  # noqa: E731
+    else:
+        take = lambda: _take(tickets)  # noqa: E731
+    studies.run_trials(study, objective, take, job.timeout, on_trial, redraw=bool(space.dimensions()))
 
 
 def _take(tickets: Any) -> bool:

@@ -285,23 +285,57 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
     return rows
 
 
+MAX_REJECTED_IN_A_ROW = 50  # nets refused before training, one after another, before a run gives up
+
+
+class Infeasible(NasError):
+    """The space keeps giving nets that cannot be trained: a run stops rather than draw forever."""
+
+
 def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
-    n_trials: int,
+    take: Callable[[], bool],
     timeout: float | None,
     on_trial: Callable[[dict[str, Any]], None],
+    redraw: bool = True,
 ) -> None:
-    """Run `n_trials` more trials (or until `timeout`); a trial that raises one of CAUGHT fails alone.
+    """Run trials while `take()` grants one (or until `timeout`); a trial that raises one of CAUGHT fails alone.
 
-    After each trial, `on_trial` gets its row and the trials of dead workers of this machine are failed
-    and queued again, so a `kill -9` elsewhere on this machine is noticed within one trial."""
+    A net rejected before training (see `objective`) does not use up what `take` granted: another is
+    drawn, up to MAX_REJECTED_IN_A_ROW in a row, then `Infeasible`; without `redraw` (a space with
+    nothing to search draws the same net again) at once. After each trial, `on_trial` gets its row and
+    the trials of dead workers of this machine are failed and queued again, so a `kill -9` elsewhere
+    on this machine is noticed within one trial."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
 
     def after(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        on_trial(trial_row(t))
+        rows.append(trial_row(t))
+        on_trial(rows[-1])
         fail_dead_workers_trials(st)
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=CAUGHT, callbacks=[after])
+    while (deadline is None or time.monotonic() < deadline) and take():
+        for n_rejected in range(1, MAX_REJECTED_IN_A_ROW + 1):
+            study.optimize(objective, n_trials=1, catch=CAUGHT, callbacks=[after])
+            if not rows[-1]["rejected"]:
+                break
+            if not redraw or n_rejected == MAX_REJECTED_IN_A_ROW or (deadline and time.monotonic() >= deadline):
+                raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw))
+
+
+def _infeasible_message(rows: list[dict[str, Any]], redraw: bool) -> str:
+    if not redraw:
+        return (f"the space's one net cannot be trained: {rows[-1]['reason']}. Make it smaller or fit it to the "
+                "input (fewer blocks, padding same), or raise the constraint.")
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kind = (r["reason"] or "rejected").split(":")[0]  # "invalid" or "too large"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return (f"the last {len(rows)} nets drawn were all rejected before training ("
+            + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + f"; the last: {rows[-1]['reason'].rstrip('.')}): this space "
+            "has (almost) no nets that fit the input and the constraints. Loosen max_params / max_mflops, use padding "
+            "same or fewer blocks, or narrow the widths; `nas validate --space FILE` shows sample nets and their sizes.")
 
 
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
@@ -328,6 +362,7 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "seconds": a.get("seconds"),
         "arch": a.get("arch"),
         "reason": a.get("reason"),
+        "rejected": bool(a.get("rejected")),
     }
 
 

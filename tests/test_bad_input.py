@@ -450,7 +450,12 @@ CASES += [
      "has trials where `block1.channels` is a choice of [4, 8], but the space now makes it a choice of [4, 8, 16]"),
     ("search: every trial rejected before training", lambda t: search(t, GOOD.replace("budget", "constraints: {max_params: 10}\nbudget"),
                                                                        "--trials", 2), 1,
-     "none of the 2 trials of this run trained: 2 × too large: 4,810 parameters > max_params 10", {"s.db"}),
+     "stopped after 0 trained trials: the space's one net cannot be trained: too large: 4,810 parameters > max_params 10",
+     {"s.db"}),
+    ("search: a space of nets that all do not fit the input", lambda t: search(
+        t, GOOD.replace("blocks: 1, block: {channels: 4}", "blocks: 5, block: {channels: {choice: [4, 8]}}"), "--trials", 2),
+     1, "stopped after 0 trained trials: the last 50 nets drawn were all rejected before training (50 invalid; the "
+        "last: invalid: block 3 (conv5x5, padding valid) gets a 4×4 feature map", {"s.db"}),
     ("search: every trial diverged", lambda t: search(t, GOOD.replace("budget", "training: {optimizer: sgd, lr: 100, batch_size: 8}\nbudget")
                                                       .replace("channels: 4}", "channels: 4, activation: leaky_relu}"), "--trials", 2,
                                                       "--epochs", 3), 1, "none of the 2 trials of this run trained: 2 × diverged", {"s.db"}),

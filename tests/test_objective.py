@@ -61,12 +61,34 @@ def test_an_architecture_that_does_not_fit_the_input_is_pruned_before_training(p
     t = _run_one(space, prepared)
     assert t.state == optuna.trial.TrialState.PRUNED
     assert t.user_attrs["reason"].startswith("invalid: block 3") and "curve" not in t.user_attrs
+    assert t.user_attrs["rejected"] and t.constraints["fits_input"] > 0  # the sampler learns it is infeasible
 
 
 def test_max_params_prunes_before_training(prepared):
     space = sp.parse_space({"constraints": {"max_params": 1000}, "architecture": {"blocks": 1}})
     t = _run_one(space, prepared)
     assert t.state == optuna.trial.TrialState.PRUNED and "max_params 1,000" in t.user_attrs["reason"]
+    assert t.user_attrs["rejected"] and t.constraints["max_params"] == pytest.approx(t.user_attrs["n_params"] / 1000 - 1)
+
+
+def test_rejected_nets_do_not_count_against_the_trials_and_tpe_steers_away_from_them(prepared):
+    """Blocks 3 to 5 of 5×5 valid convs do not fit 28×28: a run of 20 trials trains 20 nets, and TPE
+    (constraint-aware) draws fewer infeasible nets once it has seen some."""
+    from nas import study as studies
+
+    space = sp.parse_space({"architecture": {"blocks": {"int": [1, 5]}, "block": {"channels": {"choice": [2, 4]}},
+                                             "head": {"layers": 1, "units": 8}}, "budget": {"epochs": 1}})
+    study = optuna.create_study(direction="maximize", sampler=studies.make_sampler("tpe", 0))
+    granted = iter(range(20))
+    studies.run_trials(study, Objective(space, prepared, 1, CPU), lambda: next(granted, None) is not None, None,
+                       lambda row: None)
+    trials = study.get_trials()
+    trained = [t for t in trials if not t.user_attrs.get("rejected")]
+    assert len(trained) == 20 and all(t.params["blocks"] <= 2 and max(t.constraints.values()) <= 0 for t in trained)
+    rejected = [t for t in trials if t.user_attrs.get("rejected")]
+    assert rejected and all(t.params["blocks"] >= 3 and t.constraints["fits_input"] > 0 for t in rejected)
+    first, last = ([t.user_attrs.get("rejected", False) for t in part] for part in (trials[:10], trials[-10:]))
+    assert sum(first) > sum(last), (first, last)  # random at first, then TPE avoids what it saw rejected
 
 
 def test_the_pruner_is_consulted_every_epoch(prepared):
