@@ -228,11 +228,11 @@ def validate(
         for i, net in enumerate(preview.samples, 1):
             console.print(f"\n[bold]sample {i}[/]: {escape(net.arch)}", highlight=False)
             if net.n_params is None:
-                console.print(f"  {net.problem}: would be pruned before training", highlight=False)
+                console.print(f"  {net.problem}: would be rejected before training (another net is drawn)", highlight=False)
                 continue
             shapes = " → ".join("×".join(map(str, s)) for s in (preview.input_shape, *net.stages))
             console.print(f"  {shapes}; {net.n_params:,} parameters, {net.flops / 1e6:.2f} MFLOPs"
-                          + (f" ({net.problem}: pruned before training)" if net.problem else ""), highlight=False)
+                          + (f" ({net.problem}: rejected before training, another net is drawn)" if net.problem else ""), highlight=False)
 
 
 @app.command()

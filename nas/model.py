@@ -29,7 +29,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
-BLOCKS: dict[str, tuple[int, ...]] = {"conv3x3": (3,), "conv5x5": (5,), "conv3x3x2": (3, 3)}  # stacked kernels
 POOLS: dict[str, Callable[[], nn.Module] | None] = {
     "max": lambda: nn.MaxPool2d(2),
     "avg": lambda: nn.AvgPool2d(2),
@@ -45,9 +44,52 @@ INITS: dict[str, Callable[[torch.Tensor], object] | None] = {
     "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
     "normal": lambda w: nn.init.normal_(w, 0.0, 0.02),
 }
+READOUTS: dict[str, Callable[[], list[nn.Module]]] = {
+    "flatten": lambda: [nn.Flatten()],  # every position of the last map feeds the head, as in LeNet
+    "gap": lambda: [nn.AdaptiveAvgPool2d(1), nn.Flatten()],  # global average pool: one value per channel
+}
+
+
+def _convs(block: BlockSpec, c_in: int, c_out: int, kernel: int, groups: int = 1) -> list[nn.Module]:
+    """Conv, then batch norm if the block has it, then the block's activation."""
+    conv = nn.Conv2d(c_in, c_out, kernel, padding=PADDINGS[block.padding](kernel), groups=groups,
+                     bias=not block.batch_norm)
+    return [conv] + ([nn.BatchNorm2d(c_out)] if block.batch_norm else []) + [ACTIVATIONS[block.activation]()]
+
+
+def _stacked(*kernels: int) -> Callable[[BlockSpec, int], list[nn.Module]]:
+    def build(block: BlockSpec, c_in: int) -> list[nn.Module]:
+        return [m for i, k in enumerate(kernels) for m in _convs(block, c_in if i == 0 else block.channels, block.channels, k)]
+    return build
+
+
+class Residual(nn.Module):
+    """Two 3×3 convs (size kept) added to the input, or to its 1×1 projection when the width changes."""
+
+    def __init__(self, block: BlockSpec, c_in: int):
+        super().__init__()
+        same = dataclasses.replace(block, padding="same")
+        c = block.channels
+        self.body = nn.Sequential(*_convs(same, c_in, c, 3), *_convs(same, c, c, 3)[:-1])  # activation after the add
+        self.shortcut = nn.Identity() if c_in == c else nn.Sequential(
+            nn.Conv2d(c_in, c, 1, bias=not block.batch_norm), *([nn.BatchNorm2d(c)] if block.batch_norm else []))
+        self.act = ACTIVATIONS[block.activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+# The convolution part of each kind of block (pooling and dropout follow it).
+BLOCKS: dict[str, Callable[[BlockSpec, int], list[nn.Module]]] = {
+    "conv3x3": _stacked(3),
+    "conv5x5": _stacked(5),
+    "conv3x3x2": _stacked(3, 3),  # the receptive field of a 5×5 with fewer weights
+    "residual": lambda block, c_in: [Residual(block, c_in)],
+    "sepconv": lambda block, c_in: _convs(block, c_in, c_in, 3, groups=c_in) + _convs(block, c_in, block.channels, 1),
+}
 for _registry, _names, _what in ((ACTIVATIONS, names.ACTIVATIONS, "activation"), (BLOCKS, names.BLOCKS, "block"),
                                  (POOLS, names.POOLS, "pool"), (PADDINGS, names.PADDINGS, "padding"),
-                                 (INITS, names.INITS, "init")):
+                                 (INITS, names.INITS, "init"), (READOUTS, names.READOUTS, "readout")):
     names.check_registry(_registry, _names, _what)
 
 
@@ -97,8 +139,8 @@ def _stages(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
 ) -> list[list[nn.Module]]:
-    """The network's layers by stage: input normalisation, each block, flatten, each head layer, the output
-    layer. Shapes come from running a zero image through each layer as it is made."""
+    """The network's layers by stage: input normalisation, each block, the readout (flatten or global
+    average pool), each head layer, the output layer. Shapes come from running a zero image through each layer as it is made."""
     c = input_shape[0]
     stages: list[list[nn.Module]] = [[Normalize(mean or [0.0] * c, std or [1.0] * c)]]
     x = torch.zeros(1, *input_shape)
@@ -114,7 +156,10 @@ def _stages(
                     )
                 x = m(x)
             stages.append(modules)
-    stages.append([nn.Flatten()])
+    readout = READOUTS[spec.readout]()
+    for m in readout:
+        x = m(x)
+    stages.append(readout)
     width = x[0].numel()
     for h in spec.head:
         stages.append([nn.Linear(width, h.units), ACTIVATIONS[h.activation]()] + ([nn.Dropout(h.dropout)] if h.dropout else []))
@@ -126,18 +171,26 @@ def _stages(
 def model_info(model: nn.Sequential, input_shape: tuple[int, int, int]) -> ModelInfo:
     """Output shape of every layer, parameter count and FLOPs, from one forward pass of a zero image."""
     rows, flops = [], 0
+
+    def count(m: nn.Module, _inputs: object, y: torch.Tensor) -> None:  # every conv and linear, nested ones too
+        nonlocal flops
+        if isinstance(m, nn.Conv2d):
+            flops += 2 * y.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            flops += 2 * m.in_features * m.out_features
+
     x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()  # leave BatchNorm statistics and the random number stream untouched
-    with torch.no_grad():
-        for m in model:
-            y = m(x)
-            if isinstance(m, nn.Conv2d):
-                flops += 2 * y.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-            elif isinstance(m, nn.Linear):
-                flops += 2 * m.in_features * m.out_features
-            rows.append((type(m).__name__, tuple(y.shape[1:])))
-            x = y
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            for m in model:
+                x = m(x)
+                rows.append((type(m).__name__, tuple(x.shape[1:])))
+    finally:
+        for h in hooks:
+            h.remove()
     model.train(was_training)
     return ModelInfo(rows, sum(p.numel() for p in model.parameters()), flops)
 
@@ -150,7 +203,8 @@ def spec_info(spec: ArchSpec, input_shape: tuple[int, int, int], n_classes: int)
         stages = _stages(spec, input_shape, n_classes, None, None)
         info = model_info(nn.Sequential(*(m for stage in stages for m in stage)), input_shape)
     ends = list(itertools.accumulate(len(stage) for stage in stages))
-    shapes = tuple(info.layers[end - 1][1] for end, stage in zip(ends, stages) if not isinstance(stage[0], (Normalize, nn.Flatten)))
+    readout = len(spec.blocks) + 1  # the stages after normalisation (0) and the blocks
+    shapes = tuple(info.layers[end - 1][1] for i, end in enumerate(ends) if i not in (0, readout))
     return dataclasses.replace(info, stages=shapes)
 
 
@@ -162,13 +216,7 @@ def training_bytes(info: ModelInfo, batch_size: int) -> int:
 
 
 def _block(block: BlockSpec, in_channels: int) -> list[nn.Module]:
-    modules: list[nn.Module] = []
-    for k in BLOCKS[block.conv]:
-        pad = PADDINGS[block.padding](k)
-        modules.append(nn.Conv2d(in_channels, block.channels, k, padding=pad, bias=not block.batch_norm))
-        modules += [nn.BatchNorm2d(block.channels)] if block.batch_norm else []
-        modules.append(ACTIVATIONS[block.activation]())
-        in_channels = block.channels
+    modules = BLOCKS[block.conv](block, in_channels)
     pool = POOLS[block.pool]
     modules += [pool()] if pool else []
     modules += [nn.Dropout2d(block.dropout)] if block.dropout else []

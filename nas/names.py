@@ -13,13 +13,15 @@ from typing import Any, Mapping, TypeVar
 from nas.errors import NasError
 
 # Space values (model.py and train.py build them)
-BLOCKS = ("conv3x3", "conv5x5", "conv3x3x2")
+BLOCKS = ("conv3x3", "conv5x5", "conv3x3x2", "residual", "sepconv")
+READOUTS = ("flatten", "gap")  # how the last feature map becomes the head's input
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
 POOLS = ("max", "avg", "none")
 PADDINGS = ("valid", "same")
 INITS = ("default", "xavier", "kaiming", "normal")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
 AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
+SCHEDULES = ("constant", "cosine", "onecycle")
 
 # Search options (study.py builds them)
 SAMPLERS = ("tpe", "random")

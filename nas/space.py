@@ -110,8 +110,11 @@ _TRAINING = {
     "weight_decay": _Kind("float", 0.0, low=0.0, high=1.0),
     "momentum": _Kind("float", 0.9, low=0.0, high=1.0),  # used by sgd only, sampled only for sgd
     "augment": _Kind("name", "none", names.AUGMENTATIONS),  # in batch on the device
+    "schedule": _Kind("name", "constant", names.SCHEDULES),
+    "label_smoothing": _Kind("float", 0.0, low=0.0, high=0.5),
 }
 _INIT = _Kind("name", "default", names.INITS)
+_READOUT = _Kind("name", "flatten", names.READOUTS)
 _COUNT = _Kind("int", 2, low=0, high=64)
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +138,7 @@ class Space:
     layers: tuple[dict[str, Dim], ...]
     init: Dim
     training: dict[str, Dim]
+    readout: Dim = Const("flatten")
     baselines: tuple[Path, ...] = ()
     path: Path | None = None
 
@@ -242,9 +246,10 @@ def _walk(space: Space, pick: Callable[[str, Dim], Any]) -> ArchSpec:
     )
     layer_specs = tuple(LayerSpec(**{k: pick(f"fc{i}.{k}", d) for k, d in t.items()}) for i, t in enumerate(layers, 1))
     init = pick("init", space.init)
+    readout = pick("readout", space.readout)
     tr = {k: pick(k, d) for k, d in space.training.items() if k != "momentum"}
     tr["momentum"] = pick("momentum", space.training["momentum"]) if tr["optimizer"] == "sgd" else 0.0
-    return ArchSpec(block_specs, layer_specs, init, TrainSpec(**tr))
+    return ArchSpec(block_specs, layer_specs, init, TrainSpec(**tr), readout)
 
 
 def _contains(dim: Dim, value: Any) -> bool:
@@ -294,7 +299,7 @@ def n_combinations(space: Space) -> tuple[int, int]:
 
     tr = {k: d for k, d in space.training.items() if k != "momentum"}
     total = repeated(space.n_blocks, space.blocks) * repeated(space.n_layers, space.layers)
-    return total * count(space.init) * product(tr), n_continuous
+    return total * count(space.init) * count(space.readout) * product(tr), n_continuous
 
 
 def _low(dim: Dim) -> int:
@@ -308,7 +313,7 @@ def _low(dim: Dim) -> int:
 _TOP = ("name", "description", "dataset", "budget", "constraints", "architecture", "training", "baselines")
 _BUDGET = ("epochs", "val_fraction", "subset")
 _CONSTRAINTS = ("max_params", "max_mflops")
-_ARCH = ("blocks", "block", "head", "init")
+_ARCH = ("blocks", "block", "head", "init", "readout")
 _HEAD = ("layers", *_LAYER)
 
 
@@ -466,6 +471,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         n_layers=n_layers,
         layers=layers,
         init=p.value(arch.get("init", "default"), "architecture.init", _INIT),
+        readout=p.value(arch.get("readout", "flatten"), "architecture.readout", _READOUT),
         training=training,
         baselines=baselines,
         path=path,
@@ -479,7 +485,7 @@ def fixed_space_dict(spec: ArchSpec, name: str, dataset: str, epochs: int, val_f
         "name": name,
         "dataset": dataset,
         "budget": {"epochs": epochs, "val_fraction": val_fraction},
-        "architecture": {"blocks": d["blocks"], "head": {"layers": d["head"]}, "init": d["init"]},
+        "architecture": {"blocks": d["blocks"], "head": {"layers": d["head"]}, "init": d["init"], "readout": d["readout"]},
         "training": d["training"],
     }
 

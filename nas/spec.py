@@ -40,6 +40,8 @@ class TrainSpec:
     weight_decay: float
     momentum: float
     augment: str = "none"  # specs stored before augmentation existed have none
+    schedule: str = "constant"  # the learning rate over the run (train.SCHEDULES); older specs kept it constant
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ArchSpec:
     head: tuple[LayerSpec, ...]
     init: str
     training: TrainSpec
+    readout: str = "flatten"  # model.READOUTS; specs stored before it existed flatten
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"blocks": [asdict(b) for b in self.blocks], "head": [asdict(h) for h in self.head]}
@@ -61,11 +64,13 @@ class ArchSpec:
             head=tuple(LayerSpec(**h) for h in d["head"]),
             init=d["init"],
             training=TrainSpec(**d["training"]),
+            readout=d.get("readout", "flatten"),
         )
 
     def flat(self) -> dict[str, Any]:
         """Values by parameter name, as `sample` names them (`block2.channels`, `fc1.units`, `lr`)."""
-        out: dict[str, Any] = {"blocks": len(self.blocks), "head.layers": len(self.head), "init": self.init}
+        out: dict[str, Any] = {"blocks": len(self.blocks), "head.layers": len(self.head), "init": self.init,
+                               "readout": self.readout}
         for i, b in enumerate(self.blocks, 1):
             out |= {f"block{i}.{k}": v for k, v in asdict(b).items()}
         for i, h in enumerate(self.head, 1):
@@ -80,10 +85,12 @@ class ArchSpec:
             extras += [] if b.pool == "none" else [f"{b.pool}pool"]
             extras += [f"drop{b.dropout:.2f}"] if b.dropout else []
             parts.append(f"{b.conv}:{b.channels} " + " ".join(extras))
+        parts += ["gap"] if self.readout == "gap" else []
         for h in self.head:
             parts.append(f"fc{h.units} {h.activation}" + (f" drop{h.dropout:.2f}" if h.dropout else ""))
         t = self.training
         opt = f"{t.optimizer} lr={t.lr:.2g} bs={t.batch_size}" + (f" wd={t.weight_decay:.2g}" if t.weight_decay else "")
         init = "" if self.init == "default" else f" init={self.init}"
         aug = "" if t.augment == "none" else f" aug={t.augment}"
-        return " → ".join(parts) + f" | {opt}{init}{aug}"
+        recipe = ("" if t.schedule == "constant" else f" {t.schedule}") + (f" ls={t.label_smoothing:.2g}" if t.label_smoothing else "")
+        return " → ".join(parts) + f" | {opt}{recipe}{init}{aug}"

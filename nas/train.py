@@ -84,6 +84,8 @@ class Recipe(Protocol):
     weight_decay: float
     momentum: float
     augment: str
+    schedule: str
+    label_smoothing: float
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -93,6 +95,23 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adadelta": lambda params, r: torch.optim.Adadelta(params, lr=r.lr, weight_decay=r.weight_decay),
 }
 names.check_registry(OPTIMIZERS, names.OPTIMIZERS, "optimizer")
+
+
+def _cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    warmup = max(1, steps // 20)  # a short linear warm-up keeps the first steps of a high rate stable
+    return torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / (warmup + 1), total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps - warmup))], milestones=[warmup])
+
+
+# Learning rate over the whole run, stepped every batch: the recipe's lr is the peak.
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler | None]] = {
+    "constant": lambda opt, steps: None,
+    "cosine": _cosine,
+    "onecycle": lambda opt, steps: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps, pct_start=0.25, cycle_momentum=False),
+}
+names.check_registry(SCHEDULES, names.SCHEDULES, "schedule")
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -121,11 +140,14 @@ def fit(
         torch.backends.cudnn.benchmark = True  # every batch has the same shape, so the tuning pays off
     dtype = _autocast_dtype(precision, device)
     opt = make_optimizer(model, recipe)
+    steps = epochs * math.ceil(len(train.y) / recipe.batch_size)
+    schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")(opt, steps)
     shuffle = torch.Generator(device=device).manual_seed(seed)
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype)
+        loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
+                                          schedule, recipe.label_smoothing)
         val_acc = evaluate(model, val, dtype)
         if not math.isfinite(loss):
             raise Diverged(epoch)
@@ -152,8 +174,11 @@ def train_one_epoch(
     shuffle: torch.Generator,
     augment: str = "none",
     dtype: torch.dtype | None = None,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, float]:
-    """One pass over `data` in shuffled batches; returns (mean loss, accuracy) read once at the end."""
+    """One pass over `data` in shuffled batches, stepping `schedule` after each; returns (mean loss,
+    accuracy) read once at the end."""
     model.train()
     n = len(data.y)
     order = torch.randperm(n, device=data.x.device, generator=shuffle)
@@ -165,10 +190,12 @@ def train_one_epoch(
         x = augment_batch(x, augment, shuffle)
         with _autocast(x.device, dtype):  # the forward pass only; backward follows the dtypes it chose
             logits = model(_as_input(x))
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         total_loss += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
     return total_loss.item() / n, correct.item() / n

@@ -84,3 +84,30 @@ def test_predict_refuses_unreadable_files(finished_study, tmp_path, name, make, 
     make(bad)
     result = CliRunner().invoke(app, ["predict", str(out), str(bad)])
     assert result.exit_code == 2 and expected in " ".join(result.output.split())
+
+
+MODERN = """architecture:
+  blocks:
+    - {conv: residual, channels: 8, batch_norm: true}
+    - {conv: sepconv, channels: 16, batch_norm: true, padding: same}
+  head: {layers: 1, units: 16}
+  readout: gap
+training: {optimizer: sgd, lr: 0.05, momentum: 0.9, batch_size: 32, schedule: onecycle, label_smoothing: 0.1, augment: crop_flip}
+budget: {epochs: 2}
+"""
+
+
+def test_residual_separable_and_gap_nets_train_export_to_onnx_and_load_back(tmp_path, idx_dir):
+    (tmp_path / "modern.yaml").write_text(MODERN)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["train", "--space", str(tmp_path / "modern.yaml"), "--data-dir", str(idx_dir),
+                                      "--export", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["onnx_max_abs_diff"] < 1e-4 and metrics["torchscript_max_abs_diff"] < 1e-4
+    model = nas.load_model(out)  # rebuilt from arch.yaml: the spec round-trips with the new fields
+    assert "residual:8" in metrics["arch"] and "gap" in metrics["arch"] and "onecycle ls=0.1" in metrics["arch"]
+    x = load_dataset("fashion-mnist", idx_dir).x_test[:5].float() / 255
+    session = onnxruntime.InferenceSession(out / "model.onnx", providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        assert np.abs(session.run(["logits"], {"images": x.numpy()})[0] - model(x).numpy()).max() < 1e-4

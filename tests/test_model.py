@@ -62,3 +62,27 @@ def test_normalisation_travels_in_the_state_dict_and_building_leaves_batchnorm_u
     bn = [x for x in m if isinstance(x, torch.nn.BatchNorm2d)]
     model_info(m, (1, 28, 28))
     assert all(b.running_mean.abs().sum() == 0 and b.num_batches_tracked == 0 for b in bn)
+
+
+@pytest.mark.parametrize("conv, expected_flops", [
+    ("residual", 2 * 64 * (8 * 4 * 9 + 8 * 8 * 9 + 8 * 4)),  # two 3×3 convs and the 1×1 projection (4 -> 8)
+    ("sepconv", 2 * 64 * (4 * 9 + 8 * 4)),  # depthwise 3×3 on each of 4 channels, then pointwise 4 -> 8
+])
+def test_modern_blocks_keep_the_size_and_count_their_nested_flops(conv, expected_flops):
+    raw = {"architecture": {"blocks": 1, "block": {"conv": conv, "channels": 8, "padding": "same", "pool": "none"},
+                            "head": {"layers": 0}, "readout": "gap"}}
+    spec = sp.sample(sp.parse_space(raw))
+    m = build_model(spec, (4, 8, 8), 10)
+    info = model_info(m, (4, 8, 8))
+    assert info.flops == expected_flops + 2 * 8 * 10  # the head: global average pool, then 8 -> 10
+    assert [s for _, s in info.layers][-3:] == [(8, 1, 1), (8,), (10,)]
+    assert m(torch.rand(2, 4, 8, 8)).shape == (2, 10)
+
+
+def test_a_residual_block_adds_its_input_when_the_width_is_kept():
+    raw = {"architecture": {"blocks": 1, "block": {"conv": "residual", "channels": 3, "pool": "none"}, "head": {"layers": 0}}}
+    block = build_model(sp.sample(sp.parse_space(raw)), (3, 6, 6), 2)[1]
+    torch.nn.init.zeros_(block.body[-1].weight)  # the body adds nothing: the output is relu(input)
+    torch.nn.init.zeros_(block.body[-1].bias)
+    x = torch.randn(1, 3, 6, 6)
+    assert isinstance(block.shortcut, torch.nn.Identity) and torch.equal(block(x), torch.relu(x))

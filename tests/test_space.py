@@ -36,8 +36,9 @@ def test_every_registry_agrees_with_the_names_the_space_and_the_command_line_all
     from nas import names, study, train
 
     by_field = {"conv": model.BLOCKS, "activation": model.ACTIVATIONS, "pool": model.POOLS, "padding": model.PADDINGS,
-                "optimizer": train.OPTIMIZERS, "augment": train.AUGMENTATIONS}
-    kinds = {**sp._BLOCK, **sp._LAYER, **sp._TRAINING, "init": sp._INIT}
+                "optimizer": train.OPTIMIZERS, "augment": train.AUGMENTATIONS, "schedule": train.SCHEDULES,
+                "readout": model.READOUTS}
+    kinds = {**sp._BLOCK, **sp._LAYER, **sp._TRAINING, "init": sp._INIT, "readout": sp._READOUT}
     named = {field: kind.allowed for field, kind in kinds.items() if kind.kind == "name"}
     assert set(named) == set(by_field) | {"init"}  # every name a space takes has a registry that builds it
     for field, allowed in named.items():
@@ -51,7 +52,9 @@ def test_every_registry_agrees_with_the_names_the_space_and_the_command_line_all
     (lambda: __import__("nas.train").train.augment_batch(None, "rotate", None), "unknown augmentation 'rotate'; expected one of none, flip"),
     (lambda: __import__("nas.train").train.make_optimizer(None, sp.TrainSpec("lion", 0.1, 8, 0, 0)),
      "unknown optimizer 'lion'; expected one of adam, adamw, sgd, adadelta"),
-], ids=["sampler", "pruner", "augmentation", "optimizer"])
+    (lambda: sp.parse_space({"training": {"schedule": "step"}}), "training.schedule: got str 'step'; expected one of "
+                                                                   "constant, cosine, onecycle"),
+], ids=["sampler", "pruner", "augmentation", "optimizer", "schedule"])
 def test_an_unknown_name_is_refused_with_the_valid_ones_listed(lookup, words):
     from nas.errors import NasError
 

@@ -4,7 +4,7 @@ import torch
 from nas import space as sp
 from nas.data import load_dataset, split_train_val
 from nas.model import build_model
-from nas.train import CROP_PAD, Diverged, augment_batch, fit, pick_device
+from nas.train import CROP_PAD, SCHEDULES, Diverged, augment_batch, fit, pick_device
 
 SMALL = {"architecture": {"blocks": 1, "block": {"conv": "conv5x5", "channels": 4}, "head": {"layers": 1, "units": 16}},
          "training": {"batch_size": 32, "lr": 0.01}}
@@ -29,6 +29,30 @@ def test_fit_learns_reports_every_epoch_and_is_seeded(idx_dir):
     assert history[-1].loss < history[0].loss
     again, _ = _run(idx_dir)
     assert [r.loss for r in again] == [r.loss for r in history]
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "onecycle"])
+def test_each_schedule_peaks_at_the_recipes_lr_and_cosine_ones_end_near_zero(name):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule, lrs = SCHEDULES[name](opt, 200), []
+    for _ in range(200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if schedule:
+            schedule.step()
+    assert max(lrs) == pytest.approx(0.1, rel=1e-3)
+    if name == "constant":
+        assert set(lrs) == {0.1}
+    else:  # warm up from a fraction of the peak, then anneal towards zero
+        assert lrs[0] < 0.05 and lrs[-1] < 0.002 and lrs.index(max(lrs)) in range(5, 60)
+
+
+def test_schedule_and_label_smoothing_reach_the_training_loop(idx_dir):
+    plain, _ = _run(idx_dir)
+    smoothed, _ = _run(idx_dir, label_smoothing=0.2)
+    cosine, _ = _run(idx_dir, schedule="cosine")
+    assert smoothed[-1].loss > plain[-1].loss  # a smoothed target cannot be fitted to zero loss
+    assert cosine[0].loss != plain[0].loss and cosine[-1].val_acc >= 0.6
 
 
 def test_a_non_finite_loss_stops_training_as_diverged(idx_dir):
