@@ -39,6 +39,15 @@ def _check_device(value: str) -> str:
     return value
 
 
+def _parse_budget(value: str) -> float:
+    """'90s', '30m', '1.5h' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh])\s*", value)
+    seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] if m else 0.0
+    if not 10 <= seconds <= 7 * 86400:
+        raise typer.BadParameter(f"expected a time from 10s to 168h such as 90s, 30m or 1.5h, got {value!r}")
+    return seconds
+
+
 def _check_workers(value: str) -> str:
     if value != "auto" and not (value.isdigit() and int(value) >= 1):
         raise typer.BadParameter(f"expected a count ≥ 1 or auto, got {value!r}")
@@ -57,6 +66,8 @@ def _choice(option: str, allowed: tuple[str, ...], help: str) -> Any:
 
 
 SpaceOpt = Annotated[Path, typer.Option("--space", help="Search space YAML file.", dir_okay=False)]
+AnySpaceOpt = Annotated[Optional[Path], typer.Option(
+    "--space", help="Search space YAML file (default: the built-in space for --dataset).", dir_okay=False)]
 StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).")]
 StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).")]
 DatasetOpt = Annotated[Optional[str], typer.Option(
@@ -106,7 +117,7 @@ def _user_errors() -> Iterator[None]:
 
 @app.command()
 def search(
-    ctx: typer.Context, space: SpaceOpt, trials: TrialsOpt = 20, timeout: TimeoutOpt = None, epochs: EpochsOpt = None,
+    ctx: typer.Context, space: AnySpaceOpt = None, trials: TrialsOpt = 20, timeout: TimeoutOpt = None, epochs: EpochsOpt = None,
     subset: SubsetOpt = None, study: StudyOpt = None, storage: StorageOpt = DEFAULT_STORAGE, dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = 0, sampler: SamplerOpt = "tpe",
     pruner: PrunerOpt = "median", heartbeat: HeartbeatOpt = 10, workers: WorkersOpt = "1", quiet: QuietOpt = False,
@@ -165,6 +176,49 @@ def best(
         _show_best(result, retrain_epochs, export)
 
 
+@app.command("run")
+def run_cmd(
+    dataset: DatasetOpt = None,
+    budget: Annotated[str, typer.Option("--budget", help="Wall-clock time for everything: 90s, 30m, 1.5h.")] = "30m",
+    space: AnySpaceOpt = None, export: ExportOpt = None, force: ForceOpt = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the study's HTML report here.",
+                                                   dir_okay=False)] = None,
+    study: StudyOpt = None, storage: StorageOpt = DEFAULT_STORAGE, data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, workers: WorkersOpt = "1", quiet: QuietOpt = False,
+) -> None:
+    """Search, retrain the best net on all the training data, export it and write the report, within --budget.
+
+    The search takes 60% of the budget; the retrain's epochs are planned from the best trial's speed."""
+    with _user_errors():
+        from nas import autorun, search as searching
+
+        job = autorun.RunJob(searching.SearchJob(
+            space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+            device=device, seed=seed, workers=None if workers == "auto" else int(workers)), _parse_budget(budget),
+            export, force, report)
+        search_view, train_view = _SearchView(None, quiet), _TrainingView(quiet, per_epoch_lines=False)
+
+        def show(event: Any) -> None:  # the search's events, then the retrain's: one live display at a time
+            if type(event).__module__ != "nas.search" and not train_view.progress.live.is_started:
+                search_view.progress.stop()
+                train_view.progress.start()
+            (search_view if type(event).__module__ == "nas.search" else train_view).show(event)
+
+        try:
+            with search_view.progress:
+                outcome = autorun.run(job, show)
+        except searching.Interrupted as e:
+            err_console.print(f"interrupted by {e}: {e.n_done} finished trials saved. Run the same command again to "
+                              "continue the study.", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.status) from None
+        finally:
+            train_view.progress.stop()
+        _show_best(outcome.best, outcome.retrain_epochs, export)
+        console.print(f"{outcome.search.n_trained} trials searched; the best retrained for {outcome.retrain_epochs} "
+                      f"epochs (planned at {outcome.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
+                      + (f"; report: {report}" if report else ""), highlight=False)
+
+
 @app.command("train")
 def train_cmd(
     space: SpaceOpt, epochs: EpochsOpt = None, dataset: DatasetOpt = None, data_dir: DataDirOpt = None,
@@ -208,31 +262,46 @@ def predict(
 
 @app.command()
 def validate(
-    space: SpaceOpt,
+    space: AnySpaceOpt = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Sampled architectures to show.")] = 3,
     dataset: DatasetOpt = None, data_dir: DataDirOpt = None, seed: SeedOpt = 0,
+    write: Annotated[Optional[Path], typer.Option(
+        "--write", help="Write the built-in space for --dataset to this file, to start a space from.",
+        dir_okay=False)] = None,
 ) -> None:
-    """Check a space file; show its dimensions, its size and a few sampled architectures."""
+    """Check a space file (or the built-in space for --dataset); show its dimensions, its size and a few
+    sampled architectures."""
     with _user_errors():
         from nas import preview as previews
 
-        preview = previews.preview_space(str(space), dataset, data_dir, samples, seed)
-        table = Table("parameter", "values", title=f"space {preview.name!r} ({space})")
-        for name, values in preview.dimensions:
-            table.add_row(name, values)
-        console.print(table if preview.dimensions else f"{space}: a fixed architecture (constants only).")
-        size = f"{preview.n_discrete:,} discrete combinations" + (
-            f" × {preview.n_continuous} continuous dimensions" if preview.n_continuous else "")
-        console.print(f"size: {size}; {preview.n_baselines} baselines; input {preview.input_shape}, "
-                      f"{preview.n_classes} classes; {preview.epochs} epochs per trial")
-        for i, net in enumerate(preview.samples, 1):
-            console.print(f"\n[bold]sample {i}[/]: {escape(net.arch)}", highlight=False)
-            if net.n_params is None:
-                console.print(f"  {net.problem}: would be rejected before training (another net is drawn)", highlight=False)
-                continue
-            shapes = " → ".join("×".join(map(str, s)) for s in (preview.input_shape, *net.stages))
-            console.print(f"  {shapes}; {net.n_params:,} parameters, {net.flops / 1e6:.2f} MFLOPs"
-                          + (f" ({net.problem}: rejected before training, another net is drawn)" if net.problem else ""), highlight=False)
+        if write and space:
+            raise NasError("--write writes the built-in space for --dataset; leave out --space.")
+        if write:
+            previews.write_builtin_space(write, dataset, data_dir)
+        _show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed),
+                      str(space or "the built-in space"))
+        if write:
+            console.print(f"wrote {write}: pass it to `nas search --space {write}`", highlight=False)
+
+
+def _show_preview(preview: Any, source: str) -> None:
+    table = Table("parameter", "values", title=f"space {preview.name!r} ({source})")
+    for name, values in preview.dimensions:
+        table.add_row(name, values)
+    console.print(table if preview.dimensions else f"{source}: a fixed architecture (constants only).")
+    size = f"{preview.n_discrete:,} discrete combinations" + (
+        f" × {preview.n_continuous} continuous dimensions" if preview.n_continuous else "")
+    console.print(f"size: {size}; {preview.n_baselines} baselines; input {preview.input_shape}, "
+                  f"{preview.n_classes} classes; {preview.epochs} epochs per trial")
+    for i, net in enumerate(preview.samples, 1):
+        console.print(f"\n[bold]sample {i}[/]: {escape(net.arch)}", highlight=False)
+        if net.n_params is None:
+            console.print(f"  {net.problem}: would be rejected before training (another net is drawn)", highlight=False)
+            continue
+        shapes = " → ".join("×".join(map(str, s)) for s in (preview.input_shape, *net.stages))
+        console.print(f"  {shapes}; {net.n_params:,} parameters, {net.flops / 1e6:.2f} MFLOPs"
+                      + (f" ({net.problem}: rejected before training, another net is drawn)" if net.problem else ""),
+                      highlight=False)
 
 
 @app.command()
@@ -291,12 +360,12 @@ def studies_cmd(storage: StorageOpt = DEFAULT_STORAGE, json_out: JsonOpt = False
 class _SearchView:
     """Renders a search's events: a live progress line, one line per finished trial, worker errors."""
 
-    def __init__(self, trials: int, quiet: bool):
+    def __init__(self, trials: int | None, quiet: bool):
         self.trials, self.quiet = trials, quiet
         self.done = self.pruned = self.epochs = 0
         self.best: float | None = None
         self.progress = _progress(quiet)
-        self.task = self.progress.add_task("starting", total=trials)
+        self.task = self.progress.add_task("starting", total=trials)  # None: bounded by time, not a count
 
     def show(self, event: Any) -> None:
         from nas import search as searching
@@ -318,7 +387,7 @@ class _SearchView:
     def _epoch(self, e: Any) -> None:
         r = e.record
         self.progress.update(self.task, description=(
-            f"trial {self.done + 1}/{self.trials} (#{e.trial}) epoch {r.epoch}/{self.epochs} val {r.val_acc:.4f}"
+            f"trial {self._of()} (#{e.trial}) epoch {r.epoch}/{self.epochs} val {r.val_acc:.4f}"
             + (f" · best {self.best:.4f}" if self.best is not None else "") + f" · pruned {self.pruned}"))
 
     def _trial(self, e: Any) -> None:
@@ -332,12 +401,15 @@ class _SearchView:
         self.pruned += row["state"] == "pruned"
         if row["state"] == "complete":
             self.best = max(self.best or 0.0, row["val_accuracy"])
-        self.progress.update(self.task, advance=1, description=f"trial {self.done + 1}/{self.trials} starting · pruned {self.pruned}")
+        self.progress.update(self.task, advance=1, description=f"trial {self._of()} starting · pruned {self.pruned}")
         if not self.quiet:
             value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
             self.progress.console.print(
                 f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  {escape(row['arch'] or '')}"
                 + (f"  [dim]({escape(row['reason'])})[/]" if row["reason"] else ""), highlight=False)
+
+    def _of(self) -> str:
+        return f"{self.done + 1}" + (f"/{self.trials}" if self.trials else "")
 
     def _worker_failed(self, e: Any) -> None:
         err_console.print(f"[bold red]{escape(e.message)}[/]", highlight=False, soft_wrap=True)

@@ -12,6 +12,8 @@ from typing import Any, Mapping, TypeVar
 
 from nas.errors import NasError
 
+DEFAULT_DATASET = "fashion-mnist"  # what a space without `dataset:`, or a search without a space, uses
+
 # Space values (model.py and train.py build them)
 BLOCKS = ("conv3x3", "conv5x5", "conv3x3x2", "residual", "sepconv")
 READOUTS = ("flatten", "gap")  # how the last feature map becomes the head's input

@@ -5,13 +5,18 @@ few nets drawn from it at random, each sized from its spec on PyTorch's meta dev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from nas.data import dataset_shape
+from nas import names
+from nas.autospace import default_space, space_text
+from nas.data import dataset_shape, load_dataset
+from nas.files import check_file_target, write_file
 from nas.model import ShapeError
 from nas.pipeline import assess
-from nas.space import RandomTrial, baseline_params, dim_text, load_space, n_combinations, sample
+from nas.space import RandomTrial, baseline_params, dim_text, load_space, n_combinations, parse_space, sample
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,25 @@ class SpacePreview:
     samples: list[SampledNet]
 
 
-def preview_space(path: str, dataset: str | None = None, data_dir: str | None = None, n_samples: int = 3,
+def builtin_space(dataset: str | None, data_dir: str | None = None) -> dict[str, Any]:
+    """The built-in space `nas search` uses for `dataset` without a space file, for this machine's device."""
+    name = dataset or names.DEFAULT_DATASET
+    ds = load_dataset(name, data_dir)
+    return default_space(name, ds.name, ds.input_shape, len(ds.y_train), torch.cuda.is_available())
+
+
+def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = None) -> None:
+    """Write the built-in space for `dataset` to `out` as a space file to start from."""
+    check_file_target(out, "the space file")
+    write_file(out, space_text(builtin_space(dataset, data_dir)))
+
+
+def preview_space(path: str | None, dataset: str | None = None, data_dir: str | None = None, n_samples: int = 3,
                   seed: int = 0) -> SpacePreview:
-    """Check a space file (and its baselines) and draw `n_samples` nets from it (one from a fixed
-    architecture), each sized on the meta device; nothing is trained or allocated."""
-    space = load_space(path)
+    """Check a space file (and its baselines), or the built-in space of `dataset` when `path` is None, and
+    draw `n_samples` nets from it (one from a fixed architecture), each sized on the meta device;
+    nothing is trained or allocated."""
+    space = load_space(path) if path else parse_space(builtin_space(dataset, data_dir))
     baselines = baseline_params(space)
     shape, n_classes = dataset_shape(dataset or space.dataset, data_dir)
     dims = space.dimensions()

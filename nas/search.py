@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from nas import data, study as studies
+from nas import data, names, study as studies
 from nas.data import Dataset
 from nas.errors import NasError
 from nas.objective import Objective
 from nas.pipeline import prepare_search_data
-from nas.space import Space, baseline_params, load_space
+from nas.autospace import default_space
+from nas.space import Space, baseline_params, load_space, parse_space
 from nas.train import EpochRecord, pick_device
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class Interrupted(KeyboardInterrupt):
 class SearchJob:
     """What the user asked of one search, as plain (picklable) data; None takes the space's value."""
 
-    space: Path
+    space: Path | None  # None: the built-in space for the dataset
     study: str | None = None
     storage: str = "sqlite:///studies/nas.db"
     dataset: str | None = None
@@ -177,22 +178,33 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
 
 
 def _open(job: SearchJob) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
-    """Read the space and the dataset, check the device and the storage, then create or resume the study."""
-    space = load_space(job.space)
-    job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
-                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset)
-    baselines = baseline_params(space)
+    """Read the space and the dataset, check the device and the storage, then create or resume the study.
+    Without a space file, the built-in space for the dataset (`autospace`) is searched."""
     if job.workers and job.workers > MAX_WORKERS_PER_CORE * _cores():
         raise NasError(f"--workers {job.workers}: this machine has {_cores()} cores; run at most "
                        f"{MAX_WORKERS_PER_CORE * _cores()} workers here (each loads torch and the data), or --workers auto.")
     devices = worker_devices(job.device, min(job.workers or auto_workers(job.device), job.trials))
+    ds = None
+    if job.space is None:
+        ds = data.load_dataset(job.dataset or names.DEFAULT_DATASET, job.data_dir)
+        space = dataset_space(job.dataset or names.DEFAULT_DATASET, ds, devices[0])
+    else:
+        space = load_space(job.space)
+    job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
+                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset)
+    baselines = baseline_params(space)
     studies.check_storage_target(job.storage)
-    ds = data.load_dataset(job.dataset, job.data_dir)
+    ds = ds or data.load_dataset(job.dataset, job.data_dir)
     wanted = {"dataset": ds.name, "val_fraction": space.val_fraction, "split_seed": job.seed, "subset": job.subset}
     data.split_sizes(ds, space.val_fraction, job.subset)  # a dataset too small to split fails before the study
     study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
                                space, baselines, job.heartbeat)
     return study, space, ds, job, devices
+
+
+def dataset_space(dataset: str, ds: Dataset, device: str) -> Space:
+    """The built-in space for `ds` (given as `dataset` on the command line), sized for `device`."""
+    return parse_space(default_space(dataset, ds.name, ds.input_shape, len(ds.y_train), device.startswith("cuda")))
 
 
 def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str], rows: list[dict[str, Any]],

@@ -455,7 +455,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     name = top.get("name", path.stem if path else "study")
     if not isinstance(name, str) or not name.strip():
         p.fail("name", f"expected a non-empty study name, got {_show(name)}")
-    dataset = top.get("dataset", "fashion-mnist")
+    dataset = top.get("dataset", names.DEFAULT_DATASET)
     if not isinstance(dataset, str) or not dataset:
         p.fail("dataset", f"expected a dataset name or a path, got {_show(dataset)}")
     return Space(

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import nas
 from nas.cli import app
 from nas.data import load_dataset
+from nas.space import load_space
 
 SPACES = Path(__file__).parent.parent / "search_spaces"
 runner = CliRunner()
@@ -202,3 +203,54 @@ def test_a_search_reads_its_space_and_dataset_once_and_its_parent_builds_no_obje
     assert calls == {"space": 1, "data": 1, "objective": 1}
     nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--data-dir", idx_dir, "--workers", 2)
     assert calls == {"space": 2, "data": 2, "objective": 1}  # the workers build theirs, with the parent's data
+
+
+def small_colour_npz(path: Path, side: int) -> Path:
+    """4 classes of side×side RGB images, each class lighting its own pair of rows: learnable at any size."""
+    rng = np.random.default_rng(side)
+
+    def part(n):
+        y = np.repeat(np.arange(4), n)
+        x = rng.integers(0, 60, size=(len(y), side, side, 3), dtype=np.uint8)
+        for c in range(4):
+            x[y == c, 2 * c * side // 8: 2 * c * side // 8 + max(1, side // 8)] = 230
+        return x, y
+
+    (xt, yt), (xs, ys) = part(30), part(10)
+    np.savez(path, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+    return path
+
+
+@pytest.mark.parametrize("shape, blocks", [((1, 28, 28), 3), ((3, 32, 32), 3), ((3, 8, 8), 2), ((1, 4, 4), 1)])
+def test_the_builtin_space_is_scaled_to_the_images(shape, blocks):
+    from nas.autospace import default_space
+    from nas.space import IntRange, parse_space
+
+    space = parse_space(default_space("x.npz", "x", shape, 60_000, gpu=False))
+    most = space.n_blocks.high if isinstance(space.n_blocks, IntRange) else space.n_blocks.value
+    assert most == blocks and space.max_mflops == pytest.approx(12.0 * shape[1] * shape[2] / 784, rel=0.01)
+    assert space.subset == 12_000 and space.name == "auto-x"
+    assert parse_space(default_space("x.npz", "x", shape, 500, gpu=True)).subset is None  # small data: all of it
+
+
+@pytest.mark.parametrize("side", [8, 32])
+def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_path, side):
+    data = small_colour_npz(tmp_path / f"c{side}.npz", side)
+    out = squash(nas_cli("validate", "--dataset", data, "--write", tmp_path / "auto.yaml").output)
+    assert f"space 'auto-c{side}' (the built-in space)" in out and "wrote" in out
+    assert load_space(tmp_path / "auto.yaml").name == f"auto-c{side}"  # a space file to start from
+    db = f"sqlite:///{tmp_path}/s.db"
+    nas_cli("search", "--dataset", data, "--storage", db, "--trials", 3, "--epochs", 1, "--quiet")
+    trials = optuna.load_study(study_name=f"auto-c{side}", storage=db).trials
+    trained = [t for t in trials if not t.user_attrs.get("rejected")]
+    assert len(trained) == 3 and all(t.state.is_finished() for t in trials)  # rejected nets were drawn again
+
+
+def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir):
+    db, out, page = f"sqlite:///{tmp_path}/s.db", tmp_path / "model", tmp_path / "report.html"
+    text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "15s", "--storage", db, "--export", out,
+                          "--report", page, "--quiet").output)
+    epochs = int(text.split("the best retrained for ")[1].split()[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == epochs and metrics["retrained_on_train_and_val"] and page.stat().st_size > 0
+    assert nas.load_model(out)(torch.rand(2, 1, 28, 28)).shape == (2, 10)

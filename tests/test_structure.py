@@ -26,8 +26,10 @@ ALLOWED = {
     "pipeline": {"data", "model", "spec", "train"},
     "objective": {"model", "pipeline", "space", "spec", "train"},
     "study": {"errors", "files", "names", "space"},
-    "search": {"data", "errors", "objective", "pipeline", "space", "study", "train"},
-    "preview": {"data", "model", "pipeline", "space"},
+    "autospace": set(),  # the built-in space of a dataset, as plain data
+    "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
+    "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
+    "autorun": {"data", "errors", "export", "files", "report", "search", "study"},  # search, then retrain and export
     "report": {"files", "study"},
     "export": {"data", "errors", "files", "model", "pipeline", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)

@@ -1,0 +1,84 @@
+"""Side by side, in one run: what a fixed wall-clock search budget finds, each winner retrained the same way.
+
+Arms, each on its own fresh SQLite study, for each seed:
+  default  `nas search` with no --space: the built-in space for the dataset, TPE with constraints
+  random   the same built-in space and budget, Optuna's RandomSampler
+  seeds    the tutorial nets (`seed_lenet.yaml`, `seed_network.yaml`), one trial each with the
+           budget's epochs per trial; the better on validation is the winner (they take far less
+           time than the budget: that is what a user starting from the tutorials has)
+Every winner is then retrained the same way (`nas best --retrain-epochs R`: train+val, R epochs, its
+own recipe) and scored on the test set, so the arms differ only in what the search picked.
+
+    python bench/search_quality.py [--dataset fashion-mnist] [--minutes 8] [--retrain-epochs 10] [--seeds 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nas import export as exporting, search as searching  # noqa: E402
+
+
+def search(storage: str, args: argparse.Namespace, seed: int, **job) -> tuple[searching.Outcome, float]:
+    """Run one search; returns its outcome and wall seconds."""
+    start = time.perf_counter()
+    outcome = searching.run(searching.SearchJob(
+        storage=storage, dataset=args.dataset, data_dir=args.data_dir, device=args.device, seed=seed,
+        workers=None, **job), lambda event: None)
+    return outcome, time.perf_counter() - start
+
+
+def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
+    storage = f"sqlite:///{tmp}/{name}-{seed}.db"
+    if name == "seeds":  # each tutorial net in its own study; the better on validation goes on
+        runs = [search(storage, args, seed, space=ROOT / "search_spaces" / f"{net}.yaml", study=net, trials=1,
+                       epochs=args.seed_epochs) for net in ("seed_lenet", "seed_network")]
+        outcome = max((o for o, _ in runs), key=lambda o: o.best[0]["val_accuracy"])
+        seconds = sum(wall for _, wall in runs)
+    else:
+        outcome, seconds = search(storage, args, seed, space=None, trials=1_000_000, timeout=args.minutes * 60,
+                                  sampler="tpe" if name == "default" else "random")
+    best = exporting.best(outcome.study, storage, 1, None, args.retrain_epochs, device=args.device,
+                          dataset=args.dataset, data_dir=args.data_dir)
+    row = best.retrained[0]
+    return {"arm": name, "seed": seed, "search_s": seconds, "trials": outcome.n_trained if name != "seeds" else 2,
+            "val": row["val_accuracy"], "test": row["test_accuracy"], "params": row["n_params"], "arch": row["arch"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--minutes", type=float, default=8, help="search budget of the default and random arms")
+    p.add_argument("--retrain-epochs", type=int, default=10, help="the final retrain of every arm's winner")
+    p.add_argument("--seed-epochs", type=int, default=4, help="epochs of each seed net's trial (the built-in "
+                                                              "space's epochs per trial on a CPU)")
+    p.add_argument("--seeds", default="0", help="comma-separated search seeds")
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for name in ("default", "random", "seeds"):
+                rows.append(arm(name, tmp, args, seed))
+                r = rows[-1]
+                print(f"{r['arm']:<8} seed {seed}: {r['trials']:>4} trials in {r['search_s']:6.0f} s; test "
+                      f"{r['test']:.4f} (val {r['val']:.4f}), {r['params']:,} params: {r['arch']}", flush=True)
+    print("\n| arm | seeds | trials | search s | test acc (mean) | vs default |\n|---|---:|---:|---:|---:|---:|")
+    mean = {n: statistics.mean(r["test"] for r in rows if r["arm"] == n) for n in ("default", "random", "seeds")}
+    for n in ("default", "random", "seeds"):
+        mine = [r for r in rows if r["arm"] == n]
+        print(f"| {n} | {len(mine)} | {statistics.mean(r['trials'] for r in mine):.0f} | "
+              f"{statistics.mean(r['search_s'] for r in mine):.0f} | {mean[n]:.4f} | {mean[n] - mean['default']:+.4f} |")
+
+
+if __name__ == "__main__":
+    main()

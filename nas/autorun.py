@@ -1,0 +1,78 @@
+"""`nas run`: from a dataset to an exported model and its report within a wall-clock budget.
+
+The budget is split between the search and the final retrain of its best net on the whole training
+set (train + validation). The retrain's epochs are worked out from the best trial's own measured
+seconds per epoch, scaled from the trial's training images to the whole set, so that it ends within
+the budget; its learning-rate schedule spans those epochs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from nas import data, export as exporting, report as reporting, search as searching, study as studies
+from nas.errors import NasError
+from nas.files import check_export_target, check_file_target
+
+SEARCH_SHARE = 0.6  # of the budget; the rest retrains the best net, exports it and writes the report
+END_MARGIN = 0.9  # of the time left that the retrain plans to use: the export and report need the rest
+MAX_RETRAIN_EPOCHS = 200
+MAX_TRIALS = 1_000_000  # the search is bounded by its time, not by a count
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What `nas run` was asked: a search job (its trials and timeout are set here) and the rest."""
+
+    search: searching.SearchJob
+    budget: float  # seconds, wall clock, for everything
+    export: Path | None = None
+    force: bool = False
+    report: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `nas run` did: the search, the retrained and exported best, and the report."""
+
+    search: searching.Outcome
+    best: exporting.Best
+    retrain_epochs: int
+    seconds_per_epoch: float  # the retrain's, as planned from the best trial
+    report: reporting.Summary | None
+    seconds: float
+
+
+def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
+    """Search for SEARCH_SHARE of the budget, retrain the best net in the time left, export it, write the report.
+    Every target is checked before the search starts."""
+    start = time.monotonic()
+    if job.export is not None:
+        check_export_target(job.export, job.force)
+    if job.report is not None:
+        check_file_target(job.report, "the report")
+    outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget), on_event)
+    if not outcome.best:
+        raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
+                       f"{SEARCH_SHARE * job.budget / 60:.0f} minutes; give a larger --budget.")
+    per_epoch = _seconds_per_epoch(outcome, job.search)
+    left = job.budget - (time.monotonic() - start)
+    epochs = max(1, min(MAX_RETRAIN_EPOCHS, int(END_MARGIN * left / per_epoch)))
+    best = exporting.best(outcome.study, job.search.storage, 1, job.export, epochs, job.force, job.search.dataset,
+                          job.search.data_dir, job.search.device, on_event=on_event)
+    summary = reporting.write_report(outcome.study, job.search.storage, job.report) if job.report else None
+    return RunOutcome(outcome, best, epochs, per_epoch, summary, time.monotonic() - start)
+
+
+def _seconds_per_epoch(outcome: searching.Outcome, job: searching.SearchJob) -> float:
+    """The best trial's median seconds per epoch, scaled from its training images to the whole training set."""
+    study = studies.load_study(outcome.study, job.storage)
+    best = studies.top_trials(study, 1)[0]
+    split = study.user_attrs["data"]
+    ds = data.load_dataset(split["dataset"] if job.dataset is None else job.dataset, job.data_dir)
+    n_trial, _ = data.split_sizes(ds, split["val_fraction"], split["subset"])
+    return statistics.median(e["seconds"] for e in best.user_attrs["curve"]) * len(ds.y_train) / n_trial

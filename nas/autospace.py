@@ -1,0 +1,69 @@
+"""The built-in space for a dataset, used when `nas search` is given no `--space`.
+
+It is scaled to the data: as many conv blocks as halvings the image allows (at most three), a FLOP
+budget in proportion to the image's area, and per-trial epochs and a training subset that keep one
+trial to seconds on a CPU (more on a GPU). What it searches is what small modern nets use: stacked
+3×3, 5×5, residual and depthwise-separable blocks with batch norm, a flatten or global-average-pool
+head, AdamW with a cosine or one-cycle schedule, label smoothing and crop/flip augmentation.
+No torch here: `nas validate --dataset X --write FILE` writes it out as a space file to start from.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CPU_MFLOPS_AT_28 = 12.0  # a 28×28 net this size trains an epoch of 60k images in about 20 s on 2 CPU cores
+GPU_SCALE = 20  # a GPU affords nets this much larger in the same time
+CPU_SUBSET, GPU_SUBSET = 12_000, 60_000  # training images per trial: enough to rank nets, few enough to try many
+CPU_EPOCHS, GPU_EPOCHS = 4, 8
+
+
+def default_space(dataset: str, name: str, input_shape: tuple[int, int, int], n_train: int, gpu: bool) -> dict[str, Any]:
+    """The space for a dataset of `n_train` C×H×W images, as the mapping a space file holds."""
+    _, h, w = input_shape
+    blocks = max(1, min(3, int(math.log2(min(h, w) / 2))))  # each block halves the map: stop at about 2×2
+    mflops = CPU_MFLOPS_AT_28 * h * w / 28**2 * (GPU_SCALE if gpu else 1)
+    subset = GPU_SUBSET if gpu else CPU_SUBSET
+    return {
+        "name": f"auto-{Path(name).stem or 'data'}",
+        "description": f"the built-in space for {name} ({'×'.join(map(str, input_shape))}), for a "
+                       f"{'GPU' if gpu else 'CPU'}",
+        "dataset": dataset,
+        "budget": {"epochs": GPU_EPOCHS if gpu else CPU_EPOCHS, "val_fraction": 0.1,
+                   **({"subset": subset} if n_train > subset * 1.25 else {})},
+        "constraints": {"max_mflops": float(f"{mflops:.3g}")},
+        "architecture": {
+            "blocks": {"int": [1, blocks]} if blocks > 1 else 1,
+            "block": {
+                "conv": {"choice": ["conv3x3x2", "conv5x5", "residual", "sepconv"]},
+                "channels": {"choice": [16, 24, 32, 48, 64]},
+                "activation": {"choice": ["relu", "silu", "gelu"]},
+                "batch_norm": True,
+                "padding": "same",
+                "pool": "max",
+                "dropout": {"float": [0.0, 0.2]},
+            },
+            "head": {"layers": {"int": [0, 1]}, "units": {"choice": [64, 128, 256]}, "dropout": {"float": [0.0, 0.4]}},
+            "readout": {"choice": ["flatten", "gap"]},
+        },
+        "training": {
+            "optimizer": "adamw",
+            "lr": {"float": [5.0e-4, 1.0e-2], "log": True},
+            "batch_size": {"choice": [64, 128, 256]},
+            "weight_decay": {"choice": [0.0, 5.0e-4, 5.0e-3, 5.0e-2]},
+            "schedule": {"choice": ["cosine", "onecycle"]},
+            "label_smoothing": {"choice": [0.0, 0.1]},
+            "augment": {"choice": ["none", "crop", "crop_flip"]},
+        },
+    }
+
+
+def space_text(space: dict[str, Any]) -> str:
+    """The space as a commented YAML file."""
+    return (f"# {space['description']}: written by `nas validate --write`. Edit it and pass it to\n"
+            f"# `nas search --space FILE`; see search_spaces/lenet.yaml for every key.\n"
+            + yaml.safe_dump(space, sort_keys=False, width=100, allow_unicode=True, default_flow_style=None))
