@@ -41,8 +41,12 @@ def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
     if name == "seeds":  # each tutorial net in its own study; the better on validation goes on
         runs = [search(storage, args, seed, space=ROOT / "search_spaces" / f"{net}.yaml", study=net, trials=1,
                        epochs=args.seed_epochs) for net in ("seed_lenet", "seed_network")]
-        outcome = max((o for o, _ in runs), key=lambda o: o.best[0]["val_accuracy"])
         seconds = sum(wall for _, wall in runs)
+        trained = [o for o, _ in runs if o.best]
+        if not trained:  # the tutorial nets shrink a small image below 1×1: they cannot run at all
+            return {"arm": name, "seed": seed, "search_s": seconds, "trials": 0, "val": float("nan"),
+                    "test": float("nan"), "params": 0, "arch": runs[0][0].gave_up}
+        outcome = max(trained, key=lambda o: o.best[0]["val_accuracy"])
     else:
         outcome, seconds = search(storage, args, seed, space=None, trials=1_000_000, timeout=args.minutes * 60,
                                   sampler="tpe" if name == "default" else "random")

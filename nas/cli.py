@@ -155,8 +155,10 @@ def best(
     study: StudyOpt = None, storage: StorageOpt = DEFAULT_STORAGE, top: TopOpt = None, export: ExportOpt = None,
     retrain_epochs: RetrainOpt = None, force: ForceOpt = False, dataset: DatasetOpt = None, data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto", json_out: JsonOpt = False, quiet: QuietOpt = False,
+    trial: Annotated[Optional[int], typer.Option("--trial", min=0, help="Only this trial (by number): to export "
+                                                 "any trial, not only the best.")] = None,
 ) -> None:
-    """Show the best trials; retrain the top ones and rank them on test; export the winner.
+    """Show the best trials (or one --trial); retrain the top ones and rank them on test; export the winner.
 
     --export writes model.pt, arch.yaml, metrics.json, model.onnx and model.ts. Without
     --retrain-epochs it repeats the best trial's own training; with it, the top K (--top, default 1)
@@ -168,7 +170,7 @@ def best(
         view = _TrainingView(quiet or json_out, per_epoch_lines=False)
         with view.progress:
             result = exporting.best(study, storage, top, export, retrain_epochs, force, dataset, data_dir, device,
-                                    on_event=view.show)
+                                    on_event=view.show, trial=trial)
         if json_out:
             print(json.dumps({"study": result.study, "trials": result.rows, "retrained": result.retrained,
                               "export": result.export}, indent=2))

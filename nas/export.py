@@ -31,7 +31,7 @@ from nas.model import ShapeError, build_model, model_info, spec_info
 from nas.pipeline import assess, prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.space import SpaceError, fixed_space_dict, load_space, sample
 from nas.spec import ArchSpec
-from nas.study import load_study, quiet_optuna, storage_failure, top_trials, trial_row
+from nas.study import load_study, quiet_optuna, storage_failure, top_trials, trained_trial, trial_row
 from nas.train import EpochRecord, pick_device, predict_logits
 
 FILES = EXPORT_FILES[:3]  # what load_model needs
@@ -90,14 +90,15 @@ def best(
     data_dir: str | Path | None = None,
     device: str = "auto",
     on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
+    trial: int | None = None,
 ) -> Best:
-    """The study's top trials (`top`, default 5); with `retrain_epochs`, the top K (default 1) retrained on
-    train+val and ranked by test accuracy; with `export`, the first of them (or the best trial trained
-    again as in the search) written there. The export target, the device and the dataset are checked
-    before any training."""
+    """The study's top trials (`top`, default 5), or only trial number `trial`; with `retrain_epochs`,
+    the top K (default 1) retrained on train+val and ranked by test accuracy; with `export`, the first of
+    them (or the best trial trained again as in the search) written there. The export target, the
+    device and the dataset are checked before any training."""
     quiet_optuna()
     study = load_study(study_name, storage)
-    trials = top_trials(study, top or 5)
+    trials = top_trials(study, top or 5) if trial is None else [trained_trial(study, trial)]
     result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials])
     if export is None and not retrain_epochs:
         return result

@@ -349,6 +349,20 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return sorted(done, key=lambda t: t.value, reverse=True)[:k]
 
 
+def trained_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """Trial `number` of the study, if it trained a network that can be built again (completed or pruned)."""
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise StudyError(f"study {study.study_name!r} has no trial #{number}; its trials are #0 to #{len(trials) - 1} "
+                         "(`nas best --top N` lists the best).")
+    t = trials[number]
+    if t.state not in (State.COMPLETE, State.PRUNED) or t.user_attrs.get("rejected") or "spec" not in t.user_attrs:
+        why = "was rejected before training" if t.user_attrs.get("rejected") else f"is {t.state.name.lower()}"
+        raise StudyError(f"trial #{number} of study {study.study_name!r} {why}, so there is no trained network to "
+                         "export; pick a completed (or pruned) trial.")
+    return t
+
+
 def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """One trial as plain data, for tables and --json."""
     a = t.user_attrs

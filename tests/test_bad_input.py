@@ -56,6 +56,17 @@ def studied(tmp: Path, trials: int = 1) -> str:
     return db
 
 
+def rejected_study(tmp: Path) -> str:
+    """Study 'tiny' whose only trial is a net rejected before training (as `nas search` records one)."""
+    import optuna
+
+    db = studied(tmp, trials=0)
+    optuna.load_study(study_name="tiny", storage=db).add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
+        user_attrs={"rejected": True, "reason": "too large: 4,810 parameters > max_params 10"}))
+    return db
+
+
 def search(tmp, text=GOOD, *extra, folder=None):
     return ["search", "--space", space(tmp, text), "--storage", f"sqlite:///{tmp}/s.db",
             "--data-dir", folder or data(tmp), *extra]
@@ -437,6 +448,10 @@ CASES += [
     ("path: a 300-character storage file name", lambda t: search(t, GOOD, "--storage", f"sqlite:///{t}/{'s' * 300}.db"),
      2, "File name too long. Check the path"),
     ("path: a 300-character --data-dir", lambda t: search(t, GOOD, folder=t / ("d" * 300)), 2, "File name too long"),
+    ("best: --trial that does not exist", lambda t: ["best", "--storage", studied(t), "--trial", 7, "--export", t / "o"], 2,
+     "study 'tiny' has no trial #7; its trials are #0 to #0"),
+    ("best: --trial of a rejected net", lambda t: ["best", "--storage", rejected_study(t), "--trial", 0, "--export", t / "o"], 2,
+     "trial #0 of study 'tiny' was rejected before training, so there is no trained network to export"),
     # Studies nas did not make, or cannot continue
     ("study: made by another tool (best)", lambda t: ["best", "--storage", foreign_study(t), "--study", "other"], 2,
      "study 'other' in sqlite:///" and "was not made by `nas search` (it records no dataset); nas best and nas report read only"),

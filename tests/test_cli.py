@@ -115,6 +115,11 @@ def test_export_without_retraining_reproduces_the_trial(tmp_path, tiny_space, id
     assert out["export"]["trial"] == study.best_trial.number and out["export"]["epochs"] == 2
     assert out["export"]["reproduced_val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["reproduced_val_accuracy"] == out["export"]["reproduced_val_accuracy"]
+    other = next(t for t in study.trials if t.number != study.best_trial.number)  # any trial, not only the best
+    out = json.loads(nas_cli("best", "--storage", db, "--export", tmp_path / "other", "--data-dir", idx_dir,
+                             "--trial", other.number, "--json").stdout)
+    assert out["export"]["trial"] == other.number and [r["number"] for r in out["trials"]] == [other.number]
+    assert out["export"]["reproduced_val_accuracy"] == pytest.approx(other.value, abs=1e-6)
 
 
 @pytest.mark.parametrize("fixture", ["npz_gray", "npz_colour"])
