@@ -1,22 +1,24 @@
 """`nas run`: from a dataset to an exported model and its report within a wall-clock budget.
 
 The budget is split between the search and the final retrain of its best net on the whole training
-set (train + validation). The retrain's epochs are worked out from the best trial's own measured
-seconds per epoch, scaled from the trial's training images to the whole set, so that it ends within
-the budget; its learning-rate schedule spans those epochs.
+set (train + validation). The retrain's epochs are worked out from that net's pace measured here,
+on a few batches of the whole set with all of this machine's threads (a trial's own pace is not it:
+it ran on a subset, maybe beside other workers), so that it ends within the budget; its learning
+rate schedule spans those epochs.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from nas import data, export as exporting, report as reporting, search as searching, study as studies
+from nas import data, export as exporting, pipeline, report as reporting, search as searching, study as studies
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target
+from nas.spec import ArchSpec
+from nas.train import pick_device
 
 SEARCH_SHARE = 0.6  # of the budget; the rest retrains the best net, exports it and writes the report
 END_MARGIN = 0.9  # of the time left that the retrain plans to use: the export and report need the rest
@@ -42,7 +44,7 @@ class RunOutcome:
     search: searching.Outcome
     best: exporting.Best
     retrain_epochs: int
-    seconds_per_epoch: float  # the retrain's, as planned from the best trial
+    seconds_per_epoch: float  # the retrain's, as measured before it
     report: reporting.Summary | None
     seconds: float
 
@@ -69,10 +71,9 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
 
 
 def _seconds_per_epoch(outcome: searching.Outcome, job: searching.SearchJob) -> float:
-    """The best trial's median seconds per epoch, scaled from its training images to the whole training set."""
+    """The best trial's net timed here for a few batches of the whole training set: seconds per retrain epoch."""
     study = studies.load_study(outcome.study, job.storage)
-    best = studies.top_trials(study, 1)[0]
-    split = study.user_attrs["data"]
-    ds = data.load_dataset(split["dataset"] if job.dataset is None else job.dataset, job.data_dir)
-    n_trial, _ = data.split_sizes(ds, split["val_fraction"], split["subset"])
-    return statistics.median(e["seconds"] for e in best.user_attrs["curve"]) * len(ds.y_train) / n_trial
+    spec = ArchSpec.from_dict(studies.top_trials(study, 1)[0].user_attrs["spec"])
+    device = pick_device(job.device)
+    ds = data.load_dataset(study.user_attrs["data"]["dataset"] if job.dataset is None else job.dataset, job.data_dir)
+    return pipeline.seconds_per_epoch(spec, pipeline.prepare_final_data(ds, device), device)

@@ -190,7 +190,7 @@ def run_cmd(
 ) -> None:
     """Search, retrain the best net on all the training data, export it and write the report, within --budget.
 
-    The search takes 60% of the budget; the retrain's epochs are planned from the best trial's speed."""
+    The search takes 60% of the budget; the retrain's epochs fit the rest, at the best net's measured pace."""
     with _user_errors():
         from nas import autorun, search as searching
 
@@ -217,7 +217,7 @@ def run_cmd(
             train_view.progress.stop()
         _show_best(outcome.best, outcome.retrain_epochs, export)
         console.print(f"{outcome.search.n_trained} trials searched; the best retrained for {outcome.retrain_epochs} "
-                      f"epochs (planned at {outcome.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
+                      f"epochs (measured at {outcome.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
                       + (f"; report: {report}" if report else ""), highlight=False)
 
 

@@ -4,6 +4,7 @@ its score on the test set. The search's objective, `nas train`, the export and t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,7 +14,7 @@ from torch import nn
 from nas.data import Dataset, Split, available_memory, channel_stats, full_train, split_train_val, test_split
 from nas.model import ModelInfo, build_model, spec_info, training_bytes
 from nas.spec import ArchSpec
-from nas.train import EpochRecord, fit, predict
+from nas.train import EpochRecord, evaluate, fit, predict
 
 MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
 
@@ -104,6 +105,21 @@ def train_spec(
     """Build `spec`'s seeded network and train it on `data.train`, scoring `data.held_out` every epoch."""
     model = new_model(spec, data, seed, device)
     return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch)
+
+
+def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 4096) -> float:
+    """How long one epoch of `train_spec` on `data` takes here, timed on `sample` training images (after a
+    warm-up batch) plus one scoring of the held-out set: what plans a retrain to fit a time budget."""
+    model = new_model(spec, data, 0, device)
+    n, none = min(sample, len(data.train)), Split(data.train.x[:0], data.train.y[:0])
+    fit(model, Split(data.train.x[: spec.training.batch_size], data.train.y[: spec.training.batch_size]), none,
+        spec.training, epochs=1)  # the first steps allocate and pick kernels: not part of an epoch's pace
+    start = time.perf_counter()
+    fit(model, Split(data.train.x[:n], data.train.y[:n]), none, spec.training, epochs=1)
+    train = (time.perf_counter() - start) * len(data.train) / n
+    start = time.perf_counter()
+    evaluate(model, data.held_out)
+    return train + time.perf_counter() - start
 
 
 def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:
