@@ -253,7 +253,7 @@ def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_pat
 
 def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir):
     db, out, page = f"sqlite:///{tmp_path}/s.db", tmp_path / "model", tmp_path / "report.html"
-    text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "15s", "--storage", db, "--export", out,
+    text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "10s", "--storage", db, "--export", out,
                           "--report", page, "--quiet").output)
     epochs = int(text.split("the best retrained for ")[1].split()[0])
     metrics = json.loads((out / "metrics.json").read_text())
