@@ -61,12 +61,17 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     if not outcome.best:
         raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
                        f"{SEARCH_SHARE * job.budget / 60:.0f} minutes; give a larger --budget.")
-    per_epoch = _seconds_per_epoch(outcome, job.search)
-    left = job.budget - (time.monotonic() - start)
-    epochs = max(1, min(MAX_RETRAIN_EPOCHS, int(END_MARGIN * left / per_epoch)))
-    best = exporting.best(outcome.study, job.search.storage, 1, job.export, epochs, job.force, job.search.dataset,
-                          job.search.data_dir, job.search.device, on_event=on_event)
-    summary = reporting.write_report(outcome.study, job.search.storage, job.report) if job.report else None
+    with searching.signals_interrupt():  # a signal in the retrain ends it as one in the search does
+        try:
+            per_epoch = _seconds_per_epoch(outcome, job.search)
+            left = job.budget - (time.monotonic() - start)
+            epochs = max(1, min(MAX_RETRAIN_EPOCHS, int(END_MARGIN * left / per_epoch)))
+            best = exporting.best(outcome.study, job.search.storage, 1, job.export, epochs, job.force,
+                                  job.search.dataset, job.search.data_dir, job.search.device,
+                                  on_event=lambda e: (searching.checkpoint(), on_event(e)))
+            summary = reporting.write_report(outcome.study, job.search.storage, job.report) if job.report else None
+        except searching.Interrupted as e:
+            raise searching.Interrupted(e.signum, outcome.n_trained) from None
     return RunOutcome(outcome, best, epochs, per_epoch, summary, time.monotonic() - start)
 
 

@@ -210,8 +210,8 @@ def run_cmd(
             with search_view.progress:
                 outcome = autorun.run(job, show)
         except searching.Interrupted as e:
-            err_console.print(f"interrupted by {e}: {e.n_done} finished trials saved. Run the same command again to "
-                              "continue the study.", highlight=False, soft_wrap=True)
+            err_console.print(f"interrupted by {e}: {e.n_done} finished trials of this run saved; nothing exported. Run "
+                              "the same command again to continue the study.", highlight=False, soft_wrap=True)
             raise typer.Exit(e.status) from None
         finally:
             train_view.progress.stop()

@@ -139,13 +139,18 @@ class Outcome:
     @property
     def n_trained(self) -> int:
         """Trials of this run that were not rejected before training (what --trials counts)."""
-        return sum(not r["rejected"] for r in self.rows)
+        return n_trained(self.rows)
 
     @property
     def nothing_trained(self) -> bool:
         """Every trial of this run failed or was rejected before training: the search achieved nothing."""
         return bool(self.rows) and not any(
             r["state"] == "complete" or (r["reason"] or "").startswith("pruned at epoch") for r in self.rows)
+
+
+def n_trained(rows: list[dict[str, Any]]) -> int:
+    """Trials among `rows` that were not rejected before training: what --trials counts."""
+    return sum(not r["rejected"] for r in rows)
 
 
 def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
@@ -158,14 +163,14 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     studies.quiet_optuna()  # progress and each trial's fate arrive as events
     rows: list[dict[str, Any]] = []
     study = None
-    with _signals_interrupt():
+    with signals_interrupt():
         try:
             study, space, ds, job, devices = _open(job)
             return _search(study, space, ds, job, devices, rows, on_event)
         except Interrupted as e:
             if study is not None:
                 _record_interrupted(study)
-            raise Interrupted(e.signum, sum(not r["rejected"] for r in rows)) from None
+            raise Interrupted(e.signum, n_trained(rows)) from None
         except Exception as e:
             cause = studies.storage_failure(e)
             if cause is None:
@@ -256,11 +261,11 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     split = study.user_attrs["data"]
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
     objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
-                          on_epoch=lambda number, record: (_checkpoint(), on_event(EpochDone(worker, number, record))))
+                          on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))))
 
     def on_trial(row: dict[str, Any]) -> None:
         on_event(TrialDone(worker, row))
-        _checkpoint()
+        checkpoint()
 
     if tickets is None:
         granted = iter(range(job.trials))
@@ -292,19 +297,21 @@ _pending: list[int] = []  # the signal this process was asked to stop by, once o
 
 
 @contextmanager
-def _signals_interrupt() -> Iterator[None]:
+def signals_interrupt() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread. SIGINT does so even when this
     process inherited it ignored (a shell starts background jobs so); SIGHUP and SIGTERM inherited as
     ignored stay ignored (`nohup` asks for that). Only the first: later ones are ignored while the
     running trials are recorded and the workers stop.
 
-    Python drops an exception raised where it cannot propagate (a weakref callback, a __del__), so the
-    signal is also remembered and `_checkpoint` raises it again where the search can stop cleanly."""
+    Python drops an exception raised where it cannot propagate (a weakref callback, a __del__), and a
+    signal inside a storage transaction is not raised there (`study.in_transaction`), so the signal
+    is also remembered and `checkpoint` raises it where the search can stop cleanly."""
 
     def handler(signum: int, _frame: Any) -> None:
         if not _pending:
             _pending.append(signum)
-            raise Interrupted(signum)
+            if not studies.in_transaction():  # else the next checkpoint raises it, the transaction done
+                raise Interrupted(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may handle signals: a search run from another one stops on its caller's terms
@@ -319,8 +326,8 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _checkpoint() -> None:
-    """Raise the signal that came, if its first raise was swallowed: called between epochs and trials."""
+def checkpoint() -> None:
+    """Raise the signal that came, if it was not raised or was swallowed: called between epochs and trials."""
     if _pending:
         raise Interrupted(_pending[0])
 
@@ -378,7 +385,7 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
         while any(p.is_alive() for p in procs):
             drain(0.2)
             note_ended()
-            _checkpoint()
+            checkpoint()
     except Interrupted:
         _stop(procs)
         drain(0)
@@ -423,7 +430,7 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
     put = events.put
     study = None
     try:
-        with _signals_interrupt():
+        with signals_interrupt():
             try:
                 studies.quiet_optuna()
                 study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs,

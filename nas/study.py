@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import warnings
 from datetime import datetime
@@ -72,6 +73,7 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
                     grace_period=3 * heartbeat,
                     heartbeat_stale_trial_callback=retry_trial,
                 )
+            _count_transactions(rdb.engine)  # first: its "begin" must run before BEGIN IMMEDIATE waits
             if url.startswith("sqlite"):
                 _serialize_sqlite_transactions(rdb.engine)
             return rdb
@@ -106,6 +108,30 @@ def check_storage_target(url: str) -> None:
             check_file_target(sqlite_path(url), "the study storage")
         except WriteError as e:
             raise StudyError(f"--storage {url}: {e} (SQLite also needs to write a journal file beside it.)") from e
+
+
+_open_transactions = [0]  # of the main thread, on every storage opened here
+
+
+def in_transaction() -> bool:
+    """Whether the main thread is inside a storage transaction now. A signal handler must not raise
+    there: an exception that cuts a transaction short keeps its write lock on SQLite, and the same
+    process then cannot record its trial as interrupted ("database is locked")."""
+    return _open_transactions[0] > 0
+
+
+def _count_transactions(engine: Any) -> None:
+    from sqlalchemy import event
+
+    def count(step: int) -> Callable[[Any], None]:
+        def listener(_connection: Any) -> None:
+            if threading.current_thread() is threading.main_thread():  # not the heartbeat thread
+                _open_transactions[0] = max(0, _open_transactions[0] + step)
+        return listener
+
+    event.listen(engine, "begin", count(1))
+    event.listen(engine, "commit", count(-1))
+    event.listen(engine, "rollback", count(-1))
 
 
 def _serialize_sqlite_transactions(engine: Any) -> None:
