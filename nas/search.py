@@ -9,10 +9,10 @@ parameters queued again at once.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import queue
+import select
 import shlex
 import signal
 import sys
@@ -343,7 +343,10 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
     A worker that dies has its running trial failed and queued again at once; the others go on.
     A signal here stops every worker (each records its trial as interrupted) and re-raises.
     """
-    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's torch and SQLite state
+    # A fork server that has imported torch once forks each worker, ready in a moment; a plain fork
+    # would copy this process's torch and SQLite state, spawn would import torch again in every worker.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "torch._dynamo"])
     events = ctx.Queue()
     tickets = ctx.Value("i", job.trials)
     procs = [ctx.Process(target=_worker, args=(replace(job, device=d), space, i, threads, ds, events, os.getpid(),
@@ -452,13 +455,28 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
 
 
 def _die_with_parent(parent: int) -> None:
-    """Have the kernel send SIGTERM to this process when its parent dies (Linux), so no worker outlives
-    the command even if the parent is killed with SIGKILL; stop now if the parent is already gone."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
+    """SIGTERM this worker (it records its trial as interrupted) as soon as the command that started it
+    ends, even by SIGKILL, so no worker outlives it; stop now if it is already gone. The parent is
+    watched directly: the fork server between them waits for its workers, so it cannot pass it on."""
+    try:
+        fd = os.pidfd_open(parent) if hasattr(os, "pidfd_open") else None  # Linux: readable once it ends
+        os.kill(parent, 0)
+    except ProcessLookupError:
         sys.exit(1)
+    threading.Thread(target=_sigterm_when_gone, args=(parent, fd), daemon=True, name="nas-parent-watch").start()
+
+
+def _sigterm_when_gone(pid: int, fd: int | None) -> None:
+    if fd is not None:
+        select.select([fd], [], [])
+    else:  # no process descriptors here (macOS): ask once a second
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --- where workers run ----------------------------------------------------------------------------
