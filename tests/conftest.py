@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -50,8 +51,6 @@ def write_idx_dataset(folder: Path, n_train: int = 40, n_test: int = 10, gz: boo
 def pytest_configure(config):
     """Under pytest-xdist the cores are shared between workers: one torch thread each, or they spin
     against each other (measured: twice the CPU time for the same tests)."""
-    import os
-
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
@@ -152,20 +151,29 @@ def postgres_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def finished_study(tmp_path_factory, idx_dir):
-    """A real 30-trial search on the tiny data, with its best trial exported: (storage URL, export dir)."""
+def finished_study(tmp_path_factory):
+    """A real 30-trial search on the tiny data, with its best trial exported: (storage URL, export dir).
+    Made once per run: the xdist workers share it (the tests only read it), the first to ask makes it."""
+    from filelock import FileLock
     from typer.testing import CliRunner
 
     from nas.cli import app
 
-    folder = tmp_path_factory.mktemp("finished")
-    space = folder / "tiny.yaml"
-    space.write_text(TINY_SPACE)
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "finished"  # this run's, shared
     db, out = f"sqlite:///{folder}/nas.db", folder / "export"
-    for args in (["search", "--space", space, "--trials", 30, "--quiet"],
-                 ["best", "--export", out, "--retrain-epochs", 3, "--quiet"]):
-        result = CliRunner().invoke(app, [str(a) for a in args] + ["--storage", db, "--data-dir", str(idx_dir)])
-        assert result.exit_code == 0, result.output
+    with FileLock(f"{folder}.lock"):
+        if (folder / "done").exists():
+            return db, out
+        folder.mkdir(exist_ok=True)
+        space = folder / "tiny.yaml"
+        space.write_text(TINY_SPACE)
+        data = write_idx_dataset(folder / "fmnist")
+        for args in (["search", "--space", space, "--trials", 30, "--quiet"],
+                     ["best", "--export", out, "--retrain-epochs", 3, "--quiet"]):
+            result = CliRunner().invoke(app, [str(a) for a in args] + ["--storage", db, "--data-dir", str(data)])
+            assert result.exit_code == 0, result.output
+        (folder / "done").touch()
     return db, out
 
 

@@ -70,18 +70,23 @@ def all_gone(pids: set[int], timeout: float = 60) -> bool:
     return True
 
 
-def one_finished_trial(storage: str, study_name: str, tmp_path: Path, idx_dir) -> None:
-    """A finished trial in the study, run in this process (no new interpreter to start): later runs of
-    the study must keep it."""
+def here(*args) -> tuple[int, str, str]:
+    """`nas ARGS` run in this process (a resume after a crash: no new interpreter to start)."""
     from typer.testing import CliRunner
 
     from nas.cli import app
 
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_finished_trial(storage: str, study_name: str, tmp_path: Path, idx_dir) -> None:
+    """A finished trial in the study, run in this process: later runs of the study must keep it."""
     space = tmp_path / "quick.yaml"
     space.write_text(QUICK_TRIALS)
-    result = CliRunner().invoke(app, ["search", "--space", str(space), "--study", study_name, "--storage", storage,
-                                      "--data-dir", str(idx_dir), "--trials", "1", "--pruner", "none", "--quiet"])
-    assert result.exit_code == 0, result.output
+    code, out, err = here("search", "--space", space, "--study", study_name, "--storage", storage,
+                          "--data-dir", idx_dir, "--trials", 1, "--pruner", "none", "--quiet")
+    assert code == 0, out + err
 
 
 def hint_of(err: str) -> list[str]:
@@ -141,7 +146,8 @@ def test_kill_9_then_an_immediate_resume_leaves_no_running_trial_and_reruns_its_
     done_before = {t.number: t.params for t in before if t.state == State.COMPLETE}
     assert before[killed.number].state == State.RUNNING
 
-    code, out, err = finish(search(long_space, storage, idx_dir, 1, "--epochs", 1))  # at once: no heartbeat wait
+    code, out, err = here("search", "--space", long_space, "--storage", storage, "--data-dir", idx_dir, "--trials", 1,
+                          "--pruner", "none", "--epochs", 1)  # at once: no heartbeat wait
     assert code == 0, out + err
     after = optuna.load_study(study_name=study_name, storage=storage).get_trials()
     assert not [t for t in after if t.state == State.RUNNING]
@@ -168,7 +174,7 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_p
     left = int(re.search(r"--trials (\d+)", hint).group(1))
     args = hint.split("Resume with: nas ")[1].split()
     assert f"--data-dir {idx_dir}" in hint
-    code, out, err = finish(start(*args, "--pruner", "none", "--epochs", 1))
+    code, out, err = here(*args, "--pruner", "none", "--epochs", 1)
     assert code == 0, out + err
     trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
     finished = [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
@@ -192,7 +198,7 @@ def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_comman
     assert args[:2] == ["nas", "search"] and args[args.index("--study") + 1] == "a b;c"
     assert args[args.index("--storage") + 1] == db and args[-2:] == ["--trials", str(3 - n_done)]
     if signum == signal.SIGTERM:  # the pasted command finishes the run
-        code, out, err = finish(start(*args[1:], "--epochs", 1))
+        code, out, err = here(*args[1:], "--epochs", 1)
         assert code == 0, out + err
         trials = optuna.load_study(study_name="a b;c", storage=db).get_trials()
         assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == 3
@@ -280,7 +286,7 @@ def test_a_worker_stopped_by_sigterm_is_reported_and_the_other_finishes(tmp_path
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "medium.yaml"
     space.write_text(LONG_TRIALS.replace("name: long", "name: medium").replace("epochs: 150", "epochs: 40"))
-    proc = search(space, db, idx_dir, 4, "--workers", 2)
+    proc = search(space, db, idx_dir, 2, "--workers", 2)
     victim = wait_for_running(db, "medium", 0, proc, n_running=2)
     os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGTERM)
     code, out, err = finish(proc)
@@ -358,12 +364,13 @@ def test_a_postgresql_server_that_never_answers_is_an_error_in_seconds_not_a_han
     server.listen(8)  # the kernel completes the connection; nothing ever answers it
     url = f"postgresql://nas@127.0.0.1:{server.getsockname()[1]}/nas"
     try:
-        for args in (["studies", "--storage", url],  # the default timeout (10 s), then a short one given in the URL
-                     ["search", "--space", long_space, "--storage", url + "?connect_timeout=2", "--data-dir", idx_dir]):
-            started = time.monotonic()
-            code, out, err = finish(start(*args), timeout=60)
-            assert code == 2 and "connection timeout expired" in err
-            assert time.monotonic() - started < 30 and "Traceback" not in err
+        started = time.monotonic()
+        procs = [start("studies", "--storage", url),  # the default timeout (10 s), and a short one given in the URL
+                 start("search", "--space", long_space, "--storage", url + "?connect_timeout=2", "--data-dir", idx_dir)]
+        for proc in procs:
+            code, out, err = finish(proc, timeout=60)
+            assert code == 2 and "connection timeout expired" in err and "Traceback" not in err
+        assert time.monotonic() - started < 30
     finally:
         server.close()
 
@@ -382,7 +389,8 @@ def test_a_disk_that_fills_during_a_search_is_an_error_and_the_resume_recovers(t
         said = " ".join(err.split())
         assert code == 2 and "stopped accepting writes (database or disk is full)" in said and "Traceback" not in said, said
         (disk / "filler").unlink()
-        code, out, err = finish(search(long_space, db, idx_dir, 1, "--epochs", 1))
+        code, out, err = here("search", "--space", long_space, "--storage", db, "--data-dir", idx_dir, "--trials", 1,
+                              "--pruner", "none", "--epochs", 1)
         assert code == 0, out + err
         trials = optuna.load_study(study_name=study_name, storage=db).get_trials()
         assert trials[0].state == State.COMPLETE and trials[left.number].state == State.FAIL
