@@ -57,8 +57,8 @@ def _check_workers(value: str) -> str:
 def _choice(option: str, allowed: tuple[str, ...], help: str) -> Any:
     """An option that takes one of `allowed` (a tuple of nas.names), listed in --help and checked."""
 
-    def check(value: str) -> str:
-        if value not in allowed:
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
             raise typer.BadParameter(f"expected one of {', '.join(allowed)}, got {value!r}")
         return value
 
@@ -84,7 +84,10 @@ TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=1, help="S
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per trial (default: the space's).")]
 SubsetOpt = Annotated[Optional[int], typer.Option("--subset", min=10, help="Search on N training images.")]
 SamplerOpt = Annotated[str, _choice("--sampler", names.SAMPLERS, "The Optuna sampler.")]
-PrunerOpt = Annotated[str, _choice("--pruner", names.PRUNERS, "The Optuna pruner, consulted after every epoch.")]
+PrunerOpt = Annotated[Optional[str], _choice(
+    "--pruner", names.PRUNERS, "Stops lagging trials after an epoch (default: median; pareto with several objectives).")]
+ObjectivesOpt = Annotated[Optional[str], typer.Option(
+    "--objectives", help="accuracy, then any of params, flops, latency to minimise: accuracy,latency (default: the space's).")]
 HeartbeatOpt = Annotated[int, typer.Option(
     "--heartbeat", min=1, help="Seconds between liveness beats; a trial silent for 3 beats is re-run.")]
 WorkersOpt = Annotated[str, typer.Option(
@@ -120,8 +123,8 @@ def search(
     ctx: typer.Context, space: AnySpaceOpt = None, trials: TrialsOpt = 20, timeout: TimeoutOpt = None, epochs: EpochsOpt = None,
     subset: SubsetOpt = None, study: StudyOpt = None, storage: StorageOpt = DEFAULT_STORAGE, dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = 0, sampler: SamplerOpt = "tpe",
-    pruner: PrunerOpt = "median", heartbeat: HeartbeatOpt = 10, workers: WorkersOpt = "1", quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    pruner: PrunerOpt = None, heartbeat: HeartbeatOpt = 10, workers: WorkersOpt = "1", quiet: QuietOpt = False,
+    json_out: JsonOpt = False, objectives: ObjectivesOpt = None,
 ) -> None:
     """Run a study, or continue it: trials are added to what the study already has.
 
@@ -130,11 +133,13 @@ def search(
     """
     with _user_errors():
         from nas import search as searching
+        from nas.space import parse_objectives
 
         job = searching.SearchJob(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, epochs=epochs, subset=subset, sampler=sampler, pruner=pruner, seed=seed,
-            heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers))
+            heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers),
+            objectives=parse_objectives(objectives) if objectives else None)
         view = _SearchView(trials, quiet or json_out)
         try:
             with view.progress:
@@ -454,8 +459,9 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
     else:
         counts = ", ".join(f"{outcome.counts[s]} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed"))
                            if s in outcome.counts)
+        best = f". Pareto front ({', '.join(outcome.objectives)}):" if len(outcome.objectives) > 1 else ". Best:"
         console.print(f"{sum(outcome.counts.values())} trials in study {outcome.study!r}"
-                      + (f" ({counts})" if counts else "") + (". Best:" if outcome.best else "; none completed yet."))
+                      + (f" ({counts})" if counts else "") + (best if outcome.best else "; none completed yet."))
         if outcome.best:
             console.print(_trials_table(outcome.best))
     if outcome.failed_workers:
@@ -474,7 +480,9 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
 
 
 def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> None:
-    console.print(_trials_table(result.rows, title=f"best of {result.n_trials} trials in {result.study!r}"))
+    title = (f"Pareto front ({', '.join(result.objectives)}) of {result.n_trials} trials in {result.study!r}"
+             if len(result.objectives) > 1 else f"best of {result.n_trials} trials in {result.study!r}")
+    console.print(_trials_table(result.rows, title=title))
     if result.retrained:
         table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",
                       title=f"top {len(result.retrained)} retrained on train+val for {retrain_epochs} epochs, "
@@ -493,6 +501,9 @@ def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> 
                       f"({'retrained on train+val, ' if m['retrained_on_train_and_val'] else ''}{m['epochs']} epochs); "
                       "model.onnx and model.ts match PyTorch within "
                       f"{max(m['onnx_max_abs_diff'], m['torchscript_max_abs_diff']):.1e}")
+        if "search_latency_ms" in m:
+            console.print(f"ONNX latency measured again after the export: {m['latency_ms']:.3f} ms per image "
+                          f"(the search measured {m['search_latency_ms']:.3f} ms), {m['latency_ms_64']:.2f} ms per 64")
         if m.get("recorded_in_study") is False:
             err_console.print("note: the study's storage is read-only, so the export is not recorded in it "
                               "(`nas report` will not show its confusion matrix).", highlight=False)
@@ -533,11 +544,14 @@ def _progress(quiet: bool) -> Any:
 
 
 def _trials_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table("#", "val acc", "params", "MFLOPs", "epochs", "seconds", "architecture", title=title)
+    timed = any(r.get("latency_ms") is not None for r in rows)  # measured when an objective or constraint asked
+    table = Table("#", "val acc", "params", "MFLOPs", *(["latency ms"] if timed else []), "epochs", "seconds",
+                  "architecture", title=title)
     table.columns[-1].overflow = "fold"
     for r in rows:
+        latency = [f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"] if timed else []
         table.add_row(str(r["number"]), f"{r['val_accuracy']:.4f}", f"{r['n_params']:,}", f"{r['flops'] / 1e6:.2f}",
-                      str(r["epochs_run"]), f"{r['seconds']:.1f}", r["arch"])
+                      *latency, str(r["epochs_run"]), f"{r['seconds']:.1f}", r["arch"])
     return table
 
 

@@ -31,7 +31,9 @@ from nas.model import ShapeError, build_model, model_info, spec_info
 from nas.pipeline import assess, prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.space import SpaceError, fixed_space_dict, load_space, sample
 from nas.spec import ArchSpec
-from nas.study import load_study, quiet_optuna, storage_failure, top_trials, trained_trial, trial_row
+from nas.latency import session_latency
+from nas.study import (StudyError, accuracy, front, load_study, objectives_of, quiet_optuna, storage_failure, top_trials,
+                       trained_trial, trial_row)
 from nas.train import EpochRecord, pick_device, predict_logits
 
 FILES = EXPORT_FILES[:3]  # what load_model needs
@@ -77,6 +79,7 @@ class Best:
     retrained: list[dict[str, Any]] = field(default_factory=list)  # best test accuracy first
     reproduced: dict[str, Any] | None = None  # the best trial trained again as in the search
     export: dict[str, Any] | None = None
+    objectives: tuple[str, ...] = ("accuracy",)  # several: `rows` is the Pareto front, most accurate first
 
 
 def best(
@@ -95,13 +98,22 @@ def best(
     """The study's top trials (`top`, default 5), or only trial number `trial`; with `retrain_epochs`,
     the top K (default 1) retrained on train+val and ranked by test accuracy; with `export`, the first of
     them (or the best trial trained again as in the search) written there. The export target, the
-    device and the dataset are checked before any training."""
+    device and the dataset are checked before any training. A study of several objectives has a Pareto
+    front instead of a best trial: its nets are listed (the first `top`), and one is exported by `trial`."""
     quiet_optuna()
     study = load_study(study_name, storage)
-    trials = top_trials(study, top or 5) if trial is None else [trained_trial(study, trial)]
-    result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials])
+    objectives = objectives_of(study)
+    if trial is not None:
+        trials = [trained_trial(study, trial)]
+    else:
+        trials = front(study)[:top] if len(objectives) > 1 else top_trials(study, top or 5)
+    result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials], objectives=objectives)
     if export is None and not retrain_epochs:
         return result
+    if trial is None and len(objectives) > 1:
+        raise StudyError(f"study {study.study_name!r} was searched for {','.join(objectives)}, so it has a front of "
+                         f"nets rather than one best: pick one with --trial N (its front: "
+                         f"{', '.join(f'#{t.number}' for t in trials)}; `nas best` lists them).")
     if export is not None:
         check_export_target(export, force)
     dev = pick_device(device)
@@ -186,11 +198,13 @@ def retrain_trial(
     metrics = reproduced | {
         "study": study.study_name,
         "trial": trial.number,
-        "val_accuracy": trial.value,
+        "val_accuracy": accuracy(trial),
         "retrained_on_train_and_val": bool(retrain_epochs),
         "epochs": epochs,
         "seed": seed,
     } | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
+    if "latency_ms" in trial.user_attrs:  # what the search measured, beside what the export measures again
+        metrics["search_latency_ms"] = trial.user_attrs["latency_ms"]
     return Trained(model, spec, metrics, test)
 
 
@@ -250,7 +264,8 @@ def write_export(
 
 
 def write_portable(folder: Path, model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """`model.onnx` and `model.ts` in `folder`; returns each one's max abs difference from PyTorch on `images`."""
+    """`model.onnx` and `model.ts` in `folder`; returns each one's max abs difference from PyTorch on `images`,
+    and model.onnx's latency on this machine's CPU (see `latency`)."""
     import onnxruntime  # only exports need it
 
     cpu = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
@@ -274,7 +289,7 @@ def write_portable(folder: Path, model: nn.Module, images: torch.Tensor) -> dict
         if not diff <= ONNX_TOLERANCE:
             raise ExportError(f"the exported {name.split('_')[0]} model's outputs differ from PyTorch's by {diff:.2e} "
                               f"(more than {ONNX_TOLERANCE}); please report this with the model's arch.yaml.")
-    return diffs
+    return diffs | session_latency(folder / "model.onnx", tuple(images.shape[1:]))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 
 # Search options (study.py builds them)
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "hyperband", "pareto", "none")  # pareto: nas's own rule, the one multi-objective studies can use
+OBJECTIVES = ("accuracy", "params", "flops", "latency")  # accuracy is maximised and comes first; the rest minimised
 
 T = TypeVar("T")
 

@@ -6,7 +6,14 @@ refused from its spec alone, before any of its tensors exist; it is marked `reje
 not count it against its trials) and every trial gives Optuna its constraint values, so the sampler
 learns where the trainable nets are. Each trial stores what the report and
 export need as user attrs: the process that ran it, the ArchSpec and its one-line form, seed, epochs,
-parameter count, FLOPs, per-epoch curve, seconds, and why it was pruned or failed.
+parameter count, FLOPs, latency (when an objective or constraint needs it), per-epoch curve, seconds,
+and why it was pruned or failed.
+
+With several objectives the trial returns (accuracy, cost, ...). Optuna cannot prune such studies
+(`Trial.report` refuses them), so the `pareto` pruner is applied here: at epochs 1, 2, 4, 8, ... a
+trial stops when `space.dominated_by` other trials that reached that epoch dominate it there, that is
+were at least as accurate at that epoch and cost no more in every other objective, and better in
+one (the spirit of MO-ASHA's non-dominated sorting at rungs; a net's costs are known before it trains).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Callable, NoReturn
 import optuna
 import torch
 
+from nas import study as studies
+from nas.latency import onnx_latency, torch_latency
 from nas.model import ShapeError
 from nas.pipeline import Prepared, assess, new_model
 from nas.space import Space, sample
@@ -35,12 +44,15 @@ class Objective:
         seed: int = 0,
         identity: dict[str, str] | None = None,
         on_epoch: Callable[[int, EpochRecord], None] | None = None,
+        objectives: tuple[str, ...] = ("accuracy",),
+        pareto: bool = False,
     ):
         self.space, self.data, self.epochs, self.device, self.seed = space, data, epochs, device, seed
         self.identity = identity or {}  # which process runs the trials (`study.process_identity`)
         self.on_epoch = on_epoch
+        self.objectives, self.pareto = objectives, pareto  # pareto: apply the pareto pruner (see the module doc)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         for key, value in self.identity.items():  # first: a trial found running knows its process
             trial.set_user_attr(key, value)
         try:
@@ -49,7 +61,7 @@ class Objective:
             trial.set_user_attr("reason", "interrupted")
             raise
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         spec = sample(self.space, trial)
         seed = self.seed + trial.number
         for key, value in {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs}.items():
@@ -58,23 +70,32 @@ class Objective:
             info, too_large, over = assess(spec, self.data.input_shape, self.data.n_classes, self.device,
                                            self.space.max_params, self.space.max_mflops)
         except ShapeError as e:
-            _reject(trial, f"invalid: {e}", {"fits_input": 1.0, "max_params": 0.0, "max_mflops": 0.0, "memory": 0.0})
+            _reject(trial, f"invalid: {e}", {"fits_input": 1.0, "max_params": 0.0, "max_mflops": 0.0, "memory": 0.0}
+                    | ({"max_latency_ms": 0.0} if self.space.needs_latency else {}))
         trial.set_user_attr("n_params", info.n_params)
         trial.set_user_attr("flops", info.flops)
         if too_large:
-            _reject(trial, too_large, {"fits_input": -1.0} | over)
-        _constrain(trial, {"fits_input": -1.0} | over)
+            _reject(trial, too_large, {"fits_input": -1.0} | over | ({"max_latency_ms": 0.0} if self.space.needs_latency else {}))
         model = new_model(spec, self.data, seed, self.device)
+        if self.space.needs_latency:
+            over["max_latency_ms"] = self._latency(trial, model)
+            if over["max_latency_ms"] > 0:
+                _reject(trial, f"too slow: {trial.user_attrs['latency_ms']:.3f} ms per image > max_latency_ms "
+                               f"{self.space.max_latency_ms}", {"fits_input": -1.0} | over)
+        _constrain(trial, {"fits_input": -1.0} | over)
 
         curve: list[dict] = []
 
         def report(record: EpochRecord) -> None:
             curve.append(record.to_dict())
             trial.set_user_attr("curve", curve)
-            trial.report(record.val_acc, record.epoch)
+            if len(self.objectives) == 1:  # Optuna's pruners see single-objective studies only
+                trial.report(record.val_acc, record.epoch)
             if self.on_epoch:
                 self.on_epoch(trial.number, record)
-            if trial.should_prune():
+            if self.pareto:
+                self._pareto_prune(trial, record)
+            elif len(self.objectives) == 1 and trial.should_prune():
                 _prune(trial, f"pruned at epoch {record.epoch}: val accuracy {record.val_acc:.4f} lags the others")
 
         start = time.perf_counter()
@@ -90,7 +111,33 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-        return history[-1].val_acc
+        if len(self.objectives) == 1:
+            return history[-1].val_acc
+        return (history[-1].val_acc, *self._costs(trial))
+
+    def _costs(self, trial: optuna.Trial) -> list[float]:
+        return [trial.user_attrs[studies.OBJECTIVES[o]] for o in self.objectives[1:]]
+
+    def _latency(self, trial: optuna.Trial, model: torch.nn.Module) -> float:
+        """Time the net (weights do not change its time) and record it; returns how far it is over
+        `max_latency_ms` as a fraction (> 0 over)."""
+        times = onnx_latency(model, self.data.input_shape)
+        if self.device.type == "cuda":
+            times |= torch_latency(model, self.data.input_shape, self.device)
+        for key, value in times.items():
+            trial.set_user_attr(key, value)
+        limit = self.space.max_latency_ms
+        return times["latency_ms"] / limit - 1 if limit else -1.0
+
+    def _pareto_prune(self, trial: optuna.Trial, record: EpochRecord) -> None:
+        """The pareto pruner (see the module doc), at epochs 1, 2, 4, 8, ... before the last."""
+        e = record.epoch
+        if e >= self.epochs or e & (e - 1):
+            return
+        me = (record.val_acc, *self._costs(trial))
+        n = studies.dominators(me, studies.points_at(trial.study, e, self.objectives, trial.number))
+        if n >= self.space.dominated_by:
+            _prune(trial, f"pruned at epoch {e}: {n} trials were at least as accurate and as cheap there")
 
 
 def _constrain(trial: optuna.Trial, values: dict[str, float]) -> None:

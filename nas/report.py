@@ -10,6 +10,7 @@ Plotly's JavaScript is inlined once, so the file opens offline.
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,8 @@ import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from nas.files import check_file_target, write_file
-from nas.study import StudyError, load_study, open_storage, quiet_optuna, top_trials, trial_row
+from nas.study import (StudyError, accuracy, front, load_study, objectives_of, open_storage, quiet_optuna, top_trials,
+                       trial_row)
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 N_SLICES = 4  # slice plots of the most important parameters
@@ -35,10 +37,12 @@ class Summary:
     history: list[dict[str, Any]]  # number, value and best so far of each completed trial
     curves: list[dict[str, Any]]  # per-epoch validation accuracy of every trial that trained
     importances: dict[str, float]
-    size: list[dict[str, Any]]  # accuracy, parameters and FLOPs of each completed trial
-    pareto: dict[str, list[int]]  # cost ("n_params", "flops") -> numbers of the trials on its front
+    size: list[dict[str, Any]]  # accuracy, parameters, FLOPs (and latency, if measured) of each completed trial
+    pareto: dict[str, list[int]]  # cost ("n_params", "flops", "latency_ms") -> numbers of the trials on its 2-D front
     top: list[dict[str, Any]]
     export: dict[str, Any] | None  # what `nas best --export` recorded
+    objectives: tuple[str, ...] = ("accuracy",)
+    front: list[int] | None = None  # with several objectives: the numbers of the trials on their Pareto front
 
 
 def summarize(study: optuna.Study, top: int = 10) -> Summary:
@@ -51,13 +55,15 @@ def summarize(study: optuna.Study, top: int = 10) -> Summary:
     states = [t.state.name.lower() for t in trials]
     best_so_far, history = float("-inf"), []
     for t in sorted(done, key=lambda t: t.number):
-        best_so_far = max(best_so_far, t.value)
-        history.append({"number": t.number, "value": t.value, "best": best_so_far})
+        best_so_far = max(best_so_far, accuracy(t))
+        history.append({"number": t.number, "value": accuracy(t), "best": best_so_far})
     sized = [t for t in done if t.user_attrs.get("n_params") is not None]
+    costs = ["n_params", "flops"] + (["latency_ms"] if any("latency_ms" in t.user_attrs for t in sized) else [])
+    objectives = objectives_of(study)
     return Summary(
         study=study.study_name,
         counts={s: states.count(s) for s in sorted(set(states))},
-        best=trial_row(study.best_trial),
+        best=trial_row(top_trials(study, 1)[0]),
         history=history,
         curves=[
             {"number": t.number, "state": t.state.name.lower(), "reason": t.user_attrs.get("reason"),
@@ -65,30 +71,45 @@ def summarize(study: optuna.Study, top: int = 10) -> Summary:
             for t in trials if t.user_attrs.get("curve")
         ],
         importances=importances(study) if len(done) >= 2 else {},
-        size=[{"number": t.number, "value": t.value, "n_params": t.user_attrs["n_params"],
-               "flops": t.user_attrs["flops"], "arch": t.user_attrs.get("arch", "")} for t in sized],
-        pareto={cost: pareto_front(sized, cost) for cost in ("n_params", "flops")},
+        size=[{"number": t.number, "value": accuracy(t), "arch": t.user_attrs.get("arch", "")}
+              | {c: t.user_attrs.get(c) for c in costs} for t in sized],
+        pareto={cost: pareto_front([t for t in sized if cost in t.user_attrs], cost) for cost in costs},
         top=[trial_row(t) for t in top_trials(study, top)],
         export=study.user_attrs.get("export"),
+        objectives=objectives,
+        front=[t.number for t in front(study)] if len(objectives) > 1 else None,
     )
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
     """Parameter importances by PED-ANOVA (Optuna's, and it needs no scikit-learn)."""
     try:
-        return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+        target = _importance_target(study).get("target")
+        return _quiet(get_param_importances, study, evaluator=PedAnovaImportanceEvaluator(), target=target)
     except (ValueError, RuntimeError):  # too few or too uniform trials to say anything
         return {}
 
 
 def pareto_front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[int]:
     """Numbers of the trials no other trial beats on both accuracy (higher) and `cost` (lower)."""
-    front, best = [], float("-inf")
-    for t in sorted(trials, key=lambda t: (t.user_attrs[cost], -t.value)):
-        if t.value > best:
-            front.append(t.number)
-            best = t.value
-    return front
+    numbers, best = [], float("-inf")
+    for t in sorted(trials, key=lambda t: (t.user_attrs[cost], -accuracy(t))):
+        if accuracy(t) > best:
+            numbers.append(t.number)
+            best = accuracy(t)
+    return numbers
+
+
+def _importance_target(study: optuna.Study) -> dict[str, Any]:
+    """What importances read of a study of several objectives: the error (PED-ANOVA minimises a target)."""
+    return {} if len(study.directions) == 1 else {"target": lambda t: -accuracy(t), "target_name": "validation error"}
+
+
+def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """PED-ANOVA's notes (a target is minimised; too few trials to tell apart) are for Optuna's users, not ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="optuna.importance")
+        return call(*args, **kwargs)
 
 
 def figures(study: optuna.Study, summary: Summary) -> list[tuple[str, str, Any]]:
@@ -97,24 +118,36 @@ def figures(study: optuna.Study, summary: Summary) -> list[tuple[str, str, Any]]
     from optuna import visualization as vis
 
     important = list(summary.importances)
+    target = {} if len(summary.objectives) == 1 else {"target": accuracy, "target_name": "validation accuracy"}
     figs = [
-        ("history", "Optimization history", vis.plot_optimization_history(study)),
+        ("history", "Optimization history", vis.plot_optimization_history(study, **target)),
         ("curves", "Learning curves (validation accuracy per epoch; pruned trials dotted)", _curves(summary, go)),
     ]
     if important:
         evaluator = PedAnovaImportanceEvaluator()
         figs += [
-            ("importances", "Parameter importances (PED-ANOVA)", vis.plot_param_importances(study, evaluator=evaluator)),
-            ("parallel", "Parallel coordinates", vis.plot_parallel_coordinate(study, params=important[:N_PARALLEL])),
-            ("slices", "Slices of the most important parameters", vis.plot_slice(study, params=important[:N_SLICES])),
+            ("importances", "Parameter importances (PED-ANOVA)", _quiet(vis.plot_param_importances, study, evaluator=evaluator,
+                                                                        **_importance_target(study))),
+            ("parallel", "Parallel coordinates", vis.plot_parallel_coordinate(study, params=important[:N_PARALLEL], **target)),
+            ("slices", "Slices of the most important parameters", vis.plot_slice(study, params=important[:N_SLICES], **target)),
         ]
+    if len(summary.objectives) in (2, 3):  # Optuna draws the front of the search's own objectives
+        names = [_LABELS[o] for o in summary.objectives]
+        figs.append(("pareto", f"Pareto front of the search ({', '.join(names)})",
+                     vis.plot_pareto_front(study, target_names=names)))
     figs += [
         ("pareto-params", "Validation accuracy vs parameters (Pareto front)", _pareto(summary, "n_params", "parameters", go)),
         ("pareto-flops", "Validation accuracy vs FLOPs (Pareto front)", _pareto(summary, "flops", "FLOPs", go)),
     ]
+    if "latency_ms" in summary.pareto:
+        figs.append(("pareto-latency", "Validation accuracy vs ONNX latency on this CPU (Pareto front)",
+                     _pareto(summary, "latency_ms", "milliseconds per image", go)))
     if summary.export:
         figs += _export_figures(summary.export, go)
     return figs
+
+
+_LABELS = {"accuracy": "validation accuracy", "params": "parameters", "flops": "FLOPs", "latency": "latency (ms)"}
 
 
 def write_report(study_name: str | None, storage: str, out: Path) -> Summary:
@@ -222,7 +255,9 @@ def _header(summary: Summary, storage: str) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in summary.counts.items())
     return (f"<h1>Study {html.escape(summary.study)}</h1><p>{html.escape(storage)} · {sum(summary.counts.values())} "
             f"trials ({html.escape(counts)}) · best validation accuracy <b>{best['val_accuracy']:.4f}</b> "
-            f"(trial #{best['number']}: {html.escape(best['arch'] or '')})</p>")
+            f"(trial #{best['number']}: {html.escape(best['arch'] or '')})"
+            + (f" · a Pareto front of {len(summary.front)} nets for {html.escape(', '.join(summary.objectives))}"
+               if summary.front is not None else "") + "</p>")
 
 
 def _top_table(rows: list[dict[str, Any]]) -> str:

@@ -67,7 +67,8 @@ class SearchJob:
     epochs: int | None = None
     subset: int | None = None
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str | None = None  # None: median, or pareto when there are several objectives
+    objectives: tuple[str, ...] | None = None
     seed: int = 0
     heartbeat: int = 10
     trials: int = 1
@@ -135,6 +136,7 @@ class Outcome:
     rows: list[dict[str, Any]] = field(default_factory=list)  # the trials of this run
     failed_workers: list[str] = field(default_factory=list)
     gave_up: str | None = None  # why the run stopped early: the space kept giving nets that cannot train
+    objectives: tuple[str, ...] = ("accuracy",)  # several: `best` is the Pareto front
 
     @property
     def n_trained(self) -> int:
@@ -195,16 +197,28 @@ def _open(job: SearchJob) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
         space = dataset_space(job.dataset or names.DEFAULT_DATASET, ds, devices[0])
     else:
         space = load_space(job.space)
+    space = replace(space, objectives=job.objectives or space.objectives)
     job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
-                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset)
+                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset, objectives=space.objectives,
+                  pruner=_pruner(job.pruner, space.objectives))
     baselines = baseline_params(space)
     studies.check_storage_target(job.storage)
     ds = ds or data.load_dataset(job.dataset, job.data_dir)
     wanted = {"dataset": ds.name, "val_fraction": space.val_fraction, "split_seed": job.seed, "subset": job.subset}
     data.split_sizes(ds, space.val_fraction, job.subset)  # a dataset too small to split fails before the study
     study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
-                               space, baselines, job.heartbeat)
+                               space, baselines, job.heartbeat, objectives=space.objectives)
     return study, space, ds, job, devices
+
+
+def _pruner(name: str | None, objectives: tuple[str, ...]) -> str:
+    """The pruner asked for, or the default; Optuna's own cannot prune a study of several objectives."""
+    if len(objectives) == 1:
+        return name or "median"
+    if name in ("median", "hyperband"):
+        raise NasError(f"--pruner {name} cannot stop trials of a search for {','.join(objectives)}: Optuna prunes "
+                       "single-objective studies only. Use --pruner pareto (the default there) or none.")
+    return name or "pareto"
 
 
 def dataset_space(dataset: str, ds: Dataset, device: str) -> Space:
@@ -219,7 +233,7 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     n_train, n_val = data.split_sizes(ds, split["val_fraction"], split["subset"])
     trials = study.get_trials(deepcopy=False)
     n_workers, threads = len(devices), threads_per_worker(len(devices))
-    done = [t.value for t in trials if t.state == studies.State.COMPLETE]
+    done = [studies.accuracy(t) for t in trials if t.state == studies.State.COMPLETE]
     on_event(Started(study.study_name, job.storage, sum(t.state in studies.FINISHED for t in trials),
                      sum(t.state == studies.State.WAITING for t in trials), max(done, default=None), n_train, n_val,
                      tuple(sorted(set(devices))), job.epochs, n_workers, threads))
@@ -238,9 +252,11 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     else:
         failed = _run_workers(study, space, ds, job, devices, threads, count)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
-    best = [studies.trial_row(t) for t in studies.top_trials(study, 5)] if "complete" in states else []
+    several = len(space.objectives) > 1
+    best = [studies.trial_row(t) for t in (studies.front(study) if several else studies.top_trials(study, 5))
+            ] if "complete" in states else []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
-                   rows, failed, gave_up)
+                   rows, failed, gave_up, space.objectives)
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
@@ -261,7 +277,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     split = study.user_attrs["data"]
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
     objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
-                          on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))))
+                          on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
+                          objectives=space.objectives, pareto=job.pruner == "pareto")
 
     def on_trial(row: dict[str, Any]) -> None:
         on_event(TrialDone(worker, row))

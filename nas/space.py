@@ -115,6 +115,7 @@ _TRAINING = {
 }
 _INIT = _Kind("name", "default", names.INITS)
 _READOUT = _Kind("name", "flatten", names.READOUTS)
+_OBJECTIVE = _Kind("name", "accuracy", names.OBJECTIVES)
 _COUNT = _Kind("int", 2, low=0, high=64)
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +142,14 @@ class Space:
     readout: Dim = Const("flatten")
     baselines: tuple[Path, ...] = ()
     path: Path | None = None
+    objectives: tuple[str, ...] = ("accuracy",)
+    max_latency_ms: float | None = None
+    dominated_by: int = 3  # the pareto pruner stops a trial that this many others dominate at an epoch
+
+    @property
+    def needs_latency(self) -> bool:
+        """Whether each net's latency must be measured (an objective or a constraint uses it)."""
+        return "latency" in self.objectives or self.max_latency_ms is not None
 
     def dimensions(self) -> dict[str, Dim]:
         """Every searched (non-constant) dimension by parameter name, blocks at their largest count."""
@@ -310,9 +319,10 @@ def _low(dim: Dim) -> int:
 # Loading and validation
 
 
-_TOP = ("name", "description", "dataset", "budget", "constraints", "architecture", "training", "baselines")
-_BUDGET = ("epochs", "val_fraction", "subset")
-_CONSTRAINTS = ("max_params", "max_mflops")
+_TOP = ("name", "description", "dataset", "objectives", "budget", "constraints", "architecture", "training",
+        "baselines")
+_BUDGET = ("epochs", "val_fraction", "subset", "dominated_by")
+_CONSTRAINTS = ("max_params", "max_mflops", "max_latency_ms")
 _ARCH = ("blocks", "block", "head", "init", "readout")
 _HEAD = ("layers", *_LAYER)
 
@@ -466,6 +476,9 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         subset=p.optional(budget.get("subset"), "budget.subset", int, 10),
         max_params=p.optional(cons.get("max_params"), "constraints.max_params", int, 1),
         max_mflops=p.optional(cons.get("max_mflops"), "constraints.max_mflops", float, 1e-6),
+        max_latency_ms=p.optional(cons.get("max_latency_ms"), "constraints.max_latency_ms", float, 1e-6),
+        dominated_by=p.number(budget.get("dominated_by", 3), "budget.dominated_by", int, 1, 1000),
+        objectives=p.objectives(top.get("objectives", ["accuracy"]), "objectives"),
         n_blocks=n_blocks,
         blocks=blocks,
         n_layers=n_layers,
@@ -595,6 +608,15 @@ class _Parser:
     def optional(self, raw: Any, where: str, cast: type, low: float) -> Any:
         return None if raw is None else self.number(raw, where, cast, low, math.inf)
 
+    def objectives(self, raw: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not raw:
+            self.fail(where, f"expected a list such as [accuracy, latency], got {_show(raw)}")
+        got = tuple(self.constant(v, f"{where}[{i}]", _OBJECTIVE) for i, v in enumerate(raw))
+        if got[0] != "accuracy" or len(set(got)) != len(got):
+            self.fail(where, f"got {list(got)}; expected accuracy first, then any of params, flops, latency, each "
+                             "once (accuracy is maximised, the others minimised)")
+        return got
+
     def string_list(self, raw: Any, where: str) -> list[str]:
         if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
             self.fail(where, f"expected a list of file paths, got {_show(raw)}")
@@ -613,3 +635,8 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _
 def _show(raw: Any) -> str:
     """A value in a message: its type and a short repr (never the whole of a huge or recursive value)."""
     return f"{type(raw).__name__} {_REPR.repr(raw)}" if raw is not None else "nothing (null)"
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """`--objectives accuracy,latency` checked as the space file's `objectives` is."""
+    return _Parser("the command line").objectives([t.strip() for t in text.split(",")], "--objectives")

@@ -170,10 +170,14 @@ PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
     "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
                                                                reduction_factor=3),
+    "pareto": lambda epochs: optuna.pruners.NopPruner(),  # the objective applies `dominators` itself
     "none": lambda epochs: optuna.pruners.NopPruner(),
 }
+# Where each objective's value is kept on a trial (user attrs); accuracy is the trial's first value.
+OBJECTIVES: dict[str, str] = {"accuracy": "val_accuracy", "params": "n_params", "flops": "flops", "latency": "latency_ms"}
 names.check_registry(SAMPLERS, names.SAMPLERS, "sampler")
 names.check_registry(PRUNERS, names.PRUNERS, "pruner")
+names.check_registry(OBJECTIVES, names.OBJECTIVES, "objective")
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -198,6 +202,7 @@ def open_study(
     baselines: Sequence[dict[str, Any]] = (),
     heartbeat: int = 10,
     worker: int = 0,
+    objectives: Sequence[str] = ("accuracy",),
 ) -> optuna.Study:
     """Create the study, or resume it; a new one gets the `baselines` (trial parameters) enqueued first.
 
@@ -205,21 +210,25 @@ def open_study(
     not change the choices of a parameter its trials already have. Trials of dead workers of this
     machine are failed and queued again before anything runs. Without `data_attrs` the study must
     exist (a worker process joining it). `worker` tells apart processes that open the study
-    together, so that their samplers draw differently.
+    together, so that their samplers draw differently. Accuracy is maximised, any other `objectives`
+    minimised; a resumed study must keep the objectives it was made with.
     """
     rdb = open_storage(storage, heartbeat, create=data_attrs is not None)
     kwargs = {"study_name": name, "storage": rdb, "pruner": make_pruner(pruner, epochs)}
     if name in optuna.get_all_study_names(rdb):  # resume: check before writing anything
         study = optuna.load_study(**kwargs)
         if data_attrs is not None:
-            _check_resumable(study, storage, data_attrs, space)
+            _check_resumable(study, storage, data_attrs, space, objectives)
     elif data_attrs is None:
         raise StudyError(f"{storage} holds no study named {name!r}.")
     else:  # load_if_exists: workers started together may race to create it
-        study = optuna.create_study(direction="maximize", load_if_exists=True, **kwargs)
+        study = optuna.create_study(directions=["maximize"] + ["minimize"] * (len(objectives) - 1),
+                                    load_if_exists=True, **kwargs)
     if data_attrs is not None and "data" not in study.user_attrs:
         for params in baselines:  # first: a creation cut short by a signal is finished by the next run
             study.enqueue_trial(params, skip_if_exists=True)
+        if len(objectives) > 1:  # a single-objective study records what it always did
+            study.set_user_attr("objectives", list(objectives))
         study.set_user_attr("data", data_attrs)
     # A resumed run must not replay the first run's random draws: seed by how far the study got (counted
     # before dead workers' trials are queued again, as it always was).
@@ -228,12 +237,22 @@ def open_study(
     return study
 
 
-def _check_resumable(study: optuna.Study, storage: str, data_attrs: dict[str, Any], space: Space | None) -> None:
+def objectives_of(study: optuna.Study) -> tuple[str, ...]:
+    """The objectives `study` was searched for: accuracy first."""
+    return tuple(study.user_attrs.get("objectives", ["accuracy"]))
+
+
+def _check_resumable(study: optuna.Study, storage: str, data_attrs: dict[str, Any], space: Space | None,
+                     objectives: Sequence[str]) -> None:
     known = study.user_attrs.get("data")
     if known is None:
         if any(t.state != State.WAITING for t in study.get_trials(deepcopy=False)):
             raise StudyError(_not_ours(study, storage, "nas search continues only studies it started; pass a new --study name"))
         return  # created by a run stopped before it recorded its data: only baselines wait in it
+    if objectives_of(study) != tuple(objectives):
+        raise StudyError(f"study {study.study_name!r} in {storage} was searched for {','.join(objectives_of(study))}, not "
+                         f"{','.join(objectives)}: resume it with --objectives {','.join(objectives_of(study))}, or pass "
+                         "a new --study name.")
     for key in ("dataset", "subset"):
         if known[key] != data_attrs[key]:
             raise StudyError(
@@ -291,7 +310,7 @@ def load_study(name: str | None, storage: str, nas_only: bool = True) -> optuna.
         what = f"no study named {name!r}" if name else "several studies, so pass --study NAME"
         raise StudyError(f"{storage} holds {what}. Studies there: {have}.")
     study = optuna.load_study(study_name=name, storage=rdb)
-    if nas_only and ("data" not in study.user_attrs or len(study.directions) != 1):
+    if nas_only and ("data" not in study.user_attrs or len(study.directions) != len(objectives_of(study))):
         raise StudyError(_not_ours(study, storage, "nas best and nas report read only studies nas search wrote; "
                                                    "pass the --study of one"))
     return study
@@ -305,7 +324,7 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
         rows.append({
             "name": s.study_name,
             "trials": s.n_trials,
-            "best": s.best_trial.value if single and s.best_trial else None,
+            "best": s.best_trial.value if single and s.best_trial else None,  # several objectives: no one best
             "started": s.datetime_start.isoformat(" ", "seconds") if s.datetime_start else None,
         })
     return rows
@@ -372,7 +391,39 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
             f"study {study.study_name!r} has no completed trial yet ({len(study.trials)} in all): "
             "run `nas search` on it until one completes."
         )
-    return sorted(done, key=lambda t: t.value, reverse=True)[:k]
+    return sorted(done, key=accuracy, reverse=True)[:k]
+
+
+def accuracy(t: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's validation accuracy: its value, or its first of several (None before it completes)."""
+    return t.values[0] if t.values else None
+
+
+def front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The completed trials that no other beats in every objective (feasible ones only), most accurate first."""
+    top_trials(study, 1)  # the error when nothing has completed yet
+    return sorted(study.best_trials, key=lambda t: (-accuracy(t), t.number))
+
+
+def dominators(me: Sequence[float], others: Sequence[Sequence[float]]) -> int:
+    """How many of `others` dominate `me`, each given as (accuracy, cost, ...): at least as accurate and
+    as cheap in every cost, and better in one."""
+    def dominates(o: Sequence[float]) -> bool:
+        at_least = o[0] >= me[0] and all(c <= m for c, m in zip(o[1:], me[1:]))
+        return at_least and (o[0] > me[0] or any(c < m for c, m in zip(o[1:], me[1:])))
+
+    return sum(dominates(o) for o in others)
+
+
+def points_at(study: optuna.Study, epoch: int, objectives: Sequence[str], but: int) -> list[tuple[float, ...]]:
+    """(accuracy at `epoch`, costs...) of every trial but #`but` that trained `epoch` epochs: what the
+    pareto pruner compares a trial with at that epoch."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(State.COMPLETE, State.PRUNED, State.RUNNING)):
+        curve = t.user_attrs.get("curve") or []
+        if t.number != but and len(curve) >= epoch and all(OBJECTIVES[o] in t.user_attrs for o in objectives[1:]):
+            out.append((curve[epoch - 1]["val_acc"], *(t.user_attrs[OBJECTIVES[o]] for o in objectives[1:])))
+    return out
 
 
 def trained_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -395,9 +446,10 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "number": t.number,
         "state": t.state.name.lower(),
-        "val_accuracy": t.value,
+        "val_accuracy": accuracy(t),
         "n_params": a.get("n_params"),
         "flops": a.get("flops"),
+        "latency_ms": a.get("latency_ms"),
         "epochs_run": len(a.get("curve", [])),
         "seconds": a.get("seconds"),
         "arch": a.get("arch"),

@@ -177,6 +177,31 @@ def finished_study(tmp_path_factory):
     return db, out
 
 
+@pytest.fixture(scope="session")
+def multi_study(tmp_path_factory):
+    """A real search for (accuracy, latency) on the tiny data, 12 trials with the pareto pruner: its storage URL.
+    Made once per run and shared like `finished_study`."""
+    from filelock import FileLock
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "multi"
+    db = f"sqlite:///{folder}/nas.db"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "done").exists():
+            folder.mkdir(exist_ok=True)
+            space = folder / "multi.yaml"
+            space.write_text(TINY_SPACE.replace("name: tiny", "name: multi\nobjectives: [accuracy, latency]")
+                             .replace("epochs: 2,", "epochs: 4, dominated_by: 2,"))
+            result = CliRunner().invoke(app, ["search", "--space", str(space), "--trials", "12", "--quiet", "--storage", db,
+                                              "--data-dir", str(write_idx_dataset(folder / "fmnist"))])
+            assert result.exit_code == 0, result.output
+            (folder / "done").touch()
+    return db
+
+
 def mount_tmpfs(where: Path, options: str) -> None:
     """Mount a real tmpfs at `where` (`ro`, or `size=...`); skip the test where this machine cannot."""
     import os

@@ -56,6 +56,16 @@ def studied(tmp: Path, trials: int = 1) -> str:
     return db
 
 
+def multi_studied(tmp: Path) -> str:
+    """A storage holding study 'multi', searched for accuracy and parameter count (2 trials)."""
+    db = f"sqlite:///{tmp}/s.db"
+    r = CliRunner().invoke(app, ["search", "--space", str(space(tmp, GOOD.replace("budget", "name: multi\nbudget"))),
+                                 "--objectives", "accuracy,params", "--storage", db, "--data-dir", str(data(tmp)),
+                                 "--trials", "2"])
+    assert r.exit_code == 0, r.output
+    return db
+
+
 def rejected_study(tmp: Path) -> str:
     """Study 'tiny' whose only trial is a net rejected before training (as `nas search` records one)."""
     import optuna
@@ -126,7 +136,21 @@ CASES = [
      "is searched, so this space is not a fixed architecture"),
     ("cli: unknown device", lambda t: search(t, GOOD, "--device", "gpu"), 2, "expected auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("cli: unknown sampler", lambda t: search(t, GOOD, "--sampler", "cma"), 2, "expected one of tpe, random, got 'cma'"),
-    ("cli: unknown pruner", lambda t: search(t, GOOD, "--pruner", "always"), 2, "expected one of median, hyperband, none"),
+    ("cli: unknown pruner", lambda t: search(t, GOOD, "--pruner", "always"), 2, "expected one of median, hyperband, pareto"),
+    ("space: objectives without accuracy first", lambda t: ["validate", "--space", space(t, "objectives: [latency, accuracy]")],
+     2, "objectives: got ['latency', 'accuracy']; expected accuracy first"),
+    ("space: unknown objective", lambda t: ["validate", "--space", space(t, "objectives: [accuracy, speed]")], 2,
+     "objectives[1]: got str 'speed'; expected one of accuracy, params, flops, latency"),
+    ("cli: unknown objective", lambda t: search(t, GOOD, "--objectives", "accuracy,size"), 2,
+     "--objectives[1]: got str 'size'"),
+    ("cli: Optuna's pruner on several objectives", lambda t: search(t, GOOD, "--objectives", "accuracy,params", "--pruner",
+                                                                    "median"), 2,
+     "--pruner median cannot stop trials of a search for accuracy,params: Optuna prunes single-objective studies only"),
+    ("study: resumed for other objectives", lambda t: search(t, GOOD.replace("budget", "name: tiny\nbudget"), "--objectives",
+                                                             "accuracy,latency", "--storage", studied(t)), 2,
+     "was searched for accuracy, not accuracy,latency: resume it with --objectives accuracy"),
+    ("best: export from a front without --trial", lambda t: ["best", "--storage", multi_studied(t), "--export", t / "out"], 2,
+     "so it has a front of nets rather than one best: pick one with --trial N"),
     ("cli: zero trials", lambda t: search(t, GOOD, "--trials", "0"), 2, "Invalid value for '--trials': Input should be greater than or equal to 1"),
     ("cli: zero epochs", lambda t: search(t, GOOD, "--epochs", "0"), 2, "Invalid value for '--epochs': Input should be greater than or equal to 1"),
     ("cli: unknown storage scheme", lambda t: ["studies", "--storage", "mysql2://x@localhost/db"], 2,

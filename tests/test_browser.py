@@ -50,7 +50,23 @@ def test_report_renders_every_figure_offline_without_errors(browser, finished_st
     ids = page.eval_on_selector_all("section.figure", "els => els.map(e => e.id)")
     assert ids == ["history", "curves", "importances", "parallel", "slices", "pareto-params", "pareto-flops",
                    "confusion", "per-class"]
-    for fig_id in ids:  # plotly drew it: data traces exist and the plot area holds drawn marks
+    assert_drawn(page, ids)
+
+
+def test_the_report_of_a_search_for_accuracy_and_latency_draws_its_front(browser, multi_study, tmp_path):
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--storage", multi_study, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = open_page(browser, out.as_uri(), offline=True)
+    ids = page.eval_on_selector_all("section.figure", "els => els.map(e => e.id)")
+    assert {"history", "pareto", "pareto-latency"} <= set(ids), ids
+    assert "a Pareto front of" in page.inner_text("body")
+    assert_drawn(page, ids)
+
+
+def assert_drawn(page, ids: list[str]) -> None:
+    """Plotly drew every figure: data traces exist and each plot area holds drawn marks; nothing was fetched."""
+    for fig_id in ids:
         page.wait_for_function(f"document.getElementById('fig-{fig_id}')._fullData !== undefined")
         traces, marks = page.evaluate(
             f"(() => {{ const gd = document.getElementById('fig-{fig_id}'); return [gd._fullData.length,"

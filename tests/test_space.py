@@ -44,11 +44,12 @@ def test_every_registry_agrees_with_the_names_the_space_and_the_command_line_all
     for field, allowed in named.items():
         assert tuple(by_field.get(field, model.INITS)) == allowed, field
     assert tuple(study.SAMPLERS) == names.SAMPLERS and tuple(study.PRUNERS) == names.PRUNERS
+    assert tuple(study.OBJECTIVES) == names.OBJECTIVES == sp._OBJECTIVE.allowed
 
 
 @pytest.mark.parametrize("lookup,words", [
     (lambda: __import__("nas.study").study.make_sampler("cma", 0), "unknown sampler 'cma'; expected one of tpe, random"),
-    (lambda: __import__("nas.study").study.make_pruner("always", 5), "unknown pruner 'always'; expected one of median, hyperband, none"),
+    (lambda: __import__("nas.study").study.make_pruner("always", 5), "unknown pruner 'always'; expected one of median, hyperband, pareto, none"),
     (lambda: __import__("nas.train").train.augment_batch(None, "rotate", None), "unknown augmentation 'rotate'; expected one of none, flip"),
     (lambda: __import__("nas.train").train.make_optimizer(None, sp.TrainSpec("lion", 0.1, 8, 0, 0)),
      "unknown optimizer 'lion'; expected one of adam, adamw, sgd, adadelta"),

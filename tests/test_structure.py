@@ -24,14 +24,15 @@ ALLOWED = {
     "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
     "train": {"errors", "names"},  # torch only
     "pipeline": {"data", "model", "spec", "train"},
-    "objective": {"model", "pipeline", "space", "spec", "train"},
+    "latency": set(),  # torch and ONNX Runtime only
+    "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
     "autospace": set(),  # the built-in space of a dataset, as plain data
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
     "autorun": {"data", "errors", "export", "files", "pipeline", "report", "search", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "study"},
-    "export": {"data", "errors", "files", "model", "pipeline", "space", "spec", "study", "train"},
+    "export": {"data", "errors", "files", "latency", "model", "pipeline", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
     "__init__": {"export"},
 }
@@ -39,8 +40,8 @@ HEAVY = {  # third-party libraries and the only modules that may import them
     "optuna": {"objective", "study", "report", "export"},
     "optuna_dashboard": {"report"},
     "plotly": {"report"},
-    "torch": {"data", "model", "train", "pipeline", "objective", "search", "preview", "export"},
-    "onnxruntime": {"export"},
+    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export"},
+    "onnxruntime": {"export", "latency"},
 }
 
 

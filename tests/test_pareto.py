@@ -1,0 +1,140 @@
+"""Several objectives: the pareto pruner's rule on made-up curves (ask/tell, no training), latency
+measurement, and the front through `nas search`, `nas best` and its export."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nas import latency, study as studies
+from nas.cli import app
+from nas.objective import Objective
+from nas.space import parse_space
+from nas.train import EpochRecord
+
+State = optuna.trial.TrialState
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def add_trial(study: optuna.Study, accs: list[float], latency_ms: float, state: State = State.COMPLETE) -> None:
+    """A trial that trained len(accs) epochs with these validation accuracies and this latency."""
+    curve = [{"epoch": e, "val_acc": a} for e, a in enumerate(accs, 1)]
+    values = [accs[-1], latency_ms] if state == State.COMPLETE else None
+    study.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs={"curve": curve, "latency_ms": latency_ms}))
+
+
+def ask(study: optuna.Study, latency_ms: float) -> optuna.Trial:
+    trial = study.ask()
+    trial.set_user_attr("latency_ms", latency_ms)
+    return trial
+
+
+def pareto_objective(epochs: int = 8, dominated_by: int = 2) -> Objective:
+    space = parse_space({"objectives": ["accuracy", "latency"], "budget": {"dominated_by": dominated_by}})
+    return Objective(space, None, epochs, torch.device("cpu"), objectives=space.objectives, pareto=True)
+
+
+def stops(objective: Objective, trial: optuna.Trial, epoch: int, acc: float) -> bool:
+    try:
+        objective._pareto_prune(trial, EpochRecord(epoch, 0.0, 0.0, acc, 0.0))
+    except optuna.TrialPruned:
+        return True
+    return False
+
+
+def test_dominators_counts_those_as_good_in_every_objective_and_better_in_one():
+    me = (0.80, 2.0)
+    others = [(0.85, 1.0), (0.80, 2.0), (0.80, 1.5), (0.90, 3.0), (0.70, 0.5), (0.81, 2.0)]
+    assert studies.dominators(me, others) == 3  # (0.85, 1.0), (0.80, 1.5), (0.81, 2.0); a tie dominates nothing
+    assert studies.dominators((0.5,), [(0.6,), (0.5,), (0.4,)]) == 1  # accuracy alone: the single-objective case
+
+
+def test_the_pareto_pruner_stops_a_trial_that_enough_others_dominate_at_the_same_epoch():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    add_trial(study, [0.60, 0.70, 0.75, 0.80], 1.0)
+    add_trial(study, [0.65, 0.72], 1.2, State.PRUNED)  # pruned trials count at the epochs they reached
+    add_trial(study, [0.90], 0.5, State.RUNNING)  # so do running ones
+    objective = pareto_objective(dominated_by=2)
+
+    slow = ask(study, 2.0)  # slower than all of them
+    assert stops(objective, slow, 1, 0.62)  # dominated at epoch 1 by the 0.65 and the 0.90 trials
+    fast = ask(study, 0.4)  # faster than every one: nothing dominates it, however inaccurate
+    assert not stops(objective, fast, 1, 0.10)
+    middle = ask(study, 1.1)
+    assert not stops(objective, middle, 1, 0.62)  # only the 0.90 at 0.5 ms beats it in both
+    assert not stops(objective, middle, 3, 0.10)  # epoch 3 is no rung (1, 2, 4, ...)
+    assert stops(objective, ask(study, 1.3), 2, 0.60)  # at epoch 2 the first two trials (0.70 / 1.0, 0.72 / 1.2) beat it
+    assert not stops(objective, ask(study, 1.3), 8, 0.10)  # the last epoch finishes: the trial is already paid for
+
+
+def test_a_gentler_pruner_needs_more_dominating_trials():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc in (0.7, 0.8):
+        add_trial(study, [acc], 1.0, State.RUNNING)
+    assert stops(pareto_objective(dominated_by=2), ask(study, 2.0), 1, 0.5)
+    assert not stops(pareto_objective(dominated_by=3), ask(study, 2.0), 1, 0.5)
+
+
+def test_latency_timing_is_bounded_by_runs_and_time():
+    calls = []
+    latency.median_ms(lambda: calls.append(1), seconds=0)
+    assert len(calls) == latency.WARMUP + latency.MIN_RUNS  # no time left: the fewest runs
+    calls.clear()
+    latency.median_ms(lambda: calls.append(1), seconds=float("inf"))
+    assert len(calls) == latency.WARMUP + latency.MAX_RUNS  # all the time in the world: still a bounded count
+
+
+def test_onnx_latency_times_a_net_at_batch_1_and_64():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    times = latency.onnx_latency(net, (1, 28, 28), seconds=0)
+    assert set(times) == {"latency_ms", "latency_ms_64"} and 0 < times["latency_ms"] < times["latency_ms_64"]
+    assert net.training  # the caller's model is left as it was (timed on a copy in eval mode)
+
+
+def test_a_search_for_accuracy_and_latency_has_a_front_that_best_lists(multi_study):
+    study = optuna.load_study(study_name="multi", storage=multi_study)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    trained = [t for t in study.trials if t.state in (State.COMPLETE, State.PRUNED) and not t.user_attrs.get("rejected")]
+    assert all(t.user_attrs["latency_ms"] > 0 and "latency_ms_64" in t.user_attrs for t in trained)
+    assert all(t.values == [t.user_attrs["curve"][-1]["val_acc"], t.user_attrs["latency_ms"]]
+               for t in trained if t.state == State.COMPLETE)
+    result = CliRunner().invoke(app, ["best", "--storage", multi_study, "--json"])
+    rows = json.loads(result.stdout)["trials"]
+    assert sorted(r["number"] for r in rows) == sorted(t.number for t in study.best_trials)
+    assert [r["val_accuracy"] for r in rows] == sorted((r["val_accuracy"] for r in rows), reverse=True)
+    text = squash(CliRunner().invoke(app, ["best", "--storage", multi_study]).output)
+    assert "Pareto front (accuracy, latency) of 12 trials in 'multi'" in text and "latency ms" in text
+
+
+def test_any_trial_of_the_front_exports_with_its_latency_measured_again(multi_study, idx_dir, tmp_path):
+    study = optuna.load_study(study_name="multi", storage=multi_study)
+    pick = study.best_trials[-1].number
+    result = CliRunner().invoke(app, ["best", "--storage", multi_study, "--trial", str(pick), "--export",
+                                      str(tmp_path / "e"), "--data-dir", str(idx_dir)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["trial"] == pick and metrics["search_latency_ms"] == study.trials[pick].user_attrs["latency_ms"]
+    assert metrics["latency_ms"] > 0 and metrics["latency_ms_64"] > 0
+    assert "ONNX latency measured again after the export" in squash(result.output)
+
+
+def test_single_objective_searches_measure_no_latency_unless_a_constraint_asks(tiny_space, idx_dir, tmp_path):
+    db = f"sqlite:///{tmp_path}/s.db"
+    args = ["--storage", db, "--data-dir", str(idx_dir), "--trials", "2", "--quiet"]
+    assert CliRunner().invoke(app, ["search", "--space", str(tiny_space), *args]).exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=db)
+    assert len(study.directions) == 1 and not any("latency_ms" in t.user_attrs for t in study.trials)
+    limited = tmp_path / "limited.yaml"  # one fixed net, slower than a nanosecond: it cannot be trained
+    limited.write_text("name: limited\nconstraints: {max_latency_ms: 1.0e-6}\nbudget: {epochs: 1}\n"
+                       "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\n")
+    result = CliRunner().invoke(app, ["search", "--space", str(limited), *args])
+    assert result.exit_code == 1 and "too slow:" in squash(result.output), result.output
+    [trial] = optuna.load_study(study_name="limited", storage=db).trials
+    assert trial.user_attrs["rejected"] and trial.user_attrs["latency_ms"] > 1.0e-6 and trial.constraints["max_latency_ms"] > 0
