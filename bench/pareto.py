@@ -1,13 +1,15 @@
 """Side by side, in one run: a search for (accuracy, latency) with and without the pareto pruner.
 
-Both arms run the same number of trials of the built-in space for the dataset, with the same seed,
-each on its own fresh SQLite study; the pruner is the only difference. For each arm it prints the wall
+Both arms run the same number of trials of the built-in space for the dataset (or --space), with
+the same seed, each on its own fresh SQLite study; the pruner is the only difference. The sampler is
+random search by default, so that both arms draw the same nets and the pruner is the only difference
+(TPE would steer each arm by what its pruner let it see: `--sampler tpe` measures that instead). For each arm it prints the wall
 time, the trials pruned, the front (validation accuracy, ONNX latency at batch 1) and its hypervolume,
 then the ratios. The hypervolume of both fronts is taken against one reference point, the worst
 accuracy and the worst latency of any completed trial of either arm (the nadir), so it measures the
 area the front covers within what the searches saw.
 
-    python bench/pareto.py [--dataset fashion-mnist] [--trials 30] [--seed 0] [--space FILE]
+    python bench/pareto.py [--dataset fashion-mnist] [--trials 30] [--seed 0] [--space FILE] [--sampler random]
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def arm(pruner: str, tmp: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     outcome = searching.run(searching.SearchJob(
         space=args.space, storage=storage, study=pruner, dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
-        trials=args.trials, workers=args.workers, objectives=("accuracy", "latency"), pruner=pruner), lambda e: None)
+        trials=args.trials, workers=args.workers, objectives=("accuracy", "latency"), pruner=pruner,
+        sampler=args.sampler), lambda e: None)
     seconds = time.perf_counter() - start
     study = optuna.load_study(study_name=pruner, storage=storage)
     done = [t for t in study.trials if t.state == studies.State.COMPLETE]
@@ -58,12 +61,13 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="default: as many as pay here")
+    p.add_argument("--sampler", default="random", choices=["random", "tpe"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs = [arm(pruner, tmp, args) for pruner in ("none", "pareto")]
     every = [pt for r in runs for pt in r["points"]]
     ref = (min(a for a, _ in every), max(lat for _, lat in every))
-    print(f"{args.trials} trials of {args.space or 'the built-in space'} on {args.dataset}, seed {args.seed}; "
+    print(f"{args.trials} trials of {args.space or 'the built-in space'} on {args.dataset}, {args.sampler} sampler, seed {args.seed}; "
           f"hypervolume against (accuracy {ref[0]:.4f}, latency {ref[1]:.3f} ms)")
     for r in runs:
         r["hv"] = hypervolume(r["front"], ref)

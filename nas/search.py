@@ -2,9 +2,9 @@
 worker processes, progress reported as events, and SIGINT, SIGTERM and SIGHUP ending it cleanly.
 
 A signal records the running trials as failed with reason `interrupted` and raises `Interrupted`
-(exit status 128 + the signal's number). Workers are spawned with the dataset in shared memory, die
-with their parent, and forward nothing but events; a worker that dies has its trial failed and its
-parameters queued again at once.
+(exit status 128 + the signal's number). Workers are forked from a fork server that imported torch
+once, get the dataset in shared memory, die with their parent, and forward nothing but events; a
+worker that dies has its trial failed and its parameters queued again at once.
 """
 
 from __future__ import annotations
@@ -362,8 +362,12 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
     """
     # A fork server that has imported torch once forks each worker, ready in a moment; a plain fork
     # would copy this process's torch and SQLite state, spawn would import torch again in every worker.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "torch._dynamo"])
+    # torch's optimizers import torch._dynamo on first use (about a second): once, in the server.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__, "torch._dynamo"])
+    else:  # Windows
+        ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
     tickets = ctx.Value("i", job.trials)
     procs = [ctx.Process(target=_worker, args=(replace(job, device=d), space, i, threads, ds, events, os.getpid(),

@@ -259,3 +259,12 @@ def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == epochs and metrics["retrained_on_train_and_val"] and page.stat().st_size > 0
     assert nas.load_model(out)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_same_seed_gives_the_same_trials(tmp_path, tiny_space, idx_dir):
+    runs = []
+    for name in ("a", "b"):
+        db = f"sqlite:///{tmp_path}/{name}.db"
+        nas_cli("search", "--space", tiny_space, "--storage", db, "--data-dir", idx_dir, "--trials", 3, "--seed", 3, "--quiet")
+        runs.append([(t.params, t.values, t.state) for t in optuna.load_study(study_name="tiny", storage=db).trials])
+    assert runs[0] == runs[1] and len(runs[0]) == 3
