@@ -17,6 +17,7 @@ from typing import Any, Callable
 from nas import data, export as exporting, pipeline, report as reporting, search as searching, study as studies
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target
+from nas.space import load_space
 from nas.spec import ArchSpec
 from nas.train import pick_device
 
@@ -53,6 +54,11 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     """Search for SEARCH_SHARE of the budget, retrain the best net in the time left, export it, write the report.
     Every target is checked before the search starts."""
     start = time.monotonic()
+    space = job.search.space
+    if space is not None and len(objectives := load_space(space).objectives) > 1:
+        raise NasError(f"{space} searches for {','.join(objectives)}, which gives a front of nets, while nas run retrains "
+                       f"and exports one best: run `nas search --space {space}`, then `nas best --trial N --export DIR` "
+                       "for the point of the front you want.")
     if job.export is not None:
         check_export_target(job.export, job.force)
     if job.report is not None:

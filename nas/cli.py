@@ -105,12 +105,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except NasError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # "[low, high]" is no markup
         raise typer.Exit(2) from None
     except OSError as e:  # a path the checks could not even look at (too long a name, a folder we may not enter)
         if e.filename is None:
             raise
-        err_console.print(f"[bold red]error:[/] cannot use {e.filename}: {e.strerror or e}. Check the path, or "
+        err_console.print(f"[bold red]error:[/] cannot use {escape(str(e.filename))}: {e.strerror or e}. Check the path, or "
                           "choose another one.", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -139,7 +139,7 @@ def search(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, epochs=epochs, subset=subset, sampler=sampler, pruner=pruner, seed=seed,
             heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers),
-            objectives=parse_objectives(objectives) if objectives else None)
+            objectives=None if objectives is None else parse_objectives(objectives))
         view = _SearchView(trials, quiet or json_out)
         try:
             with view.progress:
@@ -466,15 +466,15 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
             console.print(_trials_table(outcome.best))
     if outcome.failed_workers:
         err_console.print(f"{len(outcome.failed_workers)} of {outcome.n_workers} workers stopped with an error: "
-                          + "; ".join(outcome.failed_workers), highlight=False, soft_wrap=True)
+                          + escape("; ".join(outcome.failed_workers)), highlight=False, soft_wrap=True)
     if reasons:
         err_console.print(f"error: none of the {len(outcome.rows)} trials of this run trained: "
-                          + "; ".join(f"{n} × {r}" for r, n in reasons.items())
+                          + escape("; ".join(f"{n} × {r}" for r, n in reasons.items()))
                           + ". Fix the space or the data those reasons point at, then run it again.",
                           highlight=False, soft_wrap=True)
     if outcome.gave_up:
         err_console.print(f"error: stopped after {outcome.n_trained} trained trial{'s' * (outcome.n_trained != 1)}: "
-                          f"{outcome.gave_up}", highlight=False, soft_wrap=True)
+                          f"{escape(outcome.gave_up)}", highlight=False, soft_wrap=True)
     if outcome.failed_workers or reasons or outcome.gave_up:
         raise typer.Exit(1)
 

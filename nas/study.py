@@ -395,8 +395,12 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
 
 
 def accuracy(t: optuna.trial.FrozenTrial) -> float | None:
-    """A trial's validation accuracy: its value, or its first of several (None before it completes)."""
-    return t.values[0] if t.values else None
+    """A trial's validation accuracy: its value, or its first of several; for a trial pruned in a study
+    of several objectives (Optuna records no values then), its last epoch's; None if it never trained."""
+    if t.values:
+        return t.values[0]
+    curve = t.user_attrs.get("curve")
+    return curve[-1]["val_acc"] if curve else None
 
 
 def front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -111,6 +111,11 @@ def test_a_search_for_accuracy_and_latency_has_a_front_that_best_lists(multi_stu
     assert [r["val_accuracy"] for r in rows] == sorted((r["val_accuracy"] for r in rows), reverse=True)
     text = squash(CliRunner().invoke(app, ["best", "--storage", multi_study]).output)
     assert "Pareto front (accuracy, latency) of 12 trials in 'multi'" in text and "latency ms" in text
+    pruned = [t for t in trained if t.state == State.PRUNED]  # by the pareto pruner; Optuna records no values for these
+    assert pruned and all(t.values is None and "pruned at epoch" in t.user_attrs["reason"] for t in pruned)
+    result = CliRunner().invoke(app, ["best", "--storage", multi_study, "--trial", str(pruned[0].number), "--json"])
+    [row] = json.loads(result.stdout)["trials"]
+    assert row["val_accuracy"] == pruned[0].user_attrs["curve"][-1]["val_acc"]
 
 
 def test_any_trial_of_the_front_exports_with_its_latency_measured_again(multi_study, idx_dir, tmp_path):
