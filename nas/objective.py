@@ -44,13 +44,12 @@ class Objective:
         seed: int = 0,
         identity: dict[str, str] | None = None,
         on_epoch: Callable[[int, EpochRecord], None] | None = None,
-        objectives: tuple[str, ...] = ("accuracy",),
         pareto: bool = False,
     ):
         self.space, self.data, self.epochs, self.device, self.seed = space, data, epochs, device, seed
         self.identity = identity or {}  # which process runs the trials (`study.process_identity`)
         self.on_epoch = on_epoch
-        self.objectives, self.pareto = objectives, pareto  # pareto: apply the pareto pruner (see the module doc)
+        self.objectives, self.pareto = space.objectives, pareto  # pareto: apply the pareto pruner (module doc)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         for key, value in self.identity.items():  # first: a trial found running knows its process
@@ -71,11 +70,11 @@ class Objective:
                                            self.space.max_params, self.space.max_mflops)
         except ShapeError as e:
             _reject(trial, f"invalid: {e}", {"fits_input": 1.0, "max_params": 0.0, "max_mflops": 0.0, "memory": 0.0}
-                    | ({"max_latency_ms": 0.0} if self.space.needs_latency else {}))
+                    | self._untimed)
         trial.set_user_attr("n_params", info.n_params)
         trial.set_user_attr("flops", info.flops)
         if too_large:
-            _reject(trial, too_large, {"fits_input": -1.0} | over | ({"max_latency_ms": 0.0} if self.space.needs_latency else {}))
+            _reject(trial, too_large, {"fits_input": -1.0} | over | self._untimed)
         model = new_model(spec, self.data, seed, self.device)
         if self.space.needs_latency:
             over["max_latency_ms"] = self._latency(trial, model)
@@ -114,6 +113,11 @@ class Objective:
         if len(self.objectives) == 1:
             return history[-1].val_acc
         return (history[-1].val_acc, *self._costs(trial))
+
+    @property
+    def _untimed(self) -> dict[str, float]:
+        """The latency constraint of a net refused before it was timed (every trial gives Optuna the same keys)."""
+        return {"max_latency_ms": 0.0} if self.space.needs_latency else {}
 
     def _costs(self, trial: optuna.Trial) -> list[float]:
         return [trial.user_attrs[studies.OBJECTIVES[o]] for o in self.objectives[1:]]

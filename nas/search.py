@@ -199,7 +199,7 @@ def _open(job: SearchJob) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
         space = load_space(job.space)
     space = replace(space, objectives=job.objectives or space.objectives)
     job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
-                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset, objectives=space.objectives,
+                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset,
                   pruner=_pruner(job.pruner, space.objectives))
     baselines = baseline_params(space)
     studies.check_storage_target(job.storage)
@@ -278,7 +278,7 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
     objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
                           on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
-                          objectives=space.objectives, pareto=job.pruner == "pareto")
+                          pareto=job.pruner == "pareto")
 
     def on_trial(row: dict[str, Any]) -> None:
         on_event(TrialDone(worker, row))

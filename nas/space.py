@@ -613,8 +613,8 @@ class _Parser:
             self.fail(where, f"expected a list such as [accuracy, latency], got {_show(raw)}")
         got = tuple(self.constant(v, f"{where}[{i}]", _OBJECTIVE) for i, v in enumerate(raw))
         if got[0] != "accuracy" or len(set(got)) != len(got):
-            self.fail(where, f"got {list(got)}; expected accuracy first, then any of params, flops, latency, each "
-                             "once (accuracy is maximised, the others minimised)")
+            self.fail(where, f"got {list(got)}; expected accuracy first, then any of {', '.join(names.OBJECTIVES[1:])}, "
+                             "each once (accuracy is maximised, the others minimised)")
         return got
 
     def string_list(self, raw: Any, where: str) -> list[str]:

@@ -6,6 +6,7 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -150,56 +151,48 @@ def postgres_url(tmp_path_factory):
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def finished_study(tmp_path_factory):
-    """A real 30-trial search on the tiny data, with its best trial exported: (storage URL, export dir).
-    Made once per run: the xdist workers share it (the tests only read it), the first to ask makes it."""
+def made_once(tmp_path_factory, name: str, runs: Callable[[Path], list[list]]) -> Path:
+    """A folder `name` of this test run holding a tiny IDX dataset (`fmnist`), a storage (`nas.db`) and what
+    the `nas` commands `runs(folder)` (each given --storage and --data-dir) made there. The xdist workers share
+    it (the tests only read it): the first to ask makes it, under a lock."""
     from filelock import FileLock
     from typer.testing import CliRunner
 
     from nas.cli import app
 
     base = tmp_path_factory.getbasetemp()
-    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "finished"  # this run's, shared
-    db, out = f"sqlite:///{folder}/nas.db", folder / "export"
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name  # this run's, shared
     with FileLock(f"{folder}.lock"):
-        if (folder / "done").exists():
-            return db, out
-        folder.mkdir(exist_ok=True)
-        space = folder / "tiny.yaml"
-        space.write_text(TINY_SPACE)
-        data = write_idx_dataset(folder / "fmnist")
-        for args in (["search", "--space", space, "--trials", 30, "--quiet"],
-                     ["best", "--export", out, "--retrain-epochs", 3, "--quiet"]):
-            result = CliRunner().invoke(app, [str(a) for a in args] + ["--storage", db, "--data-dir", str(data)])
-            assert result.exit_code == 0, result.output
-        (folder / "done").touch()
-    return db, out
+        if not (folder / "done").exists():
+            folder.mkdir(exist_ok=True)
+            data = write_idx_dataset(folder / "fmnist")
+            for args in runs(folder):
+                result = CliRunner().invoke(app, [str(a) for a in args] + ["--storage", f"sqlite:///{folder}/nas.db",
+                                                                          "--data-dir", str(data)])
+                assert result.exit_code == 0, result.output
+            (folder / "done").touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory):
+    """A real 30-trial search on the tiny data, with its best trial exported: (storage URL, export dir)."""
+    space = tmp_path_factory.mktemp("tiny-space") / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    folder = made_once(tmp_path_factory, "finished", lambda f: [
+        ["search", "--space", space, "--trials", 30, "--quiet"],
+        ["best", "--export", f / "export", "--retrain-epochs", 3, "--quiet"]])
+    return f"sqlite:///{folder}/nas.db", folder / "export"
 
 
 @pytest.fixture(scope="session")
 def multi_study(tmp_path_factory):
-    """A real search for (accuracy, latency) on the tiny data, 12 trials with the pareto pruner: its storage URL.
-    Made once per run and shared like `finished_study`."""
-    from filelock import FileLock
-    from typer.testing import CliRunner
-
-    from nas.cli import app
-
-    base = tmp_path_factory.getbasetemp()
-    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "multi"
-    db = f"sqlite:///{folder}/nas.db"
-    with FileLock(f"{folder}.lock"):
-        if not (folder / "done").exists():
-            folder.mkdir(exist_ok=True)
-            space = folder / "multi.yaml"
-            space.write_text(TINY_SPACE.replace("name: tiny", "name: multi\nobjectives: [accuracy, latency]")
-                             .replace("epochs: 2,", "epochs: 4, dominated_by: 2,"))
-            result = CliRunner().invoke(app, ["search", "--space", str(space), "--trials", "12", "--quiet", "--storage", db,
-                                              "--data-dir", str(write_idx_dataset(folder / "fmnist"))])
-            assert result.exit_code == 0, result.output
-            (folder / "done").touch()
-    return db
+    """A real search for (accuracy, latency) on the tiny data, 12 trials with the pareto pruner: its storage URL."""
+    space = tmp_path_factory.mktemp("multi-space") / "multi.yaml"
+    space.write_text(TINY_SPACE.replace("name: tiny", "name: multi\nobjectives: [accuracy, latency]")
+                     .replace("epochs: 2,", "epochs: 4, dominated_by: 2,"))
+    folder = made_once(tmp_path_factory, "multi", lambda f: [["search", "--space", space, "--trials", 12, "--quiet"]])
+    return f"sqlite:///{folder}/nas.db"
 
 
 def mount_tmpfs(where: Path, options: str) -> None:

@@ -38,7 +38,7 @@ def ask(study: optuna.Study, latency_ms: float) -> optuna.Trial:
 
 def pareto_objective(epochs: int = 8, dominated_by: int = 2) -> Objective:
     space = parse_space({"objectives": ["accuracy", "latency"], "budget": {"dominated_by": dominated_by}})
-    return Objective(space, None, epochs, torch.device("cpu"), objectives=space.objectives, pareto=True)
+    return Objective(space, None, epochs, torch.device("cpu"), pareto=True)
 
 
 def stops(objective: Objective, trial: optuna.Trial, epoch: int, acc: float) -> bool:
