@@ -195,7 +195,8 @@ def run_cmd(
 ) -> None:
     """Search, retrain the best net on all the training data, export it and write the report, within --budget.
 
-    The search takes 60% of the budget; the retrain's epochs fit the rest, at the best net's measured pace."""
+    The search takes half the budget; the retrain's epochs fit the rest, at the best net's measured pace.
+    Without --space, the best net is widened for the retrain while it still gets 15 epochs."""
     with _user_errors():
         from nas import autorun, search as searching
 
@@ -220,10 +221,15 @@ def run_cmd(
             raise typer.Exit(e.status) from None
         finally:
             train_view.progress.stop()
-        _show_best(outcome.best, outcome.retrain_epochs, export)
-        console.print(f"{outcome.search.n_trained} trials searched; the best retrained for {outcome.retrain_epochs} "
-                      f"epochs (measured at {outcome.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
-                      + (f"; report: {report}" if report else ""), highlight=False)
+        _show_run(outcome, export, report)
+
+
+def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
+    plan, wider = outcome.plan, f" at {outcome.plan.width:g}× its width" * (outcome.plan.width != 1)
+    _show_best(outcome.best, plan.epochs, export)
+    console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {plan.epochs} "
+                  f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
+                  + (f"; report: {report}" if report else ""), highlight=False)
 
 
 @app.command("train")

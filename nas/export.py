@@ -123,14 +123,19 @@ def best(
                for i, t in enumerate(candidates, 1)]
     trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
     if retrain_epochs:
-        keys = ("trial", "val_accuracy", "test_accuracy", "epochs", "retrained_on_train_and_val", "n_params", "flops", "arch")
-        result.retrained = [{k: m.metrics[k] for k in keys} | {"gap": m.metrics["test_accuracy"] - m.metrics["val_accuracy"]}
-                            for m in trained]
+        result.retrained = retrained_rows(trained)
     else:
         result.reproduced = trained[0].metrics
     if export is not None:
         result.export = export_trained(trained[0], export, study, force)
     return result
+
+
+def retrained_rows(trained: list[Trained]) -> list[dict[str, Any]]:
+    """What `nas best` shows of retrained nets: their trial, accuracies, epochs and size."""
+    keys = ("trial", "val_accuracy", "test_accuracy", "epochs", "retrained_on_train_and_val", "n_params", "flops", "arch")
+    return [{k: m.metrics[k] for k in keys} | {"gap": m.metrics["test_accuracy"] - m.metrics["val_accuracy"]}
+            for m in trained]
 
 
 def train_fixed(
@@ -176,13 +181,16 @@ def retrain_trial(
     index: int = 1,
     count: int = 1,
     on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
+    spec: ArchSpec | None = None,
 ) -> Trained:
     """Train `trial`'s network again and score it on the test set.
 
-    With `retrain_epochs`, train on train+val for that many epochs; without, repeat the trial's own
-    training (same split, seed and epochs) so the model is the one the search scored.
+    With `retrain_epochs`, train on train+val for that many epochs, as `spec` if given (`nas run` may
+    widen the trial's net); without, repeat the trial's own training (same split, seed and epochs) so the
+    model is the one the search scored.
     """
-    spec = ArchSpec.from_dict(trial.user_attrs["spec"])
+    searched = ArchSpec.from_dict(trial.user_attrs["spec"])
+    spec = spec if spec is not None and retrain_epochs else searched
     seed, data_attrs = trial.user_attrs["seed"], study.user_attrs["data"]
     if retrain_epochs:
         epochs, data = retrain_epochs, prepare_final_data(ds, device)
@@ -205,6 +213,8 @@ def retrain_trial(
     } | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
     if "latency_ms" in trial.user_attrs:  # what the search measured, beside what the export measures again
         metrics["search_latency_ms"] = trial.user_attrs["latency_ms"]
+    if spec != searched:
+        metrics["searched_arch"] = searched.describe()
     return Trained(model, spec, metrics, test)
 
 

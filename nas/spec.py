@@ -4,7 +4,7 @@ the builder builds, what a trial stores and an export writes. No YAML, no torch,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 
@@ -66,6 +66,14 @@ class ArchSpec:
             training=TrainSpec(**d["training"]),
             readout=d.get("readout", "flatten"),
         )
+
+    def widened(self, factor: float) -> ArchSpec:
+        """The same network with `factor` times the channels of each block and units of each head layer,
+        rounded to multiples of 8 (what vectorised kernels like): a final net may be wider than its trial."""
+        def w(n: int) -> int:
+            return n if factor == 1 else max(8, round(n * factor / 8) * 8)
+        return replace(self, blocks=tuple(replace(b, channels=w(b.channels)) for b in self.blocks),
+                       head=tuple(replace(h, units=w(h.units)) for h in self.head))
 
     def flat(self) -> dict[str, Any]:
         """Values by parameter name, as `sample` names them (`block2.channels`, `fc1.units`, `lr`)."""

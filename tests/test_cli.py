@@ -234,7 +234,7 @@ def test_the_builtin_space_is_scaled_to_the_images(shape, blocks):
     space = parse_space(default_space("x.npz", "x", shape, 60_000, gpu=False))
     most = space.n_blocks.high if isinstance(space.n_blocks, IntRange) else space.n_blocks.value
     assert most == blocks and space.max_mflops == pytest.approx(12.0 * shape[1] * shape[2] / 784, rel=0.01)
-    assert space.subset == 12_000 and space.name == "auto-x"
+    assert space.subset == 15_000 and space.val_fraction == 0.3 and space.name == "auto-x"
     assert parse_space(default_space("x.npz", "x", shape, 500, gpu=True)).subset is None  # small data: all of it
 
 
@@ -255,10 +255,25 @@ def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_pat
     db, out, page = f"sqlite:///{tmp_path}/s.db", tmp_path / "model", tmp_path / "report.html"
     text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "10s", "--storage", db, "--export", out,
                           "--report", page, "--quiet").output)
-    epochs = int(text.split("the best retrained for ")[1].split()[0])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs"] == epochs and metrics["retrained_on_train_and_val"] and page.stat().st_size > 0
+    assert f"for {metrics['epochs']} epochs (measured" in text and metrics["retrained_on_train_and_val"]
+    assert page.stat().st_size > 0 and ("searched_arch" in metrics) == ("× its width" in text)
     assert nas.load_model(out)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_run_widens_a_builtin_spaces_net_only_as_far_as_its_time_allows(idx_dir):
+    from nas import autorun, data, pipeline
+    from nas.spec import ArchSpec, BlockSpec, LayerSpec, TrainSpec
+
+    spec = ArchSpec((BlockSpec("conv3x3x2", 8, "relu", True, "max", "same", 0.0),), (LayerSpec(16, "relu", 0.0),),
+                    "default", TrainSpec("adamw", 0.01, 32, 0.0, 0.0))
+    final = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", idx_dir), torch.device("cpu"))
+    plenty, none, own = (autorun.plan_retrain(spec, final, torch.device("cpu"), s, built_in=b)
+                         for s, b in ((1e6, True), (0.0, True), (1e6, False)))
+    assert plenty.width == max(autorun.WIDTHS) and plenty.spec.blocks[0].channels == 16
+    assert plenty.spec.training.augment == autorun.RETRAIN_AUGMENT and plenty.epochs == autorun.MAX_RETRAIN_EPOCHS
+    assert none.width == 1 and none.epochs == 1 and none.spec.blocks == spec.blocks
+    assert own.spec == spec and own.width == 1  # a user's space binds its final net
 
 
 def test_the_same_seed_gives_the_same_trials(tmp_path, tiny_space, idx_dir):

@@ -86,3 +86,14 @@ def test_a_residual_block_adds_its_input_when_the_width_is_kept():
     torch.nn.init.zeros_(block.body[-1].bias)
     x = torch.randn(1, 3, 6, 6)
     assert isinstance(block.shortcut, torch.nn.Identity) and torch.equal(block(x), torch.relu(x))
+
+
+def test_a_widened_spec_scales_every_width_to_a_multiple_of_8_and_still_builds():
+    raw = {"architecture": {"blocks": 2, "block": {"conv": "sepconv", "channels": 12, "padding": "same"},
+                            "head": {"layers": 1, "units": 20}}}
+    spec = sp.sample(sp.parse_space(raw))
+    wide = spec.widened(1.5)
+    assert [b.channels for b in wide.blocks] == [16, 16] and [h.units for h in wide.head] == [32]
+    assert spec.widened(1) == spec and spec.widened(0.1).blocks[0].channels == 8
+    assert wide.training == spec.training and type(spec).from_dict(wide.to_dict()) == wide
+    assert build_model(wide, (1, 28, 28), 10)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
