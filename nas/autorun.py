@@ -4,7 +4,8 @@ The budget is split between the search and the final retrain of its best net on 
 set (train + validation). The retrain's epochs are worked out from that net's pace measured here,
 on a few batches of the whole set with all of this machine's threads (a trial's own pace is not it:
 it ran on a subset, maybe beside other workers), so that it ends within the budget; its learning
-rate schedule spans those epochs.
+rate schedule spans those epochs. A net from the built-in space is widened for the retrain as far as
+its epochs allow (`plan_retrain`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import yaml
 CPU_MFLOPS_AT_28 = 12.0  # a 28×28 net this size trains an epoch of 60k images in about 20 s on 2 CPU cores
 GPU_SCALE = 20  # a GPU affords nets this much larger in the same time
 CPU_SUBSET, GPU_SUBSET = 15_000, 60_000  # images per trial (train + validation): few enough to try many nets
-SUBSET_VAL_FRACTION = 0.3  # of a subset: 4,500 validation images score a net to about ±0.4 points (1 s.d.); a
+SUBSET_VAL_FRACTION = 0.3  # of a subset: 4,500 validation images score a net to about ±0.5 points (1 s.d.); a
 # tenth of 12,000 gave ±0.9, more than the gap between the top trials, so the best was mostly luck
 CPU_EPOCHS, GPU_EPOCHS = 4, 8
 
