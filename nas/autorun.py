@@ -54,6 +54,7 @@ class Plan:
     width: float
     epochs: int
     seconds_per_epoch: float
+    augment: str | None = None  # the augmentation added to the trial's recipe, if any
 
 
 @dataclass(frozen=True)
@@ -118,16 +119,18 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
 
     From the built-in space (whose FLOP cap keeps trials quick, not final nets small) the net is widened:
     the widest of WIDTHS that still trains MIN_WIDE_EPOCHS epochs, with RETRAIN_AUGMENT when its trial had
-    no augmentation; measurements chose both (docs/benchmarks.md). A user's space binds the final net as it is."""
-    widths = WIDTHS if built_in else (1.0,)
-    if built_in and spec.training.augment == "none":
-        spec = replace(spec, training=replace(spec.training, augment=RETRAIN_AUGMENT))
-    for i, width in enumerate(sorted(widths, reverse=True)):
+    no augmentation; measurements chose both (docs/benchmarks.md). A user's space binds the final net as it is.
+    A width is timed only if its FLOPs say it may fit, so timing costs at most about an epoch per width."""
+    augment = RETRAIN_AUGMENT if built_in and spec.training.augment == "none" else None
+    spec = replace(spec, training=replace(spec.training, augment=augment or spec.training.augment))
+    per_epoch = pipeline.seconds_per_epoch(spec, final, device)
+    flops = pipeline.assess(spec, final.input_shape, final.n_classes, device)[0].flops
+    for width in sorted(WIDTHS if built_in else (), reverse=True):
         wide = spec.widened(width)
-        if i < len(widths) - 1 and pipeline.assess(wide, final.input_shape, final.n_classes, device)[1]:
-            continue  # more memory than the device has
-        per_epoch = pipeline.seconds_per_epoch(wide, final, device)
-        epochs = min(MAX_RETRAIN_EPOCHS, int(seconds / per_epoch))
-        if epochs >= MIN_WIDE_EPOCHS or i == len(widths) - 1:
-            return Plan(wide, width, max(1, epochs), per_epoch)
-    raise AssertionError("unreachable: the last width is always taken")
+        info, too_large, _ = pipeline.assess(wide, final.input_shape, final.n_classes, device)
+        if width == 1 or too_large or per_epoch * info.flops / flops * MIN_WIDE_EPOCHS > 1.5 * seconds:
+            continue  # no wider, more memory than the device has, or far too slow by its FLOPs: not worth timing
+        wide_epoch = pipeline.seconds_per_epoch(wide, final, device)
+        if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
+            return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)
+    return Plan(spec, 1.0, max(1, min(MAX_RETRAIN_EPOCHS, int(seconds / per_epoch))), per_epoch, augment)

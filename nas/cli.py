@@ -225,7 +225,8 @@ def run_cmd(
 
 
 def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
-    plan, wider = outcome.plan, f" at {outcome.plan.width:g}× its width" * (outcome.plan.width != 1)
+    plan = outcome.plan
+    wider = f" at {plan.width:g}× its width" * (plan.width != 1) + f" with {plan.augment} augmentation" * bool(plan.augment)
     _show_best(outcome.best, plan.epochs, export)
     console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {plan.epochs} "
                   f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
