@@ -184,7 +184,7 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_p
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_command(tmp_path, long_space, idx_dir, signum):
     db = f"sqlite:///{tmp_path}/my studies/s.db"  # a space in the path, a ; in the study name: the hint must paste
-    proc = search(long_space, db, idx_dir, 5, "--study", "a b;c", "--epochs", 60)  # 5: a slow poll still lands mid-search
+    proc = search(long_space, db, idx_dir, 3, "--study", "a b;c", "--epochs", 60)
     n_done = int(signum == signal.SIGTERM)  # SIGTERM after a finished trial, SIGHUP during the first
     stopped = wait_for_running(db, "a b;c", n_done, proc)
     proc.send_signal(signum)
@@ -196,12 +196,12 @@ def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_comman
     assert trial.state == State.FAIL and trial.user_attrs["reason"] == "interrupted"
     args = hint_of(err)
     assert args[:2] == ["nas", "search"] and args[args.index("--study") + 1] == "a b;c"
-    assert args[args.index("--storage") + 1] == db and args[-2:] == ["--trials", str(5 - n_done)]
+    assert args[args.index("--storage") + 1] == db and args[-2:] == ["--trials", str(3 - n_done)]
     if signum == signal.SIGTERM:  # the pasted command finishes the run
         code, out, err = here(*args[1:], "--epochs", 1)
         assert code == 0, out + err
         trials = optuna.load_study(study_name="a b;c", storage=db).get_trials()
-        assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == 5
+        assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == 3
 
 
 def test_ctrl_c_stops_a_search_even_when_it_was_started_with_sigint_ignored(tmp_path, long_space, idx_dir):
