@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import struct
 from pathlib import Path
 from typing import Callable
@@ -51,7 +52,14 @@ def write_idx_dataset(folder: Path, n_train: int = 40, n_test: int = 10, gz: boo
 
 def pytest_configure(config):
     """Under pytest-xdist the cores are shared between workers: one torch thread each, or they spin
-    against each other (measured: twice the CPU time for the same tests)."""
+    against each other (measured: twice the CPU time for the same tests).
+
+    The signal tests' processes inherit this one's signal dispositions. Started by `nohup` or as a
+    shell's background job, pytest has SIGHUP or SIGINT ignored, and so would every `nas` it starts
+    (which keeps an inherited ignore, as nohup asks): reset them so the tests run the same anywhere.
+    A test that wants a signal ignored sets that itself."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
