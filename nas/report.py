@@ -10,6 +10,8 @@ Plotly's JavaScript is inlined once, so the file opens offline.
 from __future__ import annotations
 
 import html
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +195,9 @@ def serve_dashboard(storage: str, study_name: str | None, host: str, port: int, 
         server = make_server(host, port, optuna_dashboard.wsgi(rdb), handler_class=Quiet)
     except OSError as e:
         raise StudyError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or 0 for any free one.") from e
+    # A shell starts a background job with SIGINT ignored; Ctrl-C must stop the dashboard anyway, as it does a search.
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     try:
         on_ready(f"http://{host}:{server.server_port}/{page}")
         server.serve_forever()
@@ -200,6 +205,8 @@ def serve_dashboard(storage: str, study_name: str | None, host: str, port: int, 
         pass
     finally:
         server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def assert_drawn(page, ids: list[str]) -> None:
 def test_dashboard_serves_the_study_and_stops_on_ctrl_c(browser, finished_study):
     db, _ = finished_study
     proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", "--storage", db, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as a background job starts
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://\S+", line).group(0)
