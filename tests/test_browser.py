@@ -94,5 +94,8 @@ def test_dashboard_serves_the_study_and_stops_on_ctrl_c(browser, finished_study)
         page.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=20)
+        try:
+            rest, _ = proc.communicate(timeout=20)
+        finally:
+            proc.kill()  # one that did not stop must not outlive the test
     assert proc.returncode == 0 and "dashboard stopped" in rest
