@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 SEARCH_SHARE = 0.5  # of the budget; the rest retrains the best net, exports it and writes the report: the 24-min
 # search of docs/benchmarks.md found its winner at 16 min, and val 0.885 within 2 (the rest is within its noise)
-WIDTHS = (1.0, 1.5, 2.0)  # the final net's channels over its trial's, tried widest first (built-in space only)
+WIDTHS = (2.0, 1.5)  # the final net's channels over its trial's, tried before 1 (built-in space only)
 MIN_WIDE_EPOCHS = 15  # a wider final net only when it still trains this many epochs
 RETRAIN_AUGMENT = "crop"  # for a final net whose trial had none: its many epochs overfit without it
 END_MARGIN = 0.9  # of the time left that the retrain plans to use: the export and report need the rest
@@ -118,18 +118,18 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
     """How many epochs of `final` the searched net trains within `seconds`, at its pace measured here.
 
     From the built-in space (whose FLOP cap keeps trials quick, not final nets small) the net is widened:
-    the widest of WIDTHS that still trains MIN_WIDE_EPOCHS epochs, with RETRAIN_AUGMENT when its trial had
+    the first of WIDTHS that still trains MIN_WIDE_EPOCHS epochs, with RETRAIN_AUGMENT when its trial had
     no augmentation; measurements chose both (docs/benchmarks.md). A user's space binds the final net as it is.
     A width is timed only if its FLOPs say it may fit, so timing costs at most about an epoch per width."""
     augment = RETRAIN_AUGMENT if built_in and spec.training.augment == "none" else None
     spec = replace(spec, training=replace(spec.training, augment=augment or spec.training.augment))
     per_epoch = pipeline.seconds_per_epoch(spec, final, device)
     flops = pipeline.assess(spec, final.input_shape, final.n_classes, device)[0].flops
-    for width in sorted(WIDTHS if built_in else (), reverse=True):
+    for width in WIDTHS if built_in else ():
         wide = spec.widened(width)
         info, too_large, _ = pipeline.assess(wide, final.input_shape, final.n_classes, device)
-        if width == 1 or too_large or per_epoch * info.flops / flops * MIN_WIDE_EPOCHS > 1.5 * seconds:
-            continue  # no wider, more memory than the device has, or far too slow by its FLOPs: not worth timing
+        if too_large or per_epoch * info.flops / flops * MIN_WIDE_EPOCHS > 1.5 * seconds:
+            continue  # more memory than the device has, or far too slow by its FLOPs: not worth timing
         wide_epoch = pipeline.seconds_per_epoch(wide, final, device)
         if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
             return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)
