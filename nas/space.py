@@ -140,7 +140,7 @@ class Space:
     init: Dim
     training: dict[str, Dim]
     readout: Dim = Const("flatten")
-    baselines: tuple[Path, ...] = ()
+    baselines: tuple[Path | Space, ...] = ()  # a baseline file, or a fixed net written inline
     path: Path | None = None
     objectives: tuple[str, ...] = ("accuracy",)
     max_latency_ms: float | None = None
@@ -238,12 +238,9 @@ def to_params(space: Space, spec: ArchSpec, source: str = "the architecture") ->
 
 
 def baseline_params(space: Space) -> list[dict[str, Any]]:
-    """Trial parameters of each baseline file, to enqueue as a study's first trials."""
-    out = []
-    for path in space.baselines:
-        base = load_space(path)
-        out.append(to_params(space, sample(base), source=f"baseline {path}"))
-    return out
+    """Trial parameters of each baseline (file or inline net), to enqueue as a study's first trials."""
+    return [to_params(space, sample(b), source=f"baselines[{i}] of {_where(space)}") if isinstance(b, Space)
+            else to_params(space, sample(load_space(b)), source=f"baseline {b}") for i, b in enumerate(space.baselines)]
 
 
 def _walk(space: Space, pick: Callable[[str, Dim], Any]) -> ArchSpec:
@@ -441,9 +438,9 @@ def _count_values(root: Any, path: Path) -> None:
     size(root, 1)
 
 
-def parse_space(raw: Any, path: Path | None = None) -> Space:
-    """Validate an already-loaded mapping (see `load_space`)."""
-    p = _Parser(str(path) if path else "<space>")
+def parse_space(raw: Any, path: Path | None = None, label: str | None = None) -> Space:
+    """Validate an already-loaded mapping (see `load_space`); errors name `label`, else the path."""
+    p = _Parser(label or (str(path) if path else "<space>"))
     if raw is None:
         p.fail("", "the file is empty (or only comments); a space file is a YAML mapping such as "
                    "search_spaces/lenet.yaml, and `{}` asks for the default network")
@@ -457,11 +454,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     n_blocks, blocks = p.repeated(arch.get("blocks", 2), "architecture.blocks", _BLOCK, block)
     n_layers, layers = p.repeated(head.get("layers", 2), "architecture.head.layers", _LAYER, layer)
     training = p.template(top.get("training", {}), "training", _TRAINING, {})
-    base_dir = path.parent if path else Path(".")
-    baselines = tuple(base_dir / b for b in p.string_list(top.get("baselines", []), "baselines"))
-    for i, b in enumerate(baselines):
-        if not b.is_file():
-            p.fail(f"baselines[{i}]", f"no such file {str(b)!r} (paths are relative to the space file)")
+    baselines = tuple(p.baseline(b, f"baselines[{i}]", path) for i, b in enumerate(p.baseline_list(top.get("baselines", []))))
     name = top.get("name", path.stem if path else "study")
     if not isinstance(name, str) or not name.strip():
         p.fail("name", f"expected a non-empty study name, got {_show(name)}")
@@ -617,10 +610,21 @@ class _Parser:
                              "each once (accuracy is maximised, the others minimised)")
         return got
 
-    def string_list(self, raw: Any, where: str) -> list[str]:
-        if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-            self.fail(where, f"expected a list of file paths, got {_show(raw)}")
+    def baseline_list(self, raw: Any) -> list[Any]:
+        if not isinstance(raw, list) or not all(isinstance(b, (str, dict)) for b in raw):
+            self.fail("baselines", f"expected a list of space file paths or inline nets ({{architecture: ..., training: "
+                                   f"...}} of constants), got {_show(raw)}")
         return raw
+
+    def baseline(self, raw: str | dict, where: str, path: Path | None) -> Path | Space:
+        """A baseline file's path (relative to the space file), or an inline net parsed as a space of its own."""
+        if isinstance(raw, str):
+            file = (path.parent if path else Path(".")) / raw
+            if not file.is_file():
+                self.fail(where, f"no such file {str(file)!r} (paths are relative to the space file)")
+            return file
+        self.mapping(raw, where, ("architecture", "training"))
+        return parse_space({"name": f"{self.file}: {where}"} | raw, label=f"{self.file}: {where}")
 
 
 def _join(where: str, key: Any) -> str:
