@@ -2,7 +2,9 @@
 
 Arms, each on its own fresh SQLite study, for each seed:
   default  `nas search` with no --space: the built-in space for the dataset, TPE with constraints
-  random   the same built-in space and budget, Optuna's RandomSampler
+  random   the same built-in space and budget, Optuna's RandomSampler, without the warm start
+  cold     (only if asked for with --arms) the default search without its warm start: the built-in space's
+           baselines left out, to show what they bring
   seeds    the tutorial nets (`seed_lenet.yaml`, `seed_network.yaml`), one trial each with the
            budget's epochs per trial; the better on validation is the winner (they take far less
            time than the budget: that is what a user starting from the tutorials has)
@@ -10,6 +12,7 @@ Every winner is then retrained the same way (`nas best --retrain-epochs R`: trai
 own recipe) and scored on the test set, so the arms differ only in what the search picked.
 
     python bench/search_quality.py [--dataset fashion-mnist] [--minutes 8] [--retrain-epochs 10] [--seeds 0]
+                                   [--arms default,random,seeds,cold]
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nas import export as exporting, search as searching  # noqa: E402
+import yaml  # noqa: E402
+
+from nas import autospace, data, export as exporting, search as searching  # noqa: E402
+from nas.train import pick_device  # noqa: E402
 
 
 def search(storage: str, args: argparse.Namespace, seed: int, **job) -> tuple[searching.Outcome, float]:
@@ -47,14 +53,25 @@ def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
             return {"arm": name, "seed": seed, "search_s": seconds, "trials": 0, "val": float("nan"),
                     "test": float("nan"), "params": 0, "arch": runs[0][0].gave_up}
         outcome = max(trained, key=lambda o: o.best[0]["val_accuracy"])
-    else:
-        outcome, seconds = search(storage, args, seed, space=None, trials=1_000_000, timeout=args.minutes * 60,
-                                  sampler="tpe" if name == "default" else "random")
+    else:  # random search starts cold too: a warm start is part of what the default search is
+        space = None if name == "default" else cold_space(tmp, args)
+        outcome, seconds = search(storage, args, seed, space=space, trials=1_000_000, timeout=args.minutes * 60,
+                                  sampler="random" if name == "random" else "tpe")
     best = exporting.best(outcome.study, storage, 1, None, args.retrain_epochs, device=args.device,
                           dataset=args.dataset, data_dir=args.data_dir)
     row = best.retrained[0]
     return {"arm": name, "seed": seed, "search_s": seconds, "trials": outcome.n_trained if name != "seeds" else 2,
             "val": row["val_accuracy"], "test": row["test_accuracy"], "params": row["n_params"], "arch": row["arch"]}
+
+
+def cold_space(tmp: str, args: argparse.Namespace) -> Path:
+    """The built-in space as a file, without its warm-start baselines."""
+    ds = data.load_dataset(args.dataset, args.data_dir)
+    space = autospace.default_space(args.dataset, ds.name, ds.input_shape, len(ds.y_train),
+                                    pick_device(args.device).type == "cuda")
+    path = Path(tmp) / "cold.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in space.items() if k != "baselines"}))
+    return path
 
 
 def main() -> None:
@@ -67,18 +84,22 @@ def main() -> None:
     p.add_argument("--seed-epochs", type=int, default=4, help="epochs of each seed net's trial (the built-in "
                                                               "space's epochs per trial on a CPU)")
     p.add_argument("--seeds", default="0", help="comma-separated search seeds")
+    p.add_argument("--arms", default="default,random,seeds", help="comma-separated, of default, random, seeds, cold")
     args = p.parse_args()
+    arms = args.arms.split(",")
+    if "default" not in arms or not set(arms) <= {"default", "random", "seeds", "cold"}:
+        p.error(f"--arms {args.arms}: name default and any of random, seeds, cold")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
-            for name in ("default", "random", "seeds"):
+            for name in arms:
                 rows.append(arm(name, tmp, args, seed))
                 r = rows[-1]
                 print(f"{r['arm']:<8} seed {seed}: {r['trials']:>4} trials in {r['search_s']:6.0f} s; test "
                       f"{r['test']:.4f} (val {r['val']:.4f}), {r['params']:,} params: {r['arch']}", flush=True)
     print("\n| arm | seeds | trials | search s | test acc (mean) | vs default |\n|---|---:|---:|---:|---:|---:|")
-    mean = {n: statistics.mean(r["test"] for r in rows if r["arm"] == n) for n in ("default", "random", "seeds")}
-    for n in ("default", "random", "seeds"):
+    mean = {n: statistics.mean(r["test"] for r in rows if r["arm"] == n) for n in arms}
+    for n in arms:
         mine = [r for r in rows if r["arm"] == n]
         print(f"| {n} | {len(mine)} | {statistics.mean(r['trials'] for r in mine):.0f} | "
               f"{statistics.mean(r['search_s'] for r in mine):.0f} | {mean[n]:.4f} | {mean[n] - mean['default']:+.4f} |")
