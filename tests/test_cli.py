@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import nas
 from nas.cli import app
 from nas.data import load_dataset
-from nas.space import load_space
+from nas.space import baseline_params, load_space
 
 SPACES = Path(__file__).parent.parent / "search_spaces"
 runner = CliRunner()
@@ -229,13 +229,17 @@ def small_colour_npz(path: Path, side: int) -> Path:
 @pytest.mark.parametrize("shape, blocks", [((1, 28, 28), 3), ((3, 32, 32), 3), ((3, 8, 8), 2), ((1, 4, 4), 1)])
 def test_the_builtin_space_is_scaled_to_the_images(shape, blocks):
     from nas.autospace import default_space
-    from nas.space import IntRange, parse_space
+    from nas.pipeline import assess
+    from nas.space import IntRange, parse_space, sample
 
     space = parse_space(default_space("x.npz", "x", shape, 60_000, gpu=False))
     most = space.n_blocks.high if isinstance(space.n_blocks, IntRange) else space.n_blocks.value
     assert most == blocks and space.max_mflops == pytest.approx(12.0 * shape[1] * shape[2] / 784, rel=0.01)
     assert space.subset == 15_000 and space.val_fraction == 0.3 and space.name == "auto-x"
     assert parse_space(default_space("x.npz", "x", shape, 500, gpu=True)).subset is None  # small data: all of it
+    for params in baseline_params(space):  # the warm start fits the space, the image and the FLOP budget
+        spec = sample(space, optuna.trial.FixedTrial(params))
+        assert len(spec.blocks) == min(2, blocks) and assess(spec, shape, 10, torch.device("cpu"), None, space.max_mflops)[1] is None
 
 
 @pytest.mark.parametrize("side", [8, 32])
@@ -249,6 +253,8 @@ def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_pat
     trials = optuna.load_study(study_name=f"auto-c{side}", storage=db).trials
     trained = [t for t in trials if not t.user_attrs.get("rejected")]
     assert len(trained) == 3 and all(t.state.is_finished() for t in trials)  # rejected nets were drawn again
+    warm = baseline_params(load_space(tmp_path / "auto.yaml"))  # the written file keeps the warm start
+    assert len(warm) == 2 and [t.params for t in trials[:2]] == warm  # and the search ran it first
 
 
 def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir):

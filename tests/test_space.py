@@ -131,6 +131,9 @@ BROKEN = [
     ("architecture: {blocks: [{channel: 4}]}", r"architecture\.blocks\[0\]\.channel: unknown key; did you mean 'channels'\?"),
     ("budget: {epochs: 0}", r"budget\.epochs: expected an integer in \[1, 10000\], got int 0"),
     ("baselines: [nowhere.yaml]", r"baselines\[0\]: no such file"),
+    ("baselines: [{architecture: {blocks: [{channels: 8}]}, budget: {}}]", r"baselines\[0\]\.budget: unknown key; allowed keys are architecture, training"),
+    ("baselines: [{training: {lr: fast}}]", r"baselines\[0\]: training\.lr: expected a number"),
+    ("baselines: [3]", r"baselines: expected a list of space file paths or inline nets"),
     ("training: [1, 2]", r"training: expected a mapping, got list"),
     ("name: [", r"not valid YAML at line"),
 ]
@@ -143,6 +146,23 @@ def test_broken_space_files_name_the_path_and_what_is_allowed(tmp_path, text, me
     with pytest.raises(sp.SpaceError, match=message) as e:
         sp.load_space(path)
     assert str(e.value).startswith(str(path))
+
+
+def test_an_inline_baseline_is_enqueued_like_a_baseline_file(tmp_path):
+    net = "{architecture: {blocks: [{conv: conv3x3x2, channels: 8}]}, training: {lr: 0.01}}"
+    (tmp_path / "base.yaml").write_text(net + "\n")
+    template = ("architecture: {{blocks: {{int: [1, 2]}}, block: {{conv: {{choice: [conv5x5, conv3x3x2]}}, channels: "
+                "{{choice: [4, 8]}}}}}}\ntraining: {{lr: {{float: [0.001, 0.1]}}}}\nbaselines: [{}]\n")
+    (tmp_path / "file.yaml").write_text(template.format("base.yaml"))
+    (tmp_path / "inline.yaml").write_text(template.format(net))
+    by_file, inline = (sp.baseline_params(sp.load_space(tmp_path / f)) for f in ("file.yaml", "inline.yaml"))
+    assert inline == by_file == [{"blocks": 1, "block1.conv": "conv3x3x2", "block1.channels": 8, "lr": 0.01}]
+    (tmp_path / "searched.yaml").write_text(template.format("{architecture: {blocks: {int: [1, 2]}}}"))
+    with pytest.raises(sp.SpaceError, match=r"searched\.yaml: baselines\[0\]: `blocks` is searched"):
+        sp.baseline_params(sp.load_space(tmp_path / "searched.yaml"))
+    (tmp_path / "outside.yaml").write_text(template.format("{architecture: {blocks: [{channels: 16}]}}"))
+    with pytest.raises(sp.SpaceError, match=r"baselines\[0\] of .*outside\.yaml does not fit .*`block1\.channels` is 16"):
+        sp.baseline_params(sp.load_space(tmp_path / "outside.yaml"))
 
 
 def test_baseline_outside_the_space_is_reported(tmp_path):
