@@ -54,7 +54,7 @@ def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
                     "test": float("nan"), "params": 0, "arch": runs[0][0].gave_up}
         outcome = max(trained, key=lambda o: o.best[0]["val_accuracy"])
     else:  # random search starts cold too: a warm start is part of what the default search is
-        space = None if name == "default" else cold_space(tmp, args)
+        space = None if name == "default" else Path(tmp) / "cold.yaml"
         outcome, seconds = search(storage, args, seed, space=space, trials=1_000_000, timeout=args.minutes * 60,
                                   sampler="random" if name == "random" else "tpe")
     best = exporting.best(outcome.study, storage, 1, None, args.retrain_epochs, device=args.device,
@@ -62,16 +62,6 @@ def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
     row = best.retrained[0]
     return {"arm": name, "seed": seed, "search_s": seconds, "trials": outcome.n_trained if name != "seeds" else 2,
             "val": row["val_accuracy"], "test": row["test_accuracy"], "params": row["n_params"], "arch": row["arch"]}
-
-
-def cold_space(tmp: str, args: argparse.Namespace) -> Path:
-    """The built-in space as a file, without its warm-start baselines."""
-    ds = data.load_dataset(args.dataset, args.data_dir)
-    space = autospace.default_space(args.dataset, ds.name, ds.input_shape, len(ds.y_train),
-                                    pick_device(args.device).type == "cuda")
-    path = Path(tmp) / "cold.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in space.items() if k != "baselines"}))
-    return path
 
 
 def main() -> None:
@@ -90,7 +80,11 @@ def main() -> None:
     if "default" not in arms or not set(arms) <= {"default", "random", "seeds", "cold"}:
         p.error(f"--arms {args.arms}: name default and any of random, seeds, cold")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # cold.yaml: the built-in space without its warm start
+        ds = data.load_dataset(args.dataset, args.data_dir)  # the space the default arm gets, on --device
+        space = autospace.default_space(args.dataset, ds.name, ds.input_shape, len(ds.y_train),
+                                        pick_device(args.device).type == "cuda")
+        (Path(tmp) / "cold.yaml").write_text(yaml.safe_dump({k: v for k, v in space.items() if k != "baselines"}))
         for seed in (int(s) for s in args.seeds.split(",")):
             for name in arms:
                 rows.append(arm(name, tmp, args, seed))
