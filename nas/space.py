@@ -620,6 +620,8 @@ class _Parser:
         """A baseline file's path (relative to the space file), or an inline net parsed as a space of its own."""
         if isinstance(raw, str):
             file = (path.parent if path else Path(".")) / raw
+            if file.is_dir():
+                self.fail(where, f"{str(file)!r} is a folder; name a space file in it (paths are relative to the space file)")
             if not file.is_file():
                 self.fail(where, f"no such file {str(file)!r} (paths are relative to the space file)")
             return file

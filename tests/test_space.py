@@ -134,6 +134,7 @@ BROKEN = [
     ("baselines: [{architecture: {blocks: [{channels: 8}]}, budget: {}}]", r"baselines\[0\]\.budget: unknown key; allowed keys are architecture, training"),
     ("baselines: [{training: {lr: fast}}]", r"baselines\[0\]: training\.lr: expected a number"),
     ("baselines: [3]", r"baselines: expected a list of space file paths or inline nets"),
+    ("baselines: [.]", r"baselines\[0\]: '.*' is a folder; name a space file in it"),
     ("training: [1, 2]", r"training: expected a mapping, got list"),
     ("name: [", r"not valid YAML at line"),
 ]
