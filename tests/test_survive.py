@@ -221,7 +221,8 @@ def test_a_search_started_with_nohup_ignores_sighup_and_finishes(tmp_path, idx_d
     """`nohup nas search ...` asks for SIGHUP to be ignored (the terminal closing); nas keeps that."""
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "short.yaml"
-    space.write_text(LONG_TRIALS.replace("name: long", "name: short").replace("epochs: 150", "epochs: 15"))
+    # 60 epochs (a few seconds): with 15 the trial once finished between two polls and was never seen running
+    space.write_text(LONG_TRIALS.replace("name: long", "name: short").replace("epochs: 150", "epochs: 60"))
     proc = start("search", "--space", space, "--storage", db, "--data-dir", idx_dir, "--trials", 1, "--pruner", "none",
                  ignore=(signal.SIGHUP,))
     running = wait_for_running(db, "short", 0, proc)
@@ -229,7 +230,7 @@ def test_a_search_started_with_nohup_ignores_sighup_and_finishes(tmp_path, idx_d
     code, out, err = finish(proc)
     assert code == 0 and "interrupted" not in err, out + err
     trial = optuna.load_study(study_name="short", storage=db).trials[running.number]
-    assert trial.state == State.COMPLETE and len(trial.intermediate_values) == 15  # trained to the end
+    assert trial.state == State.COMPLETE and len(trial.intermediate_values) == 60  # trained to the end
 
 
 def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(storage, tmp_path, idx_dir):
