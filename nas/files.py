@@ -1,25 +1,38 @@
 """Every file and folder `nas` writes for the user: checked before long work, written atomically.
 
 A target is checked up front (before training, which takes minutes): a path that is a folder where a
-file is wanted (or the reverse), a path under a file, a read-only folder or a full disk is a clear
-error then, not a traceback after the work. A file is written to a temporary file beside it and
-renamed into place; a folder likewise, and `nas` replaces only a folder that holds its own export
-files and nothing else, keeping the old one until the new one is in place.
+file is wanted (or the reverse), a path under a file, a read-only folder, a full disk, a device, FIFO
+or socket (a rename would replace the node itself), or a path that is one of the command's own
+inputs (`check_not_input`) is a clear error then, not a traceback or lost data after the work. A file
+is written to a temporary file beside it and renamed into place; a folder likewise, and `nas`
+replaces only a folder that holds its own export files and nothing else, keeping the old one until
+the new one is in place. A temporary's name says which process of which host made it, so one that a
+killed `nas` left behind is recognised and removed by the next check in its folder (`clean_leftovers`).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import stat
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from nas.errors import NasError
 
 EXPORT_FILES = ("model.pt", "arch.yaml", "metrics.json", "model.onnx", "model.ts")
 MIN_FREE = 16 << 20  # bytes a target's disk must have free beyond what is written: SQLite and temp files need room
+NAME_KEPT = 200  # characters of a target's name its temporaries keep: with the owner, a name must stay under 255
+# what `_temp_prefix` makes: .NAME-KIND-PID.HOST-XXXXXXXX (the last part is tempfile's random name)
+_LEFTOVER = re.compile(r"\..*-(new|old|tmp|probe)-(\d+)\.([0-9a-f]{8})-[a-z0-9_]{8}", re.DOTALL)
+_SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)",
+            stat.S_IFSOCK: "a socket"}
 
 
 class WriteError(NasError):
@@ -31,7 +44,8 @@ def check_file_target(path: Path, what: str, need: int = 0) -> None:
     path = Path(path)
     if path.is_dir():
         raise WriteError(f"{path} is a folder, but {what} is a file: pass a file path such as {path / 'x'}.")
-    _check_folder_writable(path.parent, what, need)
+    _check_regular(path, what)
+    _check_folder_writable(Path(os.path.realpath(path)).parent, what, need)
     if path.exists():
         try:  # open for writing without writing: a read-only file or file system fails here
             with open(path, "r+b"):
@@ -48,7 +62,7 @@ def check_export_target(out: Path, force: bool, need: int = 0) -> None:
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise WriteError(f"{out} is a file, not a folder: pass a new folder path to --export.")
+        raise WriteError(f"{out} is {_kind(out) or 'a file'}, not a folder: pass a new folder path to --export.")
     if out.is_dir() and any(out.iterdir()):
         if not is_export(out):
             others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)[:5]
@@ -60,6 +74,27 @@ def check_export_target(out: Path, force: bool, need: int = 0) -> None:
         if not force:
             raise WriteError(f"{out} already exists; pass --force to replace it, or choose another folder.")
     _check_folder_writable(out.parent, "the export", need)
+
+
+def check_not_input(target: Path, option: str, inputs: Iterable[tuple[str, Path]]) -> None:
+    """Fail now if writing `target` (given as `option`) would write over what the command reads.
+
+    `inputs` are (what, path) pairs: ('the --storage database', s.db). The target may not be an input
+    (by name, through a link, or as a hard link of it), lie inside an input folder, or be a folder
+    holding an input (an export replaces its whole folder)."""
+    target = Path(target)
+    mine = Path(os.path.realpath(target))
+    for what, path in inputs:
+        theirs = Path(os.path.realpath(path))
+        if mine == theirs or _same_file(mine, theirs):
+            raise WriteError(f"{option} {target} is {what} {path}, which nas would destroy by writing over it. "
+                             f"Choose another path for {option}.")
+        if theirs in mine.parents:
+            raise WriteError(f"{option} {target} is inside {what} {path}; nas writes nothing into it. Choose a path "
+                             f"outside it for {option}.")
+        if mine in theirs.parents:
+            raise WriteError(f"{option} {target} holds {what} {path}, which nas would delete by replacing the folder. "
+                             f"Choose another folder for {option}.")
 
 
 def is_export(folder: Path) -> bool:
@@ -75,17 +110,23 @@ def is_export(folder: Path) -> bool:
 
 
 def write_file(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` atomically: readers see the old file or the new one, never a part."""
+    """Write `data` to `path` atomically: readers see the old file or the new one, never a part.
+
+    A link is written through (the file it names is replaced, the link stays); a device, FIFO or
+    socket is refused, since the rename would put a regular file in its place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    real = Path(os.path.realpath(path))
+    _check_regular(path, "this file")
+    real.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(real.name, "tmp"), dir=real.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the mode open() would
-        os.replace(tmp, path)
+        _check_regular(path, "this file")  # again: a FIFO may have been made there since
+        os.replace(tmp, real)
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror or e}. Nothing was changed there.") from e
     finally:
@@ -95,20 +136,19 @@ def write_file(path: Path, data: str | bytes) -> None:
 def new_folder_beside(out: Path) -> Path:
     """An empty temporary folder on the same file system as `out`, to fill and then `replace_folder` with."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}-new-", dir=out.parent))
-    folder.chmod(0o777 & ~_umask())  # mkdtemp makes it private; it becomes the user's folder, made as mkdir would
+    folder = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "new"), dir=out.parent))
+    try:
+        folder.chmod(0o777 & ~_umask())  # mkdtemp makes it private; it becomes the user's folder, made as mkdir would
+    except BaseException:  # a signal, too: the caller never got the folder to delete
+        folder.rmdir()
+        raise
     return folder
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it, so set it straight back
-    os.umask(mask)
-    return mask
-
-
 def replace_folder(new: Path, out: Path) -> None:
-    """Move the filled folder `new` to `out`. An earlier export there is renamed aside first and deleted
-    only once `new` is in place; if the move fails, it is renamed back, so the user keeps one of them."""
+    """Move the filled folder `new` to `out`. An earlier export there is moved aside first and deleted
+    only once `new` is in place; if the move fails or a signal comes between, it is moved back, so the
+    user keeps one of them (and after a kill -9 there, `clean_leftovers` moves it back)."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
@@ -117,15 +157,107 @@ def replace_folder(new: Path, out: Path) -> None:
     if not is_export(out):  # checked before the work too; this guards against a change since
         raise WriteError(f"{out} now holds files that are not an export of nas (put there during the export); "
                          "nothing was changed there. Choose a new folder.")
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-    os.rename(out, old / out.name)
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "old"), dir=out.parent))
     try:
+        os.rename(out, old / out.name)
         os.rename(new, out)
+    finally:  # on an error or a signal too
+        if not os.path.lexists(out):  # the new one did not get there: the old one goes back
+            os.rename(old / out.name, out)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_leftovers(folder: Path) -> None:
+    """Delete the temporaries that a `nas` killed on this host (kill -9, a power cut) left in `folder`.
+
+    Only names `_temp_prefix` makes, of this host, whose process is gone, and of the kind the name says
+    (a file, or a real folder) are touched; an earlier export moved aside when the kill came is moved
+    back to its place if that is free. Anything else, or what cannot be removed now, is left alone."""
+    try:
+        entries = list(os.scandir(folder))
     except OSError:
-        os.rename(old / out.name, out)
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        return
+    for entry in entries:
+        found = _LEFTOVER.fullmatch(entry.name)
+        if not found or found[3] != _host_key() or _alive(int(found[2])):
+            continue
+        try:
+            if found[1] in ("tmp", "probe") and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+            elif found[1] == "new" and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif found[1] == "old" and entry.is_dir(follow_symlinks=False):
+                _put_back(Path(entry.path))
+        except OSError:
+            continue  # another nas cleaning it at the same time, or not ours to delete after all
+
+
+def _put_back(old: Path) -> None:
+    """A folder `replace_folder` moved an export into: the export goes back to its place if that is free,
+    or is deleted with the folder if the new one is there. A folder holding anything else is left alone."""
+    inside = list(old.iterdir())
+    if not all(p.is_dir() and not p.is_symlink() and {q.name for q in p.iterdir()} <= set(EXPORT_FILES)
+               for p in inside):
+        return
+    for p in inside:
+        if not os.path.lexists(old.parent / p.name):
+            if not is_export(p):
+                return  # a part of one, with nothing in its place: not ours to decide
+            os.rename(p, old.parent / p.name)
+    shutil.rmtree(old)
+
+
+def _temp_prefix(name: str, kind: str) -> str:
+    """The start of a temporary's name: its target, its kind, and the process and host that made it."""
+    return f".{name[:NAME_KEPT]}-{kind}-{os.getpid()}.{_host_key()}-"
+
+
+def _host_key() -> str:
+    """Eight hex digits that name this host and its process-id namespace (a container's pids are its own)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # 'pid:[4026531836]'
+    except OSError:  # not Linux
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user's process
+        return True
+    return True
+
+
+def _kind(path: Path) -> str | None:
+    """'a character device', 'a FIFO (named pipe)', ... for a node that is not a regular file or folder."""
+    try:
+        return _SPECIAL.get(stat.S_IFMT(os.stat(path).st_mode))
+    except OSError:  # missing, or a broken link: a new file is made
+        return None
+
+
+def _check_regular(path: Path, what: str) -> None:
+    kind = _kind(path)
+    if kind:
+        raise WriteError(f"{path} is {kind}: nas writes {what} to a regular file only, and renaming one into place "
+                         "would replace the node itself. Choose a file path.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it, so set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _check_folder_writable(folder: Path, what: str, need: int) -> None:
@@ -137,8 +269,9 @@ def _check_folder_writable(folder: Path, what: str, need: int) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise WriteError(f"cannot write {what} under {folder}: {existing} is a file, not a folder.")
+    clean_leftovers(existing)
     try:
-        fd, probe = tempfile.mkstemp(prefix=".nas-probe-", dir=existing)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("nas", "probe"), dir=existing)
         try:
             os.write(fd, b"\0" * 4096)  # a full disk may still create an empty file, but not store a block
             os.fsync(fd)
