@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from nas import data, export as exporting, pipeline, report as reporting, search as searching, study as studies
+from nas import data, export as exporting, names, pipeline, report as reporting, search as searching, study as studies
 from nas.errors import NasError
-from nas.files import check_export_target, check_file_target
+from nas.files import check_export_target, check_file_target, check_not_input
 from nas.space import load_space
 from nas.spec import ArchSpec
 from nas.train import pick_device
@@ -46,6 +46,15 @@ class RunJob:
     report: Path | None = None
 
 
+class RunInterrupted(searching.Interrupted):
+    """`nas run` stopped by a signal after its search; `exported` is the export folder written in full before
+    it came (None if none was), so that the user is told what is done and what is left."""
+
+    def __init__(self, signum: int, n_done: int, study: str, exported: Path | None):
+        super().__init__(signum, n_done)
+        self.study, self.exported = study, exported
+
+
 @dataclass(frozen=True)
 class Plan:
     """The final retrain: the net (maybe wider than its trial's), its epochs and their measured pace."""
@@ -70,29 +79,45 @@ class RunOutcome:
 
 def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     """Search for SEARCH_SHARE of the budget, retrain the best net in the time left, export it, write the report.
-    Every target is checked before the search starts."""
+    Every target is checked before the search starts. A signal after the search raises `RunInterrupted`."""
     start = time.monotonic()
-    space = job.search.space
-    if space is not None and len(objectives := load_space(space).objectives) > 1:
-        raise NasError(f"{space} searches for {','.join(objectives)}, which gives a front of nets, while nas run retrains "
-                       f"and exports one best: run `nas search --space {space}`, then `nas best --trial N --export DIR` "
-                       "for the point of the front you want.")
-    if job.export is not None:
-        check_export_target(job.export, job.force)
-    if job.report is not None:
-        check_file_target(job.report, "the report")
+    _check_targets(job)
     outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget), on_event)
     if not outcome.best:
         raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
                        f"{SEARCH_SHARE * job.budget / 60:.0f} minutes; give a larger --budget.")
+    exported = None
     with searching.signals_interrupt():  # a signal in the retrain ends it as one in the search does
         try:
             best, plan = _retrain(job, outcome, job.budget - (time.monotonic() - start),
                                   lambda e: (searching.checkpoint(), on_event(e)))
-            summary = reporting.write_report(outcome.study, job.search.storage, job.report) if job.report else None
+            exported = job.export
+            searching.checkpoint()  # one that came while the export was recorded in the study stops here
+            summary = (reporting.write_report(outcome.study, job.search.storage, job.report, "--report")
+                       if job.report else None)
         except searching.Interrupted as e:
-            raise searching.Interrupted(e.signum, outcome.n_trained) from None
+            raise RunInterrupted(e.signum, outcome.n_trained, outcome.study, exported) from None
     return RunOutcome(outcome, best, plan, summary, time.monotonic() - start)
+
+
+def _check_targets(job: RunJob) -> None:
+    """Fail before the search if the space searches for a front, or if the export or the report cannot be
+    written where asked: not writable, or over what the run reads (the storage, the space, the dataset)."""
+    space = load_space(job.search.space) if job.search.space is not None else None
+    if space is not None and len(space.objectives) > 1:
+        where = job.search.space
+        raise NasError(f"{where} searches for {','.join(space.objectives)}, which gives a front of nets, while nas run "
+                       f"retrains and exports one best: run `nas search --space {where}`, then `nas best --trial N "
+                       "--export DIR` for the point of the front you want.")
+    dataset = job.search.dataset or (space.dataset if space is not None else names.DEFAULT_DATASET)
+    inputs = exporting.command_inputs(job.search.storage, space, dataset, job.search.data_dir)
+    if job.export is not None:
+        check_export_target(job.export, job.force)
+        check_not_input(job.export, "--export", inputs)
+    if job.report is not None:
+        export = [("the --export folder", job.export)] if job.export is not None else []
+        check_file_target(job.report, "the report")
+        check_not_input(job.report, "--report", inputs + export)
 
 
 def _retrain(job: RunJob, outcome: searching.Outcome, seconds: float,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +116,19 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def _interrupts(export: Path | None) -> Iterator[None]:
+    """SIGINT, SIGTERM or SIGHUP while training or exporting: say so, and exit with 128 + the signal's number."""
+    from nas import search as searching
+
+    try:
+        yield
+    except searching.Interrupted as e:
+        said = f"; nothing was written to {export}" if export is not None else ""
+        err_console.print(escape(f"interrupted by {e}{said}."), highlight=False, soft_wrap=True)
+        raise typer.Exit(e.status) from None
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -173,7 +187,7 @@ def best(
         from nas import export as exporting
 
         view = _TrainingView(quiet or json_out, per_epoch_lines=False)
-        with view.progress:
+        with view.progress, _interrupts(export):
             result = exporting.best(study, storage, top, export, retrain_epochs, force, dataset, data_dir, device,
                                     on_event=view.show, trial=trial)
         if json_out:
@@ -216,12 +230,26 @@ def run_cmd(
             with search_view.progress:
                 outcome = autorun.run(job, show)
         except searching.Interrupted as e:
-            err_console.print(f"interrupted by {e}: {e.n_done} finished trials of this run saved; nothing exported. Run "
-                              "the same command again to continue the study.", highlight=False, soft_wrap=True)
+            err_console.print(escape(f"interrupted by {e}: {e.n_done} finished trials of this run saved; "
+                                     + _run_left(e, storage, report)), highlight=False, soft_wrap=True)
             raise typer.Exit(e.status) from None
         finally:
             train_view.progress.stop()
         _show_run(outcome, export, report)
+
+
+def _run_left(e: Any, storage: str, report: Path | None) -> str:
+    """What an interrupted `nas run` wrote, and how to finish."""
+    from nas import autorun
+
+    if not (isinstance(e, autorun.RunInterrupted) and e.exported):
+        return "nothing exported. Run the same command again to continue the study."
+    # Once the export is written only the report is left: `nas report` writes it in seconds, where the same
+    # command again would search for the whole budget and then meet its own export (and need --force).
+    if report is None:
+        return f"the model is exported to {e.exported}."
+    command = shlex.join(["nas", "report", "--study", e.study, "--storage", storage, "--out", str(report)])
+    return f"the model is exported to {e.exported}; the report is not written: {command} writes it."
 
 
 def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
@@ -244,7 +272,9 @@ def train_cmd(
         from nas import export as exporting
 
         view = _TrainingView(quiet or json_out, per_epoch_lines=True)
-        metrics = exporting.train_fixed(space, epochs, dataset, data_dir, device, seed, export, force, on_event=view.show)
+        with _interrupts(export):
+            metrics = exporting.train_fixed(space, epochs, dataset, data_dir, device, seed, export, force,
+                                            on_event=view.show)
         if json_out:
             print(json.dumps(metrics, indent=2))
             return

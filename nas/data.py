@@ -136,6 +136,17 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     )
 
 
+def dataset_inputs(name: str, data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """What `load_dataset(name, data_dir)` reads, named for `files.check_not_input`: an .npz file, an image
+    folder, or a named dataset's files where they are found (none before it is downloaded)."""
+    if name in NAMED:
+        folder = _find(name, data_dir)
+        files = _CIFAR_FILES if name == "cifar10" else _IDX_FILES
+        return [(f"the {name} file", _existing(folder / f)) for f in files] if folder else []
+    path = Path(name)
+    return [(f"the dataset {'folder' if path.is_dir() else 'file'}", path)] if path.exists() else []
+
+
 def _validated(ds: Dataset, where: str) -> Dataset:
     """`ds` if a classifier can be trained and tested on it; else a DataError naming what is missing."""
     for split, x in (("training", ds.x_train), ("test", ds.x_test)):

@@ -24,16 +24,18 @@ import torch
 import yaml
 from torch import nn
 
-from nas.data import CHANNELS, MAX_PIXELS, Dataset, Split, available_memory, load_dataset, read_images, test_split
+from nas.data import (CHANNELS, MAX_PIXELS, Dataset, Split, available_memory, dataset_inputs, load_dataset, read_images,
+                      test_split)
 from nas.errors import NasError
-from nas.files import EXPORT_FILES, check_export_target, new_folder_beside, replace_folder
+from nas.files import EXPORT_FILES, check_export_target, check_not_input, new_folder_beside, replace_folder
 from nas.model import ShapeError, build_model, model_info, spec_info
 from nas.pipeline import assess, prepare_final_data, prepare_search_data, score_on_test, train_spec
-from nas.space import SpaceError, fixed_space_dict, load_space, sample
+from nas.search import checkpoint, signals_interrupt
+from nas.space import Space, SpaceError, fixed_space_dict, load_space, sample
 from nas.spec import ArchSpec
 from nas.latency import session_latency
-from nas.study import (StudyError, accuracy, front, load_study, objectives_of, quiet_optuna, storage_failure, top_trials,
-                       trained_trial, trial_row)
+from nas.study import (StudyError, accuracy, front, load_study, objectives_of, quiet_optuna, storage_failure,
+                       storage_inputs, top_trials, trained_trial, trial_row)
 from nas.train import EpochRecord, pick_device, predict_logits
 
 FILES = EXPORT_FILES[:3]  # what load_model needs
@@ -98,8 +100,8 @@ def best(
     """The study's top trials (`top`, default 5), or only trial number `trial`; with `retrain_epochs`,
     the top K (default 1) retrained on train+val and ranked by test accuracy; with `export`, the first of
     them (or the best trial trained again as in the search) written there. The export target, the
-    device and the dataset are checked before any training. A study of several objectives has a Pareto
-    front instead of a best trial: its nets are listed (the first `top`), and one is exported by `trial`."""
+    device and the dataset are checked before any training, which a signal stops (`search.Interrupted`). A study
+    of several objectives has a Pareto front instead: its nets are listed (the first `top`), one exported by `trial`."""
     quiet_optuna()
     study = load_study(study_name, storage)
     objectives = objectives_of(study)
@@ -114,21 +116,44 @@ def best(
         raise StudyError(f"study {study.study_name!r} was searched for {','.join(objectives)}, so it has a front of "
                          f"nets rather than one best: pick one with --trial N (its front: "
                          f"{', '.join(f'#{t.number}' for t in trials)}; `nas best` lists them).")
+    dataset = dataset or study.user_attrs["data"]["dataset"]
     if export is not None:
         check_export_target(export, force)
+        check_not_input(export, "--export", command_inputs(storage, None, dataset, data_dir))
     dev = pick_device(device)
-    ds = load_dataset(dataset or study.user_attrs["data"]["dataset"], data_dir)
-    candidates = trials[: top or 1] if retrain_epochs else trials[:1]
-    trained = [retrain_trial(t, study, ds, dev, retrain_epochs, i, len(candidates), on_event)
-               for i, t in enumerate(candidates, 1)]
-    trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
-    if retrain_epochs:
-        result.retrained = retrained_rows(trained)
-    else:
-        result.reproduced = trained[0].metrics
-    if export is not None:
-        result.export = export_trained(trained[0], export, study, force)
+    with signals_interrupt():
+        ds = load_dataset(dataset, data_dir)
+        candidates = trials[: top or 1] if retrain_epochs else trials[:1]
+        trained = [retrain_trial(t, study, ds, dev, retrain_epochs, i, len(candidates), _stoppable(on_event))
+                   for i, t in enumerate(candidates, 1)]
+        trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
+        if retrain_epochs:
+            result.retrained = retrained_rows(trained)
+        else:
+            result.reproduced = trained[0].metrics
+        if export is not None:
+            result.export = export_trained(trained[0], export, study, force)
     return result
+
+
+def command_inputs(storage: str | None, space: Space | None, dataset: str | None,
+                   data_dir: str | Path | None) -> list[tuple[str, Path]]:
+    """What a command that exports reads, named for `files.check_not_input`: the study's storage, the space
+    file and the baseline files it names, the dataset's files."""
+    found = storage_inputs(storage) if storage else []
+    if space is not None and space.path is not None:
+        found += [("the --space file", space.path)]
+        found += [("a baseline file named by the space", b) for b in space.baselines if isinstance(b, Path)]
+    return found + (dataset_inputs(dataset, data_dir) if dataset else [])
+
+
+def _stoppable(on_event: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """`on_event`, after raising a signal that came inside a storage transaction (see `search.checkpoint`)."""
+    def event(e: Any) -> None:
+        checkpoint()
+        if on_event:
+            on_event(e)
+    return event
 
 
 def retrained_rows(trained: list[Trained]) -> list[dict[str, Any]]:
@@ -150,20 +175,29 @@ def train_fixed(
     on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
 ) -> dict[str, Any]:
     """Train the fixed architecture of a space file on the whole training set and score it on the test
-    set (`nas train`); with `export`, write it there. Returns the metrics, with the per-epoch history."""
+    set (`nas train`); with `export`, write it there. Returns the metrics, with the per-epoch history.
+    SIGINT, SIGTERM and SIGHUP stop it with `Interrupted`, nothing left behind."""
+    with signals_interrupt():
+        return _train_fixed(space_path, epochs, dataset, data_dir, device, seed, export, force, _stoppable(on_event))
+
+
+def _train_fixed(space_path: str | Path, epochs: int | None, dataset: str | None, data_dir: str | Path | None,
+                 device: str, seed: int, export: Path | None, force: bool,
+                 on_event: Callable[[TrainingStarted | EpochRecord], None]) -> dict[str, Any]:
     space = load_space(space_path)
     spec = sample(space)
     dev = pick_device(device)
-    if export is not None:
-        check_export_target(export, force)  # before the training, not after it
-    ds = load_dataset(dataset or space.dataset, data_dir)
+    dataset = dataset or space.dataset
+    if export is not None:  # before the training, not after it
+        check_export_target(export, force)
+        check_not_input(export, "--export", command_inputs(None, space, dataset, data_dir))
+    ds = load_dataset(dataset, data_dir)
     _, too_large, _ = assess(spec, ds.input_shape, ds.n_classes, dev, space.max_params, space.max_mflops)
     if too_large:
         raise ExportError(f"{space_path}: the network is {too_large}; make it smaller (or raise the constraint).")
     data = prepare_final_data(ds, dev)
     epochs = epochs or space.epochs
-    if on_event:
-        on_event(TrainingStarted(None, 1, 1, epochs, spec.describe(), ds.name, len(data.train), len(data.test), str(dev)))
+    on_event(TrainingStarted(None, 1, 1, epochs, spec.describe(), ds.name, len(data.train), len(data.test), str(dev)))
     model, history = train_spec(spec, data, epochs, seed, dev, on_event)
     metrics = {"epochs": epochs, "seed": seed} | describe_model(model, spec, ds) | score_on_test(model, data.test, ds.classes)
     metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
@@ -265,6 +299,7 @@ def write_export(
                                 epochs=metrics["epochs"])
         (tmp / "arch.yaml").write_text(yaml.safe_dump(arch, sort_keys=False))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        checkpoint()  # a signal that torch's exporters swallowed stops it here, before it is put in place
         replace_folder(tmp, out)
     except OSError as e:
         raise ExportError(f"cannot write the export to {out}: {e.strerror or e}; nothing was changed there.") from e

@@ -12,8 +12,8 @@ import torch
 
 from nas import names
 from nas.autospace import default_space, space_text
-from nas.data import dataset_shape, load_dataset
-from nas.files import check_file_target, write_file
+from nas.data import dataset_inputs, dataset_shape, load_dataset
+from nas.files import check_file_target, check_not_input, write_file
 from nas.model import ShapeError
 from nas.pipeline import assess
 from nas.space import RandomTrial, baseline_params, dim_text, load_space, n_combinations, parse_space, sample
@@ -53,8 +53,9 @@ def builtin_space(dataset: str | None, data_dir: str | None = None) -> dict[str,
 
 
 def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = None) -> None:
-    """Write the built-in space for `dataset` to `out` as a space file to start from."""
+    """Write the built-in space for `dataset` to `out` as a space file to start from (never over the dataset)."""
     check_file_target(out, "the space file")
+    check_not_input(out, "--write", dataset_inputs(dataset or names.DEFAULT_DATASET, data_dir))
     write_file(out, space_text(builtin_space(dataset, data_dir)))
 
 

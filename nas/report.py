@@ -20,9 +20,9 @@ from typing import Any, Callable
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-from nas.files import check_file_target, write_file
-from nas.study import (StudyError, accuracy, front, load_study, objectives_of, open_storage, quiet_optuna, top_trials,
-                       trial_row)
+from nas.files import check_file_target, check_not_input, write_file
+from nas.study import (StudyError, accuracy, front, load_study, objectives_of, open_storage, quiet_optuna,
+                       storage_inputs, top_trials, trial_row)
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 N_SLICES = 4  # slice plots of the most important parameters
@@ -152,9 +152,11 @@ def figures(study: optuna.Study, summary: Summary) -> list[tuple[str, str, Any]]
 _LABELS = {"accuracy": "validation accuracy", "params": "parameters", "flops": "FLOPs", "latency": "latency (ms)"}
 
 
-def write_report(study_name: str | None, storage: str, out: Path) -> Summary:
-    """Write the HTML report of a study to `out` (checked first, written atomically); returns what it shows."""
+def write_report(study_name: str | None, storage: str, out: Path, option: str = "--out") -> Summary:
+    """Write the HTML report of a study to `out` (checked first, written atomically); returns what it shows.
+    `option` names `out` in messages: a report is never written over the storage it reads."""
     check_file_target(out, "the report", need=8 << 20)
+    check_not_input(out, option, storage_inputs(storage))
     quiet_optuna()
     study = load_study(study_name, storage)
     summary = summarize(study)

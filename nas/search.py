@@ -338,6 +338,9 @@ def signals_interrupt() -> Iterator[None]:
                 if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
+    except Exception:
+        checkpoint()  # a signal raised inside an extension (its import, say) can come out as another error
+        raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

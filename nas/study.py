@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import optuna
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from nas import names
 from nas.errors import NasError
@@ -49,8 +50,8 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if not create and not path.is_file():
-            raise StudyError(f"{url}: no such study storage (file {path} does not exist); run `nas search` first "
-                             "or pass the --storage your search used.")
+            raise StudyError(f"{url}: no such study storage ({path} is not an existing regular file); run `nas search` "
+                             "first or pass the --storage your search used.")
         if create:
             check_storage_target(url)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,12 +94,26 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
 
 
 def sqlite_path(url: str) -> Path:
-    """The file of a `sqlite:///PATH` URL; other SQLite URLs (in memory, no path) are refused."""
-    path = url.removeprefix("sqlite:///").split("?")[0]
-    if not url.startswith("sqlite:///") or path in ("", ":memory:"):
+    """The file of a `sqlite:///PATH` URL, read as SQLAlchemy reads it (`my%20studies` is `my studies`, as
+    SQLite opens it); other SQLite URLs (in memory, no path) are refused."""
+    try:
+        path = make_url(url).database if url.startswith("sqlite:///") else None
+    except sqlalchemy.exc.ArgumentError:
+        path = None
+    if path in (None, "", ":memory:"):
         raise StudyError(f"{url}: a study storage must be a file (sqlite:///PATH.db) or a PostgreSQL URL; an "
                          "in-memory database would be lost when nas exits.")
     return Path(path)
+
+
+def storage_inputs(url: str) -> list[tuple[str, Path]]:
+    """The files of a SQLite storage, named for `files.check_not_input`: its database and the journals SQLite
+    keeps beside it (a file written there would be taken for one). A server's storage has none."""
+    if not url.startswith("sqlite"):
+        return []
+    db = sqlite_path(url)
+    return [("the --storage database", db)] + [
+        ("the --storage database's journal", db.with_name(db.name + suffix)) for suffix in ("-journal", "-wal", "-shm")]
 
 
 def check_storage_target(url: str) -> None:

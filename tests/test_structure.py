@@ -30,9 +30,9 @@ ALLOWED = {
     "autospace": set(),  # the built-in space of a dataset, as plain data
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
-    "autorun": {"data", "errors", "export", "files", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
+    "autorun": {"data", "errors", "export", "files", "names", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "study"},
-    "export": {"data", "errors", "files", "latency", "model", "pipeline", "space", "spec", "study", "train"},
+    "export": {"data", "errors", "files", "latency", "model", "pipeline", "search", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
     "__init__": {"export"},
 }
