@@ -29,6 +29,7 @@ State = optuna.trial.TrialState
 FINISHED = (State.COMPLETE, State.PRUNED)
 CONNECT_TIMEOUT = 10  # seconds to wait for a PostgreSQL server's answer
 MAX_RETRY = 3  # times the parameters of a trial whose worker died are run again
+SQLITE_HEADER = b"SQLite format 3\0"  # how every SQLite database file starts (SQLite takes an empty file for an empty one)
 CAUGHT = (RuntimeError, ValueError)  # errors that fail their trial alone (CUDA out of memory is a RuntimeError)
 
 
@@ -117,12 +118,27 @@ def storage_inputs(url: str) -> list[tuple[str, Path]]:
 
 
 def check_storage_target(url: str) -> None:
-    """Fail now, before the dataset is read, if a SQLite storage cannot be created or written."""
-    if url.startswith("sqlite"):
-        try:
-            check_file_target(sqlite_path(url), "the study storage")
-        except WriteError as e:
-            raise StudyError(f"--storage {url}: {e} (SQLite also needs to write a journal file beside it.)") from e
+    """Fail now, before the dataset is read, if a SQLite storage cannot be created or written, or is a file
+    of something else (the dataset, the space: a mistyped --storage must not be taken for a database)."""
+    if not url.startswith("sqlite"):
+        return
+    path = sqlite_path(url)
+    try:
+        check_file_target(path, "the study storage")
+    except WriteError as e:
+        raise StudyError(f"--storage {url}: {e} (SQLite also needs to write a journal file beside it.)") from e
+    if _head(path) not in (b"", SQLITE_HEADER):
+        raise StudyError(f"--storage {url}: {path} is not a SQLite database (it does not start with "
+                         f"{SQLITE_HEADER[:-1].decode()!r}), so nas will not write a study into it. Choose a new file "
+                         "such as studies/nas.db, or the database an earlier search made.")
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of the file at `path`, as many as a SQLite header has; none if there is no file."""
+    if not path.is_file():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(len(SQLITE_HEADER))
 
 
 _open_transactions = [0]  # of the main thread, on every storage opened here
