@@ -338,8 +338,9 @@ def signals_interrupt() -> Iterator[None]:
                 if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
-    except Exception:
-        checkpoint()  # a signal raised inside an extension (its import, say) can come out as another error
+    except Exception as e:
+        if not isinstance(e, NasError):  # a signal raised inside an extension (its import, say) came out as this
+            checkpoint()
         raise
     finally:
         for s, h in previous.items():

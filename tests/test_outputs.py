@@ -257,6 +257,22 @@ def test_a_signal_during_the_export_leaves_no_temporary_and_keeps_the_earlier_ex
     assert {p.name: digest(p) for p in (study / "out").iterdir()} == before  # the earlier export, whole
 
 
+@pytest.mark.parametrize("error, expected", [(ImportError, "Interrupted"), (WriteError, "WriteError")])
+def test_an_error_that_a_signal_caused_inside_an_extension_is_the_signal(error, expected):
+    """pybind11 turns an exception raised while a module initialises into `ImportError: initialization
+    failed`: with a signal pending, that error is the signal; a NasError stays what it says."""
+    from nas.search import signals_interrupt
+
+    with pytest.raises(BaseException) as raised:
+        with signals_interrupt():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)  # ended at once by the handler's exception
+            except KeyboardInterrupt:
+                raise error("initialization failed") from None
+    assert type(raised.value).__name__ == expected and getattr(raised.value, "status", 143) == 143
+
+
 def test_a_kill_9_during_the_export_is_cleaned_by_the_next_run_and_only_ours(study):
     proc = start_train_export(study, "--force")
     left = wait_for_temporary(study, proc)
