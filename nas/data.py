@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nas.errors import NasError
-from nas.files import new_folder_beside
+from nas.files import check_readable_file, new_folder_beside
 
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -126,10 +126,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
             )
         return _validated(ds, str(folder))
     path = Path(name)
-    if path.suffix == ".npz" or path.is_file():
-        return _validated(_read_npz(path), str(path))
     if path.is_dir():
         return _validated(_read_folder(path), str(path))
+    if path.suffix == ".npz" or path.exists():  # a FIFO or a device too: the reader refuses it by name
+        return _validated(_read_npz(path), str(path))
     raise DataError(
         f"unknown dataset {name!r}: use one of {', '.join(NAMED)}, the path of an .npz file holding "
         "x_train, y_train, x_test, y_test, or a folder of images in class sub-folders."
@@ -251,9 +251,9 @@ def _find(name: str, data_dir: str | Path | None) -> Path | None:
 
 
 def _existing(path: Path) -> Path | None:
-    """`path` or `path.gz`, whichever exists."""
+    """`path` or `path.gz`, whichever exists (a pipe or device too, for the reader to refuse by name)."""
     for p in (path, path.with_name(path.name + ".gz")):
-        if p.is_file():
+        if p.exists() and not p.is_dir():
             return p
     return None
 
@@ -312,6 +312,7 @@ def _get(url: str, dest: Path) -> None:
 
 def read_idx(path: Path, n_dims: int) -> np.ndarray:
     """One IDX file of `n_dims` dimensions (raw or gzip) as a uint8 array, read no further than its header says."""
+    check_readable_file(path, "an IDX file")
     try:
         with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
             head = f.read(4)
@@ -350,6 +351,8 @@ def _read_idx_set(folder: Path) -> tuple[torch.Tensor, ...]:
 
 
 def _read_cifar(folder: Path) -> tuple[torch.Tensor, ...]:
+    for f in _CIFAR_FILES:
+        check_readable_file(folder / f, "a CIFAR-10 batch")
     _check_fits(sum((folder / f).stat().st_size for f in _CIFAR_FILES), str(folder))
     parts = []
     for f in _CIFAR_FILES:
@@ -396,6 +399,7 @@ def _read_npz(path: Path) -> Dataset:
 def _npz_arrays(path: Path, keys: Callable[[list[str]], list[str]]) -> dict[str, np.ndarray]:
     """The arrays of an .npz that `keys` picks from the names present (or refuses, with a DataError),
     each array's size checked from its header before numpy decompresses anything (a zip can be a bomb)."""
+    check_readable_file(path, "an .npz file")
     try:
         with zipfile.ZipFile(path) as z:
             wanted = keys([i.filename[:-4] for i in z.infolist() if i.filename.endswith(".npy")])
@@ -552,6 +556,7 @@ def _open_image(path: Path) -> Any:
 
     from PIL import Image, UnidentifiedImageError
 
+    check_readable_file(path, "an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

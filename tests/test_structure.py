@@ -19,7 +19,7 @@ ALLOWED = {
     "names": {"errors"},  # the names users may write, for the CLI's choices: imports nothing heavy
     "files": {"errors"},  # every write nas makes
     "spec": set(),  # the plain data of one network
-    "space": {"errors", "names", "spec"},
+    "space": {"errors", "files", "names", "spec"},
     "data": {"errors", "files"},
     "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
     "train": {"errors", "names"},  # torch only

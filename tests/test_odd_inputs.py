@@ -1,0 +1,148 @@
+"""Odd files and odd names: pipes and devices where files are expected, names that look like Rich
+markup, names that are not UTF-8, consoles that cannot print Unicode or report a tiny width.
+
+Every reader must refuse a FIFO or a device from its stat, so each case here runs with a time limit:
+a regression fails the test instead of hanging the suite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.data import load_dataset, read_images, read_idx
+from nas.errors import NasError
+from nas.files import ReadError, check_readable_file
+from conftest import write_idx_dataset
+
+LIMIT = 20  # seconds any one case may take; a reader blocked on a FIFO would take for ever
+
+
+def within(fn, limit: float = LIMIT) -> BaseException | None:
+    """Run `fn` in a thread; fail if it has not ended in `limit` seconds; return what it raised."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as e:  # handed to the test, which checks it
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert outcome, f"{fn} did not end in {limit} s: it blocks on a pipe or reads a device for ever"
+    return outcome[0]
+
+
+def nas_cli(*args: object, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real `nas` command in a child process, with a time limit, its output decoded leniently."""
+    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, args)], capture_output=True, timeout=120,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def image_folder(root: Path, size: int = 8) -> Path:
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            Image.fromarray(np.full((size, size), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+# --- pipes and devices -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/urandom", "folder"])
+def test_check_readable_file_refuses_what_is_not_a_regular_file_without_opening_it(tmp_path, kind):
+    path = {"fifo": lambda: fifo(tmp_path / "p"), "folder": lambda: tmp_path}.get(kind, lambda: Path(kind))()
+    words = {"fifo": "is a named pipe (FIFO)", "folder": "is a folder"}.get(kind, "is a character device")
+    error = within(lambda: check_readable_file(path, "an image"))
+    assert isinstance(error, ReadError) and words in str(error) and "an image must be a regular file" in str(error)
+    assert within(lambda: check_readable_file(tmp_path / "missing", "an image")) is None  # the open says so
+    (tmp_path / "f").write_bytes(b"")
+    assert within(lambda: check_readable_file(tmp_path / "f", "an image")) is None
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda t: str(fifo(t / "d.npz")), "d.npz: is a named pipe (FIFO), but an .npz file must be a regular file"),
+    (lambda t: str(fifo(t / "data")), "data: is a named pipe (FIFO)"),
+    (lambda t: "/dev/zero", "/dev/zero: is a character device"),
+    (lambda t: "/dev/urandom", "/dev/urandom: is a character device"),
+    (lambda t: str(fifo(image_folder(t / "imgs") / "a" / "pipe.png").parent.parent), "pipe.png: is a named pipe (FIFO)"),
+], ids=["npz fifo", "fifo without suffix", "/dev/zero", "/dev/urandom", "fifo in an image folder"])
+def test_a_dataset_that_is_a_pipe_or_device_is_refused_not_read(tmp_path, setup, words):
+    name = setup(tmp_path)
+    error = within(lambda: load_dataset(name))
+    assert isinstance(error, NasError) and words in str(error), error
+
+
+def test_an_idx_or_cifar_file_that_is_a_pipe_is_refused(tmp_path):
+    folder = write_idx_dataset(tmp_path / "fm", n_train=2, n_test=1)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    fifo(folder / "t10k-labels-idx1-ubyte.gz")
+    error = within(lambda: load_dataset("fashion-mnist", folder))
+    assert isinstance(error, NasError) and "t10k-labels-idx1-ubyte.gz: is a named pipe (FIFO)" in str(error)
+    error = within(lambda: read_idx(Path("/dev/zero"), 1))
+    assert isinstance(error, NasError) and "an IDX file must be a regular file" in str(error)
+    cifar = tmp_path / "cifar-10-batches-bin"
+    for i in range(1, 6):
+        (cifar / f"data_batch_{i}.bin").parent.mkdir(exist_ok=True)
+        (cifar / f"data_batch_{i}.bin").write_bytes(bytes(3073))
+    fifo(cifar / "test_batch.bin")
+    error = within(lambda: load_dataset("cifar10", cifar))
+    assert isinstance(error, NasError) and "test_batch.bin: is a named pipe (FIFO)" in str(error)
+
+
+def test_images_to_classify_that_are_pipes_or_devices_are_refused(tmp_path):
+    for path in (fifo(tmp_path / "pipe.png"), fifo(tmp_path / "x.npz"), Path("/dev/zero"), tmp_path):
+        error = within(lambda: read_images([path], (1, 8, 8)))
+        assert isinstance(error, NasError) and f"{path}: is a" in str(error), error
+
+
+def test_space_and_baseline_files_that_are_pipes_are_refused(tmp_path):
+    from nas.space import load_space
+
+    fifo(tmp_path / "net.yaml")
+    (tmp_path / "s.yaml").write_text("baselines: [net.yaml]\n")
+    error = within(lambda: load_space(tmp_path / "s.yaml"))
+    assert isinstance(error, NasError) and "baselines[0]: " in str(error) and "net.yaml: is a named pipe" in str(error)
+    error = within(lambda: load_space(tmp_path / "net.yaml"))
+    assert isinstance(error, NasError) and "a space file must be a regular file" in str(error)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "arch.yaml", "model.pt"])
+def test_an_export_file_that_is_a_pipe_is_refused_not_read(tmp_path, name):
+    from nas.export import open_export
+
+    for f in ("metrics.json", "arch.yaml", "model.pt"):
+        if f != name:
+            (tmp_path / f).write_text("{}")
+    fifo(tmp_path / name)
+    error = within(lambda: open_export(tmp_path))
+    assert isinstance(error, NasError) and f"{name}: is a named pipe (FIFO), but an export's {name}" in str(error)
+
+
+def test_the_commands_refuse_pipes_and_devices_in_a_real_process(tmp_path):
+    """The same through the real command line: exit 2 and one `error:` line, in seconds."""
+    pipe = fifo(tmp_path / "d.npz")
+    for args, words in ((["validate", "--dataset", pipe], "d.npz: is a named pipe (FIFO)"),
+                        (["validate", "--space", "/dev/zero"], "/dev/zero: is a character device"),
+                        (["search", "--dataset", "/dev/urandom", "--storage", f"sqlite:///{tmp_path}/s.db"],
+                         "/dev/urandom: is a character device")):
+        r = nas_cli(*args)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and err.startswith("error:") and words in err and "Traceback" not in err, err
