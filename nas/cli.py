@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from nas import names
 from nas.errors import NasError
@@ -27,21 +29,30 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Search CNN architectures and training hyperparameters for image classification (Optuna + PyTorch).",
 )
-console = Console()
-err_console = Console(stderr=True)
+MIN_WIDTH = 80  # columns: a narrower console (COLUMNS=20, or 0) folds tables until their figures vanish
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich's console on stdout or stderr, at least MIN_WIDTH wide whatever COLUMNS or the terminal says."""
+    found = Console(stderr=stderr)
+    return found if found.width >= MIN_WIDTH else Console(stderr=stderr, width=MIN_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 DEFAULT_STORAGE = "sqlite:///studies/nas.db"
 
 
 def _check_device(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", value):
         raise typer.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
     return value
 
 
 def _parse_budget(value: str) -> float:
     """'90s', '30m', '1.5h' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh])\s*", value)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh])\s*", value)
     seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] if m else 0.0
     if not 10 <= seconds <= 7 * 86400:
         raise typer.BadParameter(f"expected a time from 10s to 168h such as 90s, 30m or 1.5h, got {value!r}")
@@ -49,8 +60,19 @@ def _parse_budget(value: str) -> float:
 
 
 def _check_workers(value: str) -> str:
-    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+    if value != "auto" and not (re.fullmatch("[0-9]+", value) and int(value) >= 1):  # isdigit() takes ², ①
         raise typer.BadParameter(f"expected a count ≥ 1 or auto, got {value!r}")
+    return value
+
+
+def _utf8(value: Any) -> Any:
+    """A study name, storage URL or export path as given, if it is UTF-8 text: other bytes reach Python as lone
+    surrogates, which SQLite and TorchScript cannot store and would end in a traceback."""
+    from nas.files import name_text
+
+    if value is not None and name_text(str(value)) != str(value):
+        raise typer.BadParameter(f"'{name_text(str(value))}' holds bytes that are not UTF-8 (shown as \\xNN); "
+                                 "use a name in UTF-8.")
     return value
 
 
@@ -68,8 +90,9 @@ def _choice(option: str, allowed: tuple[str, ...], help: str) -> Any:
 SpaceOpt = Annotated[Path, typer.Option("--space", help="Search space YAML file.", dir_okay=False)]
 AnySpaceOpt = Annotated[Optional[Path], typer.Option(
     "--space", help="Search space YAML file (default: the built-in space for --dataset).", dir_okay=False)]
-StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).")]
-StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).")]
+StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).", callback=_utf8)]
+StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).",
+                                         callback=_utf8)]
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", help="fashion-mnist, mnist, kmnist, cifar10, an .npz file or an image folder (default: the space's).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
@@ -94,7 +117,7 @@ WorkersOpt = Annotated[str, typer.Option(
     "--workers", callback=_check_workers, help="Worker processes on this machine: N or auto.")]
 TopOpt = Annotated[Optional[int], typer.Option(
     "--top", min=1, help="Trials to show (default 5); with --retrain-epochs, how many to retrain (default 1).")]
-ExportOpt = Annotated[Optional[Path], typer.Option("--export", help="Write the model to this folder.")]
+ExportOpt = Annotated[Optional[Path], typer.Option("--export", help="Write the model to this folder.", callback=_utf8)]
 RetrainOpt = Annotated[Optional[int], typer.Option(
     "--retrain-epochs", min=1, help="Retrain the top trials on train+val this long and rank them on test.")]
 
@@ -147,7 +170,7 @@ def search(
         except searching.Interrupted as e:
             left = trials - e.n_done
             said = (f"the running ones marked failed (interrupted). Resume with: "
-                    f"{searching.resume_command(_given_options(ctx, 'trials'), left)}" if left > 0 else
+                    f"{escape(searching.resume_command(_given_options(ctx, 'trials'), left))}" if left > 0 else
                     "none was left to run.")
             err_console.print(f"interrupted by {e}: {e.n_done} finished trial{'s' * (e.n_done != 1)} of this run saved, "
                               + said, highlight=False, soft_wrap=True)
@@ -230,7 +253,7 @@ def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
     _show_best(outcome.best, plan.epochs, export)
     console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {plan.epochs} "
                   f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
-                  + (f"; report: {report}" if report else ""), highlight=False)
+                  + (f"; report: {escape(str(report))}" if report else ""), highlight=False, soft_wrap=True)
 
 
 @app.command("train")
@@ -250,7 +273,7 @@ def train_cmd(
             return
         console.print(f"test accuracy [bold]{metrics['test_accuracy']:.4f}[/], {metrics['n_params']:,} parameters, "
                       f"{metrics['flops'] / 1e6:.2f} MFLOPs, {metrics['seconds_per_epoch']:.2f} s/epoch"
-                      + (f"; written to {export}" if export else ""))
+                      + (f"; written to {escape(str(export))}" if export else ""), soft_wrap=True)
 
 
 @app.command()
@@ -269,8 +292,9 @@ def predict(
             print(json.dumps(rows, indent=2))
             return
         for r in rows:
-            console.print(f"{r['file']}: " + ", ".join(f"[bold]{c['class']}[/] {c['probability']:.3f}" if j == 0 else
-                                                      f"{c['class']} {c['probability']:.3f}" for j, c in enumerate(r["top"])),
+            console.print(f"{escape(r['file'])}: " + ", ".join(
+                f"[bold]{escape(c['class'])}[/] {c['probability']:.3f}" if j == 0 else f"{escape(c['class'])} {c['probability']:.3f}"
+                for j, c in enumerate(r["top"])),
                           highlight=False, soft_wrap=True)
 
 
@@ -295,14 +319,15 @@ def validate(
         _show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed),
                       str(space or "the built-in space"))
         if write:
-            console.print(f"wrote {write}: pass it to `nas search --space {write}`", highlight=False)
+            console.print(f"wrote {escape(str(write))}: pass it to `nas search --space {escape(shlex.quote(str(write)))}`",
+                          highlight=False, soft_wrap=True)
 
 
 def _show_preview(preview: Any, source: str) -> None:
-    table = Table("parameter", "values", title=f"space {preview.name!r} ({source})")
+    table = Table("parameter", "values", title=Text(f"space {preview.name!r} ({source})"))
     for name, values in preview.dimensions:
-        table.add_row(name, values)
-    console.print(table if preview.dimensions else f"{source}: a fixed architecture (constants only).")
+        table.add_row(Text(name), Text(values))
+    console.print(table if preview.dimensions else Text(f"{source}: a fixed architecture (constants only)."))
     size = f"{preview.n_discrete:,} discrete combinations" + (
         f" × {preview.n_continuous} continuous dimensions" if preview.n_continuous else "")
     console.print(f"size: {size}; {preview.n_baselines} baselines; input {preview.input_shape}, "
@@ -310,11 +335,11 @@ def _show_preview(preview: Any, source: str) -> None:
     for i, net in enumerate(preview.samples, 1):
         console.print(f"\n[bold]sample {i}[/]: {escape(net.arch)}", highlight=False)
         if net.n_params is None:
-            console.print(f"  {net.problem}: would be rejected before training (another net is drawn)", highlight=False)
+            console.print(f"  {escape(net.problem)}: would be rejected before training (another net is drawn)", highlight=False)
             continue
         shapes = " → ".join("×".join(map(str, s)) for s in (preview.input_shape, *net.stages))
         console.print(f"  {shapes}; {net.n_params:,} parameters, {net.flops / 1e6:.2f} MFLOPs"
-                      + (f" ({net.problem}: rejected before training, another net is drawn)" if net.problem else ""),
+                      + (f" ({escape(net.problem)}: rejected before training, another net is drawn)" if net.problem else ""),
                       highlight=False)
 
 
@@ -332,9 +357,10 @@ def report(
         if json_out:
             print(json.dumps({"report": str(out), "summary": dataclasses.asdict(summary)}, indent=2, default=str))
             return
-        console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) for study {summary.study!r}: "
+        console.print(f"wrote {escape(str(out))} ({out.stat().st_size / 1e6:.1f} MB) for study {escape(repr(summary.study))}: "
                       f"{sum(summary.counts.values())} trials, best {summary.best['val_accuracy']:.4f}"
-                      + ("" if summary.export else "; no export yet (`nas best --export DIR` adds the confusion matrix)"))
+                      + ("" if summary.export else "; no export yet (`nas best --export DIR` adds the confusion matrix)"),
+                      soft_wrap=True)
 
 
 @app.command()
@@ -348,7 +374,7 @@ def dashboard(
         from nas import report as reporting
 
         reporting.serve_dashboard(storage, study, host, port, on_ready=lambda url: console.print(
-            f"optuna-dashboard for {storage} at {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True))
+            f"optuna-dashboard for {escape(storage)} at {escape(url)}  (Ctrl-C stops it)", highlight=False, soft_wrap=True))
         console.print("dashboard stopped")
 
 
@@ -362,10 +388,11 @@ def studies_cmd(storage: StorageOpt = DEFAULT_STORAGE, json_out: JsonOpt = False
         if json_out:
             print(json.dumps(rows, indent=2))
             return
-        table = Table("study", "trials", "best val acc", "started", title=storage)
+        table = Table("study", "trials", "best val acc", "started", title=Text(storage))
         for r in rows:
-            table.add_row(r["name"], str(r["trials"]), f"{r['best']:.4f}" if r["best"] is not None else "-", r["started"] or "-")
-        console.print(table if rows else f"no studies in {storage} yet: run `nas search`.")
+            table.add_row(Text(r["name"]), str(r["trials"]), f"{r['best']:.4f}" if r["best"] is not None else "-",
+                          Text(r["started"] or "-"))
+        console.print(table if rows else Text(f"no studies in {storage} yet: run `nas search`."), soft_wrap=True)
 
 
 # --- rendering -------------------------------------------------------------------------------------
@@ -444,7 +471,7 @@ class _TrainingView:
             if self.task is not None:
                 self.progress.remove_task(self.task)
             if self.per_epoch_lines and not self.quiet:
-                console.print(f"{escape(event.arch)}\n{event.dataset}: {event.n_train} train / {event.n_held_out} test "
+                console.print(f"{escape(event.arch)}\n{escape(event.dataset)}: {event.n_train} train / {event.n_held_out} test "
                               f"images on {event.device}", highlight=False)
             self.task = self.progress.add_task(f"training #{event.trial} ({event.index}/{event.count})", total=event.epochs)
         elif self.per_epoch_lines and not self.quiet:
@@ -467,7 +494,7 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
         counts = ", ".join(f"{outcome.counts[s]} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed"))
                            if s in outcome.counts)
         best = f". Pareto front ({', '.join(outcome.objectives)}):" if len(outcome.objectives) > 1 else ". Best:"
-        console.print(f"{sum(outcome.counts.values())} trials in study {outcome.study!r}"
+        console.print(f"{sum(outcome.counts.values())} trials in study {escape(repr(outcome.study))}"
                       + (f" ({counts})" if counts else "") + (best if outcome.best else "; none completed yet."))
         if outcome.best:
             console.print(_trials_table(outcome.best))
@@ -489,7 +516,7 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
 def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> None:
     title = (f"Pareto front ({', '.join(result.objectives)}) of {result.n_trials} trials in {result.study!r}"
              if len(result.objectives) > 1 else f"best of {result.n_trials} trials in {result.study!r}")
-    console.print(_trials_table(result.rows, title=title))
+    console.print(_trials_table(result.rows, title=Text(title)))
     if result.retrained:
         table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",
                       title=f"top {len(result.retrained)} retrained on train+val for {retrain_epochs} epochs, "
@@ -497,17 +524,17 @@ def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> 
         table.columns[-1].overflow = "fold"
         for rank, r in enumerate(result.retrained, 1):
             table.add_row(str(rank), str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}",
-                          f"{r['gap']:+.4f}", f"{r['n_params']:,}", r["arch"])
+                          f"{r['gap']:+.4f}", f"{r['n_params']:,}", Text(r["arch"]))
         console.print(table)
     elif result.reproduced:
         console.print(f"trial #{result.reproduced['trial']} trained again as in the search: "
                       f"test accuracy {result.reproduced['test_accuracy']:.4f}")
     m = result.export
     if m:
-        console.print(f"exported trial #{m['trial']} to {export}: test accuracy [bold]{m['test_accuracy']:.4f}[/] "
+        console.print(f"exported trial #{m['trial']} to {escape(str(export))}: test accuracy [bold]{m['test_accuracy']:.4f}[/] "
                       f"({'retrained on train+val, ' if m['retrained_on_train_and_val'] else ''}{m['epochs']} epochs); "
                       "model.onnx and model.ts match PyTorch within "
-                      f"{max(m['onnx_max_abs_diff'], m['torchscript_max_abs_diff']):.1e}")
+                      f"{max(m['onnx_max_abs_diff'], m['torchscript_max_abs_diff']):.1e}", soft_wrap=True)
         if "search_latency_ms" in m:
             console.print(f"ONNX latency measured again after the export: {m['latency_ms']:.3f} ms per image "
                           f"(the search measured {m['search_latency_ms']:.3f} ms), {m['latency_ms_64']:.2f} ms per 64")
@@ -550,7 +577,7 @@ def _progress(quiet: bool) -> Any:
                     TimeElapsedColumn(), console=console, transient=True, disable=quiet)
 
 
-def _trials_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
+def _trials_table(rows: list[dict[str, Any]], title: Text | None = None) -> Table:
     timed = any(r.get("latency_ms") is not None for r in rows)  # measured when an objective or constraint asked
     table = Table("#", "val acc", "params", "MFLOPs", *(["latency ms"] if timed else []), "epochs", "seconds",
                   "architecture", title=title)
@@ -558,11 +585,14 @@ def _trials_table(rows: list[dict[str, Any]], title: str | None = None) -> Table
     for r in rows:
         latency = [f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"] if timed else []
         table.add_row(str(r["number"]), f"{r['val_accuracy']:.4f}", f"{r['n_params']:,}", f"{r['flops'] / 1e6:.2f}",
-                      *latency, str(r["epochs_run"]), f"{r['seconds']:.1f}", r["arch"])
+                      *latency, str(r["epochs_run"]), f"{r['seconds']:.1f}", Text(r["arch"]))
     return table
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # an ASCII-only console (LANG=C) prints → as \u2192, not a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app()
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nas.errors import NasError
-from nas.files import check_readable_file, new_folder_beside
+from nas.files import check_readable_file, name_text, new_folder_beside
 
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -481,8 +481,12 @@ def _read_folder(root: Path) -> Dataset:
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
-    found = {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-             for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    """Class name (the folder's name as text, see files.name_text) -> its image files, sorted by name."""
+    dirs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    found = {name_text(d.name): sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for d in dirs}
+    if len(found) < len(dirs):
+        raise DataError(f"{folder}: two class folders have the same name once their non-UTF-8 bytes are written as "
+                        "\\xNN; rename one of them.")
     found = {c: fs for c, fs in found.items() if fs}
     if len(found) < 2:
         raise DataError(f"{folder}: expected one sub-folder of images per class (at least two classes, images ending "

@@ -180,3 +180,14 @@ def check_readable_file(path: Path, what: str) -> None:
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
     raise ReadError(f"{path}: is {kind}, but {what} must be a regular file (nas does not open pipes or devices: "
                     "they would block or never end). Pass the file itself.")
+
+
+def name_text(name: str) -> str:
+    """A file name as text that every writer takes. A name whose bytes are not UTF-8 (Latin-1 `café`) comes
+    from the OS with lone surrogates, which SQLite, YAML and UTF-8 writers refuse; they are shown as \\xNN,
+    so the name stays readable and two such names stay two."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no file name decodes to
+        raw = name.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")

@@ -146,3 +146,101 @@ def test_the_commands_refuse_pipes_and_devices_in_a_real_process(tmp_path):
         r = nas_cli(*args)
         err = r.stderr.decode()
         assert r.returncode == 2 and err.startswith("error:") and words in err and "Traceback" not in err, err
+
+
+# --- names are data, not markup; any encoding; any console ----------------------------------------
+
+HOSTILE = "[/]x[red]y[/2024]"  # Rich would read [red] as a style, [/] as a closing tag (MarkupError)
+GOOD = "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\nbudget: {epochs: 1}\n"
+ASCII = {"PYTHONIOENCODING": "ascii"}
+C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}  # stdout ASCII, as on old hosts
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Path:
+    """A folder named like markup, holding a study named like markup (1 trial) on images whose class
+    folders are named like markup and in Latin-1 (bytes b'caf\\xe9', not UTF-8), and an export of it."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("names") / "[bold]w"
+    for c in (b"caf\xe9", b"[red]tea"):
+        folder = os.fsencode(root / "imgs") + b"/" + c
+        os.makedirs(folder)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), 40 * i if c[0] == 99 else 250 - 40 * i, np.uint8)).save(
+                os.fsdecode(folder + b"/%d.png" % i))
+    (root / "s.yaml").write_text(GOOD)
+    r = nas_cli("search", "--space", "s.yaml", "--study", HOSTILE, "--storage", "sqlite:///s.db", "--dataset", "imgs",
+                "--trials", 1, "--quiet", cwd=root, env=ASCII)
+    assert r.returncode == 0, r.stderr.decode()
+    r = nas_cli("train", "--space", "s.yaml", "--dataset", "imgs", "--export", "[/]out", "--quiet", cwd=root)
+    assert r.returncode == 0 and b"written to [/]out" in r.stdout, r.stdout + r.stderr
+    return root
+
+
+def test_study_and_path_names_that_look_like_markup_are_printed_as_they_are(hostile):
+    for args, shown in ((["best", "--study", HOSTILE], f"best of 1 trials in '{HOSTILE}'"),
+                        (["studies"], HOSTILE),
+                        (["report", "--study", HOSTILE, "--out", "[/2024]r.html"], f"wrote [/2024]r.html (")):
+        r = nas_cli(*args, "--storage", "sqlite:///s.db", cwd=hostile)
+        out = " ".join(r.stdout.decode().split())
+        assert r.returncode == 0 and shown in out and "Traceback" not in r.stderr.decode(), r.stdout + r.stderr
+    assert (hostile / "[/2024]r.html").is_file()
+    r = nas_cli("best", "--study", "[red]none", "--storage", "sqlite:///s.db", cwd=hostile)
+    assert r.returncode == 2 and "[red]none" in r.stderr.decode(), r.stderr
+
+
+@pytest.mark.parametrize("env", [ASCII, C_LOCALE], ids=["PYTHONIOENCODING=ascii", "LANG=C"])
+def test_latin1_and_markup_class_names_survive_search_export_and_predict_on_any_console(hostile, env):
+    """The classes are the folders' names as text (b'caf\\xe9' as caf\\xe9), the same in the export, so
+    predict names them; an ASCII console prints → and × escaped instead of crashing."""
+    import json
+
+    assert json.loads((hostile / "[/]out" / "metrics.json").read_text())["classes"] == ["[red]tea", "caf\\xe9"]
+    image = os.fsencode(hostile / "imgs") + b"/caf\xe9/1.png"
+    r = nas_cli("predict", "[/]out", os.fsdecode(image), cwd=hostile, env=env)
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0 and "caf\\xe9 " in out and "[red]tea " in out and "1.png: " in out, r.stdout + r.stderr
+    r = nas_cli("validate", "--dataset", "imgs", "--samples", 1, cwd=hostile, env=env)
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0 and "\\u2192" in out, out + r.stderr.decode()
+    r = nas_cli("validate", "--space", "missing→.yaml", cwd=hostile, env=env)
+    assert r.returncode == 2 and r.stderr.decode("utf-8", "replace").startswith("error: missing"), r.stderr
+
+
+def test_a_non_utf8_dataset_path_is_searched_and_refused_only_where_it_would_be_written(hostile, tmp_path):
+    latin = os.fsdecode(os.fsencode(tmp_path) + b"/d\xe9")
+    os.rename(hostile / "imgs", latin)
+    try:
+        r = nas_cli("search", "--dataset", latin, "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", 1, "--epochs", 1,
+                    "--quiet", env=ASCII)
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"auto-d\\xe9" in nas_cli("studies", "--storage", f"sqlite:///{tmp_path}/s.db").stdout
+        r = nas_cli("validate", "--dataset", latin, "--write", tmp_path / "w.yaml", env=ASCII)
+        assert r.returncode == 2 and b"the dataset's path is not UTF-8" in r.stderr and not (tmp_path / "w.yaml").exists()
+        for option, value in (("--study", "caf\udce9"), ("--export", latin)):
+            r = nas_cli("best", "--storage", f"sqlite:///{tmp_path}/s.db", option, value, env={**ASCII, "COLUMNS": "300"})
+            assert r.returncode == 2 and b"holds bytes that are not UTF-8" in r.stderr, r.stderr
+    finally:
+        os.rename(latin, hostile / "imgs")
+
+
+@pytest.mark.parametrize("columns", ["20", "0"])
+def test_a_tiny_or_zero_console_width_still_shows_the_figures_and_the_errors(hostile, columns):
+    r = nas_cli("best", "--study", HOSTILE, "--storage", "sqlite:///s.db", cwd=hostile, env={"COLUMNS": columns})
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "val acc" in out and "0." in out.split("val acc")[1] and HOSTILE in out, out
+    r = nas_cli("validate", "--space", "nothing.yaml", cwd=hostile, env={"COLUMNS": columns})
+    assert r.returncode == 2 and "no such space file" in " ".join(r.stderr.decode().split()), r.stderr
+
+
+@pytest.mark.parametrize("args", [["--workers", "²"], ["--workers", "①"], ["--workers", "٣"], ["--device", "cuda:²"]])
+def test_digits_of_other_scripts_are_a_usage_error_not_a_traceback(args):
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    r = CliRunner().invoke(app, ["search", *args])
+    assert r.exit_code == 2 and "Invalid value" in r.output and "Traceback" not in r.output, r.output
+    r = CliRunner().invoke(app, ["run", "--budget", "٣m"])
+    assert r.exit_code == 2 and "expected a time from 10s to 168h" in r.output, r.output

@@ -27,7 +27,7 @@ ALLOWED = {
     "latency": set(),  # torch and ONNX Runtime only
     "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
-    "autospace": set(),  # the built-in space of a dataset, as plain data
+    "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
     "autorun": {"data", "errors", "export", "files", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
