@@ -33,6 +33,7 @@ _CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.
 CHANNELS = (1, 2, 3, 4)  # image channels an array may have: gray, gray+alpha, RGB, RGBA
 MAX_CLASSES = 65_536
 MAX_PIXELS = 4096 * 4096  # per image: a larger one is a mistake or a decompression bomb
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # PIL's mode for images of C channels
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes without colour
 
 
@@ -429,15 +430,21 @@ def _dataset_keys(path: Path) -> Callable[[list[str]], list[str]]:
 
 
 def _channels_first(x: np.ndarray, where: str) -> np.ndarray:
-    """N×C×H×W from N×H×W (grayscale), N×H×W×C (the documented layout) or N×C×H×W (how torch users save)."""
+    """N×C×H×W from N×H×W (grayscale), N×H×W×C (the documented layout) or N×C×H×W (how torch users save).
+
+    Tiny images can fit both readings (N×3×4×4: 3-channel 4×4, or 4-channel 3×4). Then the reading whose
+    images are square wins, then the one with more pixels, then N×H×W×C; so N×3×4×4 and N×1×2×2 are
+    channels-first, N×4×4×3 channels-last."""
     if x.ndim == 3:
         return x[:, None]
-    if x.shape[3] in CHANNELS:
-        return x.transpose(0, 3, 1, 2)
-    if x.shape[1] in CHANNELS:
-        return x
-    raise DataError(f"{where} has shape {x.shape}: neither N×H×W×C nor N×C×H×W with C = 1 to {max(CHANNELS)} "
-                    "channels. Save grayscale images as N×H×W and colour ones as N×H×W×3.")
+    _, a, b, c = x.shape
+    readings = [(b, c, True)] * (a in CHANNELS) + [(a, b, False)] * (c in CHANNELS)  # (H, W, channels first)
+    if not readings:
+        raise DataError(f"{where} has shape {x.shape}: neither N×H×W×C nor N×C×H×W with C = 1 to {max(CHANNELS)} "
+                        "channels. Save grayscale images as N×H×W and colour ones as N×H×W×3 (when both readings "
+                        "fit, nas takes the one with square images, then the larger, then N×H×W×C).")
+    _, _, first = max(readings, key=lambda r: (r[0] == r[1], r[0] * r[1], not r[2]))
+    return x if first else x.transpose(0, 3, 1, 2)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -463,7 +470,7 @@ def _read_folder(root: Path) -> Dataset:
     for f in every:
         with _open_image(f) as im:  # reads the header only
             sizes.setdefault(im.size, f)
-            colour |= im.mode not in _GRAY_MODES
+            colour |= _has_colour(im)
     if len(sizes) > 1:
         (a, fa), (b, fb) = list(sizes.items())[:2]
         raise DataError(f"{root}: images have different sizes ({fa} is {a[0]}×{a[1]}, {fb} is {b[0]}×{b[1]}); "
@@ -478,6 +485,19 @@ def _read_folder(root: Path) -> Dataset:
         tensors += [torch.from_numpy(np.stack(x)) if x else torch.zeros((0, *shape), dtype=torch.uint8),
                     torch.tensor(y, dtype=torch.int64)]
     return Dataset(str(root), *tensors, classes=tuple(classes))
+
+
+def _has_colour(im: Any) -> bool:
+    """Whether an image holds colour: by its mode, and for a palette image (GIF, PNG-8) by the palette entries
+    its first frame uses (the frame nas reads), since a grey image saved with a palette is still grey."""
+    if im.mode == "P":
+        palette = np.array(im.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)
+        try:
+            palette = palette[np.unique(np.asarray(im))]
+        except (OSError, IndexError):  # broken pixel data: reported when the image is read; judge the whole palette
+            pass
+        return bool((palette != palette[:, :1]).any())
+    return im.mode not in _GRAY_MODES
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
@@ -513,7 +533,8 @@ def _checked(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> tuple[
 def read_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
     """Images to classify, as (names, uint8 N×C×H×W) in the model's input `shape`.
 
-    PNG/JPG files are converted to grayscale or RGB to match C and resized to H×W if they differ; an
+    PNG/JPG files are converted to the model's channels (gray, gray+alpha, RGB, RGBA for C = 1 to 4) and
+    resized to H×W if they differ; an
     `.npz` contributes its `x` (or `x_test`, or only) array of uint8 images, N×H×W or N×H×W×C.
     """
     names, images = [], []
@@ -545,7 +566,7 @@ def _image_file(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
             elif im.mode in ("I", "F"):
                 raise DataError(f"{path}: its pixels are 32-bit {'integers' if im.mode == 'I' else 'floats'}, whose range "
                                 "nas cannot know; save it with 8 or 16 bits per channel.")
-            im = im.convert("L" if shape[0] == 1 else "RGB")
+            im = im.convert(_MODES[shape[0]])
             if im.size != (shape[2], shape[1]):
                 im = im.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)

@@ -244,3 +244,52 @@ def test_digits_of_other_scripts_are_a_usage_error_not_a_traceback(args):
     assert r.exit_code == 2 and "Invalid value" in r.output and "Traceback" not in r.output, r.output
     r = CliRunner().invoke(app, ["run", "--budget", "٣m"])
     assert r.exit_code == 2 and "expected a time from 10s to 168h" in r.output, r.output
+
+
+# --- odd data read right -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((4, 3, 4, 4), (3, 4, 4)),  # 3-channel 4×4 (square), not 4-channel 3×4
+    ((4, 1, 2, 2), (1, 2, 2)),  # 1-channel 2×2, not 2-channel 1×2
+    ((4, 4, 4, 3), (3, 4, 4)),  # channels last: 4×4 RGB, not 4-channel 4×3
+    ((4, 2, 2, 4), (4, 2, 2)),  # the square reading: RGBA 2×2
+    ((4, 1, 3, 4), (1, 3, 4)),  # neither square: more pixels (3×4 > 1×3)
+    ((4, 3, 5, 3), (3, 3, 5)),  # a tie: N×H×W×C, the documented layout
+    ((4, 3, 10, 12), (3, 10, 12)),
+    ((4, 10, 12, 3), (3, 10, 12)),
+], ids=lambda v: "x".join(map(str, v)))
+def test_tiny_arrays_are_read_in_the_layout_the_documented_rule_gives(tmp_path, shape, expected):
+    x = np.arange(np.prod(shape), dtype=np.int64).reshape(shape).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.array([0, 0, 1, 1]), x_test=x[:2], y_test=np.array([0, 1]))
+    ds = load_dataset(str(tmp_path / "d.npz"))
+    assert ds.input_shape == expected
+    first = expected == shape[1:]
+    assert np.array_equal(ds.x_train.numpy(), x if first else x.transpose(0, 3, 1, 2))  # the pixels, not only the shape
+
+
+def test_grey_gifs_animated_or_not_are_one_channel_and_colour_ones_three(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "grey" / c).mkdir(parents=True)
+        for i in range(6):
+            frames = [Image.fromarray(np.full((8, 8), 40 * i + k, np.uint8)) for k in range(3)]
+            frames[0].save(tmp_path / "grey" / c / f"{i}.gif", save_all=True, append_images=frames[1:])
+    assert Image.open(tmp_path / "grey" / "a" / "0.gif").mode == "P"  # a palette image, whose palette is grey
+    ds = load_dataset(str(tmp_path / "grey"))
+    assert ds.input_shape == (1, 8, 8) and ds.x_train[ds.y_train == 0][0].unique().tolist() == [40]  # 1.gif, frame 0
+    Image.new("RGB", (8, 8), (200, 10, 10)).convert("P").save(tmp_path / "grey" / "a" / "red.gif")
+    assert load_dataset(str(tmp_path / "grey")).input_shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("mode, channels", [("LA", 2), ("RGBA", 4), ("RGBA", 1), ("L", 4)])
+def test_images_to_classify_are_converted_to_the_models_channels_alpha_included(tmp_path, mode, channels):
+    from PIL import Image
+
+    pixel = {"LA": (90, 30), "RGBA": (200, 100, 50, 30), "L": 90}[mode]
+    Image.new(mode, (8, 8), pixel).save(tmp_path / "i.png")
+    names, x = read_images([tmp_path / "i.png"], (channels, 8, 8))
+    assert x.shape == (1, channels, 8, 8)
+    expected = np.asarray(Image.new(mode, (1, 1), pixel).convert({1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]))
+    assert x[0, :, 0, 0].tolist() == np.atleast_1d(expected[0, 0]).tolist()
