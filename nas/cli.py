@@ -122,6 +122,15 @@ RetrainOpt = Annotated[Optional[int], typer.Option(
     "--retrain-epochs", min=1, help="Retrain the top trials on train+val this long and rank them on test.")]
 
 
+@app.callback()
+def _any_command() -> None:
+    # Before every command: a character the console cannot encode (→ on an ASCII-only console, LANG=C; a
+    # non-UTF-8 file name's byte anywhere) is printed escaped (\u2192, \udce9), not a UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Bad input becomes one clear paragraph on stderr and exit status 2, never a traceback."""
@@ -590,9 +599,6 @@ def _trials_table(rows: list[dict[str, Any]], title: Text | None = None) -> Tabl
 
 
 def main() -> None:
-    for stream in (sys.stdout, sys.stderr):  # an ASCII-only console (LANG=C) prints → as \u2192, not a traceback
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
     app()
 
 
