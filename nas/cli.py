@@ -33,9 +33,10 @@ MIN_WIDTH = 80  # columns: a narrower console (COLUMNS=20, or 0) folds tables un
 
 
 def _console(stderr: bool = False) -> Console:
-    """Rich's console on stdout or stderr, at least MIN_WIDTH wide whatever COLUMNS or the terminal says."""
-    found = Console(stderr=stderr)
-    return found if found.width >= MIN_WIDTH else Console(stderr=stderr, width=MIN_WIDTH)
+    """Rich's console on stdout or stderr, at least MIN_WIDTH wide whatever COLUMNS or the terminal says, and
+    without emoji codes, which escape() leaves alone: a study named :x: is printed as :x:, not as ❌."""
+    found = Console(stderr=stderr, emoji=False)
+    return found if found.width >= MIN_WIDTH else Console(stderr=stderr, width=MIN_WIDTH, emoji=False)
 
 
 console = _console()

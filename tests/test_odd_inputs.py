@@ -141,6 +141,7 @@ def test_the_commands_refuse_pipes_and_devices_in_a_real_process(tmp_path):
     pipe = fifo(tmp_path / "d.npz")
     for args, words in ((["validate", "--dataset", pipe], "d.npz: is a named pipe (FIFO)"),
                         (["validate", "--space", "/dev/zero"], "/dev/zero: is a character device"),
+                        (["studies", "--storage", f"sqlite:///{pipe}"], "d.npz: is a named pipe (FIFO), but the study storage"),
                         (["search", "--dataset", "/dev/urandom", "--storage", f"sqlite:///{tmp_path}/s.db"],
                          "/dev/urandom: is a character device")):
         r = nas_cli(*args)
@@ -150,7 +151,7 @@ def test_the_commands_refuse_pipes_and_devices_in_a_real_process(tmp_path):
 
 # --- names are data, not markup; any encoding; any console ----------------------------------------
 
-HOSTILE = "[/]x[red]y[/2024]"  # Rich would read [red] as a style, [/] as a closing tag (MarkupError)
+HOSTILE = "[/]x[red]y[/2024]:x:"  # Rich would read [red] as a style, [/] as a closing tag (MarkupError), :x: as ❌
 GOOD = "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\nbudget: {epochs: 1}\n"
 ASCII = {"PYTHONIOENCODING": "ascii"}
 C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}  # stdout ASCII, as on old hosts
