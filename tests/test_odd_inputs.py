@@ -47,6 +47,25 @@ def nas_cli(*args: object, env: dict | None = None, cwd: Path | None = None) -> 
                           env={**os.environ, **(env or {})}, cwd=cwd)
 
 
+class Ran:
+    """What `nas_here` gives back: the exit status and the output as bytes, like a CompletedProcess."""
+
+    def __init__(self, result):
+        self.returncode, self.stdout, self.stderr = result.exit_code, result.stdout_bytes, result.stderr_bytes or b""
+
+
+def nas_here(*args: object, cwd: Path) -> Ran:
+    """`nas ARGS` in this process (faster than `nas_cli`, for what does not depend on the console's set-up)."""
+    from contextlib import chdir
+
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    with chdir(cwd):
+        return Ran(CliRunner().invoke(app, [str(a) for a in args]))
+
+
 def fifo(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(path)
@@ -183,11 +202,11 @@ def test_study_and_path_names_that_look_like_markup_are_printed_as_they_are(host
     for args, shown in ((["best", "--study", HOSTILE], f"best of 1 trials in '{HOSTILE}'"),
                         (["studies"], HOSTILE),
                         (["report", "--study", HOSTILE, "--out", "[/2024]r.html"], f"wrote [/2024]r.html (")):
-        r = nas_cli(*args, "--storage", "sqlite:///s.db", cwd=hostile)
+        r = nas_here(*args, "--storage", "sqlite:///s.db", cwd=hostile)
         out = " ".join(r.stdout.decode().split())
         assert r.returncode == 0 and shown in out and "Traceback" not in r.stderr.decode(), r.stdout + r.stderr
     assert (hostile / "[/2024]r.html").is_file()
-    r = nas_cli("best", "--study", "[red]none", "--storage", "sqlite:///s.db", cwd=hostile)
+    r = nas_here("best", "--study", "[red]none", "--storage", "sqlite:///s.db", cwd=hostile)
     assert r.returncode == 2 and "[red]none" in r.stderr.decode(), r.stderr
 
 
@@ -213,15 +232,16 @@ def test_a_non_utf8_dataset_path_is_searched_and_refused_only_where_it_would_be_
     latin = os.fsdecode(os.fsencode(tmp_path) + b"/d\xe9")
     os.rename(hostile / "imgs", latin)
     try:
-        r = nas_cli("search", "--dataset", latin, "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", 1, "--epochs", 1,
-                    "--quiet", env=ASCII)
+        r = nas_here("search", "--dataset", latin, "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", 1, "--epochs", 1,
+                     "--quiet", cwd=tmp_path)
         assert r.returncode == 0, r.stderr.decode()
-        assert b"auto-d\\xe9" in nas_cli("studies", "--storage", f"sqlite:///{tmp_path}/s.db").stdout
-        r = nas_cli("validate", "--dataset", latin, "--write", tmp_path / "w.yaml", env=ASCII)
+        assert b"auto-d\\xe9" in nas_here("studies", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path).stdout
+        r = nas_here("validate", "--dataset", latin, "--write", tmp_path / "w.yaml", cwd=tmp_path)
         assert r.returncode == 2 and b"the dataset's path is not UTF-8" in r.stderr and not (tmp_path / "w.yaml").exists()
         for option, value in (("--study", "caf\udce9"), ("--export", latin)):
-            r = nas_cli("best", "--storage", f"sqlite:///{tmp_path}/s.db", option, value, env={**ASCII, "COLUMNS": "300"})
-            assert r.returncode == 2 and b"holds bytes that are not UTF-8" in r.stderr, r.stderr
+            r = nas_here("best", "--storage", f"sqlite:///{tmp_path}/s.db", option, value, cwd=tmp_path)
+            said = " ".join(r.stderr.decode().replace("│", " ").split())  # click's usage error, in a box
+            assert r.returncode == 2 and "holds bytes that are not UTF-8" in said, said
     finally:
         os.rename(latin, hostile / "imgs")
 
@@ -231,8 +251,9 @@ def test_a_tiny_or_zero_console_width_still_shows_the_figures_and_the_errors(hos
     r = nas_cli("best", "--study", HOSTILE, "--storage", "sqlite:///s.db", cwd=hostile, env={"COLUMNS": columns})
     out = r.stdout.decode()
     assert r.returncode == 0 and "val acc" in out and "0." in out.split("val acc")[1] and HOSTILE in out, out
-    r = nas_cli("validate", "--space", "nothing.yaml", cwd=hostile, env={"COLUMNS": columns})
-    assert r.returncode == 2 and "no such space file" in " ".join(r.stderr.decode().split()), r.stderr
+    if columns == "0":  # where an error printed nothing
+        r = nas_cli("validate", "--space", "nothing.yaml", cwd=hostile, env={"COLUMNS": columns})
+        assert r.returncode == 2 and "no such space file" in " ".join(r.stderr.decode().split()), r.stderr
 
 
 @pytest.mark.parametrize("args", [["--workers", "²"], ["--workers", "①"], ["--workers", "٣"], ["--device", "cuda:²"]])
