@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -32,6 +33,17 @@ app = typer.Typer(
 MIN_WIDTH = 80  # columns: a narrower console (COLUMNS=20, or 0) folds tables until their figures vanish
 
 
+def _sane_terminal_size() -> None:
+    """Fix COLUMNS and LINES where Rich and typer (usage errors, --help) read them: a value that is not an ASCII
+    number (COLUMNS=² crashes Rich's int()) is dropped, a width under MIN_WIDTH (0 prints nothing) raised."""
+    for name in ("COLUMNS", "LINES"):
+        value = os.environ.get(name)
+        if value is not None and not re.fullmatch("[0-9]+", value):
+            del os.environ[name]
+    if int(os.environ.get("COLUMNS", MIN_WIDTH)) < MIN_WIDTH:
+        os.environ["COLUMNS"] = str(MIN_WIDTH)
+
+
 def _console(stderr: bool = False) -> Console:
     """Rich's console on stdout or stderr, at least MIN_WIDTH wide whatever COLUMNS or the terminal says, and
     without emoji codes, which escape() leaves alone: a study named :x: is printed as :x:, not as ❌."""
@@ -39,10 +51,29 @@ def _console(stderr: bool = False) -> Console:
     return found if found.width >= MIN_WIDTH else Console(stderr=stderr, width=MIN_WIDTH, emoji=False)
 
 
+_sane_terminal_size()
 console = _console()
 err_console = _console(stderr=True)
 
 DEFAULT_STORAGE = "sqlite:///studies/nas.db"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but newline and tab: ESC starts a terminal command
+
+
+def _visible(text: str) -> str:
+    """`text` with its control characters shown as \\xNN: a name holding ESC [31m colours nothing, moves nothing."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _plain(value: object) -> str:
+    """A user's string (a name, a path, a message that quotes one) for a line of Rich markup: shown as it is."""
+    return escape(_visible(str(value)))
+
+
+def _text(value: object) -> Text:
+    """A user's string as Rich text, for a table's cell or title, where a plain str would be read as markup."""
+    return Text(_visible(str(value)))
 
 
 def _check_device(value: str) -> str:
@@ -138,12 +169,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except NasError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # "[low, high]" is no markup
+        err_console.print(f"[bold red]error:[/] {_plain(e)}", highlight=False, soft_wrap=True)  # "[low, high]" is no markup
         raise typer.Exit(2) from None
     except OSError as e:  # a path the checks could not even look at (too long a name, a folder we may not enter)
         if e.filename is None:
             raise
-        err_console.print(f"[bold red]error:[/] cannot use {escape(str(e.filename))}: {e.strerror or e}. Check the path, or "
+        err_console.print(f"[bold red]error:[/] cannot use {_plain(e.filename)}: {e.strerror or e}. Check the path, or "
                           "choose another one.", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -180,7 +211,7 @@ def search(
         except searching.Interrupted as e:
             left = trials - e.n_done
             said = (f"the running ones marked failed (interrupted). Resume with: "
-                    f"{escape(searching.resume_command(_given_options(ctx, 'trials'), left))}" if left > 0 else
+                    f"{_plain(searching.resume_command(_given_options(ctx, 'trials'), left))}" if left > 0 else
                     "none was left to run.")
             err_console.print(f"interrupted by {e}: {e.n_done} finished trial{'s' * (e.n_done != 1)} of this run saved, "
                               + said, highlight=False, soft_wrap=True)
@@ -263,7 +294,7 @@ def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
     _show_best(outcome.best, plan.epochs, export)
     console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {plan.epochs} "
                   f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
-                  + (f"; report: {escape(str(report))}" if report else ""), highlight=False, soft_wrap=True)
+                  + (f"; report: {_plain(report)}" if report else ""), highlight=False, soft_wrap=True)
 
 
 @app.command("train")
@@ -283,7 +314,7 @@ def train_cmd(
             return
         console.print(f"test accuracy [bold]{metrics['test_accuracy']:.4f}[/], {metrics['n_params']:,} parameters, "
                       f"{metrics['flops'] / 1e6:.2f} MFLOPs, {metrics['seconds_per_epoch']:.2f} s/epoch"
-                      + (f"; written to {escape(str(export))}" if export else ""), soft_wrap=True)
+                      + (f"; written to {_plain(export)}" if export else ""), soft_wrap=True)
 
 
 @app.command()
@@ -302,8 +333,8 @@ def predict(
             print(json.dumps(rows, indent=2))
             return
         for r in rows:
-            console.print(f"{escape(r['file'])}: " + ", ".join(
-                f"[bold]{escape(c['class'])}[/] {c['probability']:.3f}" if j == 0 else f"{escape(c['class'])} {c['probability']:.3f}"
+            console.print(f"{_plain(r['file'])}: " + ", ".join(
+                f"[bold]{_plain(c['class'])}[/] {c['probability']:.3f}" if j == 0 else f"{_plain(c['class'])} {c['probability']:.3f}"
                 for j, c in enumerate(r["top"])),
                           highlight=False, soft_wrap=True)
 
@@ -329,27 +360,27 @@ def validate(
         _show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed),
                       str(space or "the built-in space"))
         if write:
-            console.print(f"wrote {escape(str(write))}: pass it to `nas search --space {escape(shlex.quote(str(write)))}`",
+            console.print(f"wrote {_plain(write)}: pass it to `nas search --space {_plain(shlex.quote(str(write)))}`",
                           highlight=False, soft_wrap=True)
 
 
 def _show_preview(preview: Any, source: str) -> None:
-    table = Table("parameter", "values", title=Text(f"space {preview.name!r} ({source})"))
+    table = Table("parameter", "values", title=_text(f"space {preview.name!r} ({source})"))
     for name, values in preview.dimensions:
-        table.add_row(Text(name), Text(values))
-    console.print(table if preview.dimensions else Text(f"{source}: a fixed architecture (constants only)."))
+        table.add_row(_text(name), _text(values))
+    console.print(table if preview.dimensions else _text(f"{source}: a fixed architecture (constants only)."))
     size = f"{preview.n_discrete:,} discrete combinations" + (
         f" × {preview.n_continuous} continuous dimensions" if preview.n_continuous else "")
     console.print(f"size: {size}; {preview.n_baselines} baselines; input {preview.input_shape}, "
                   f"{preview.n_classes} classes; {preview.epochs} epochs per trial")
     for i, net in enumerate(preview.samples, 1):
-        console.print(f"\n[bold]sample {i}[/]: {escape(net.arch)}", highlight=False)
+        console.print(f"\n[bold]sample {i}[/]: {_plain(net.arch)}", highlight=False)
         if net.n_params is None:
-            console.print(f"  {escape(net.problem)}: would be rejected before training (another net is drawn)", highlight=False)
+            console.print(f"  {_plain(net.problem)}: would be rejected before training (another net is drawn)", highlight=False)
             continue
         shapes = " → ".join("×".join(map(str, s)) for s in (preview.input_shape, *net.stages))
         console.print(f"  {shapes}; {net.n_params:,} parameters, {net.flops / 1e6:.2f} MFLOPs"
-                      + (f" ({escape(net.problem)}: rejected before training, another net is drawn)" if net.problem else ""),
+                      + (f" ({_plain(net.problem)}: rejected before training, another net is drawn)" if net.problem else ""),
                       highlight=False)
 
 
@@ -367,7 +398,7 @@ def report(
         if json_out:
             print(json.dumps({"report": str(out), "summary": dataclasses.asdict(summary)}, indent=2, default=str))
             return
-        console.print(f"wrote {escape(str(out))} ({out.stat().st_size / 1e6:.1f} MB) for study {escape(repr(summary.study))}: "
+        console.print(f"wrote {_plain(out)} ({out.stat().st_size / 1e6:.1f} MB) for study {_plain(repr(summary.study))}: "
                       f"{sum(summary.counts.values())} trials, best {summary.best['val_accuracy']:.4f}"
                       + ("" if summary.export else "; no export yet (`nas best --export DIR` adds the confusion matrix)"),
                       soft_wrap=True)
@@ -384,7 +415,7 @@ def dashboard(
         from nas import report as reporting
 
         reporting.serve_dashboard(storage, study, host, port, on_ready=lambda url: console.print(
-            f"optuna-dashboard for {escape(storage)} at {escape(url)}  (Ctrl-C stops it)", highlight=False, soft_wrap=True))
+            f"optuna-dashboard for {_plain(storage)} at {_plain(url)}  (Ctrl-C stops it)", highlight=False, soft_wrap=True))
         console.print("dashboard stopped")
 
 
@@ -398,11 +429,11 @@ def studies_cmd(storage: StorageOpt = DEFAULT_STORAGE, json_out: JsonOpt = False
         if json_out:
             print(json.dumps(rows, indent=2))
             return
-        table = Table("study", "trials", "best val acc", "started", title=Text(storage))
+        table = Table("study", "trials", "best val acc", "started", title=_text(storage))
         for r in rows:
-            table.add_row(Text(r["name"]), str(r["trials"]), f"{r['best']:.4f}" if r["best"] is not None else "-",
-                          Text(r["started"] or "-"))
-        console.print(table if rows else Text(f"no studies in {storage} yet: run `nas search`."), soft_wrap=True)
+            table.add_row(_text(r["name"]), str(r["trials"]), f"{r['best']:.4f}" if r["best"] is not None else "-",
+                          _text(r["started"] or "-"))
+        console.print(table if rows else _text(f"no studies in {storage} yet: run `nas search`."), soft_wrap=True)
 
 
 # --- rendering -------------------------------------------------------------------------------------
@@ -432,7 +463,7 @@ class _SearchView:
         baselines = f", {e.n_baselines} baselines first" if e.n_baselines and not e.n_finished else ""
         workers = (f"; {e.n_workers} workers × {e.threads} thread{'s' if e.threads > 1 else ''}" if e.n_workers > 1 else "")
         self.progress.console.print(
-            f"study [bold]{escape(e.study)}[/] in {escape(e.storage)}: {e.n_finished} finished trials so far{baselines}; "
+            f"study [bold]{_plain(e.study)}[/] in {_plain(e.storage)}: {e.n_finished} finished trials so far{baselines}; "
             f"{e.n_train} train / {e.n_val} val images on {', '.join(e.devices)}, {e.epochs} epochs per trial{workers}")
 
     def _epoch(self, e: Any) -> None:
@@ -445,7 +476,7 @@ class _SearchView:
         row = e.row
         if row["rejected"]:  # not one of the run's trials: another net is drawn in its place
             if not self.quiet:
-                self.progress.console.print(f"[dim]#{row['number']:<4} rejected {escape(row['reason'] or '')}[/]",
+                self.progress.console.print(f"[dim]#{row['number']:<4} rejected {_plain(row['reason'] or '')}[/]",
                                             highlight=False)
             return
         self.done += 1
@@ -456,14 +487,14 @@ class _SearchView:
         if not self.quiet:
             value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
             self.progress.console.print(
-                f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  {escape(row['arch'] or '')}"
-                + (f"  [dim]({escape(row['reason'])})[/]" if row["reason"] else ""), highlight=False)
+                f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  {_plain(row['arch'] or '')}"
+                + (f"  [dim]({_plain(row['reason'])})[/]" if row["reason"] else ""), highlight=False)
 
     def _of(self) -> str:
         return f"{self.done + 1}" + (f"/{self.trials}" if self.trials else "")
 
     def _worker_failed(self, e: Any) -> None:
-        err_console.print(f"[bold red]{escape(e.message)}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]{_plain(e.message)}[/]", highlight=False, soft_wrap=True)
 
 
 class _TrainingView:
@@ -481,7 +512,7 @@ class _TrainingView:
             if self.task is not None:
                 self.progress.remove_task(self.task)
             if self.per_epoch_lines and not self.quiet:
-                console.print(f"{escape(event.arch)}\n{escape(event.dataset)}: {event.n_train} train / {event.n_held_out} test "
+                console.print(f"{_plain(event.arch)}\n{_plain(event.dataset)}: {event.n_train} train / {event.n_held_out} test "
                               f"images on {event.device}", highlight=False)
             self.task = self.progress.add_task(f"training #{event.trial} ({event.index}/{event.count})", total=event.epochs)
         elif self.per_epoch_lines and not self.quiet:
@@ -504,21 +535,21 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
         counts = ", ".join(f"{outcome.counts[s]} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed"))
                            if s in outcome.counts)
         best = f". Pareto front ({', '.join(outcome.objectives)}):" if len(outcome.objectives) > 1 else ". Best:"
-        console.print(f"{sum(outcome.counts.values())} trials in study {escape(repr(outcome.study))}"
+        console.print(f"{sum(outcome.counts.values())} trials in study {_plain(repr(outcome.study))}"
                       + (f" ({counts})" if counts else "") + (best if outcome.best else "; none completed yet."))
         if outcome.best:
             console.print(_trials_table(outcome.best))
     if outcome.failed_workers:
         err_console.print(f"{len(outcome.failed_workers)} of {outcome.n_workers} workers stopped with an error: "
-                          + escape("; ".join(outcome.failed_workers)), highlight=False, soft_wrap=True)
+                          + _plain("; ".join(outcome.failed_workers)), highlight=False, soft_wrap=True)
     if reasons:
         err_console.print(f"error: none of the {len(outcome.rows)} trials of this run trained: "
-                          + escape("; ".join(f"{n} × {r}" for r, n in reasons.items()))
+                          + _plain("; ".join(f"{n} × {r}" for r, n in reasons.items()))
                           + ". Fix the space or the data those reasons point at, then run it again.",
                           highlight=False, soft_wrap=True)
     if outcome.gave_up:
         err_console.print(f"error: stopped after {outcome.n_trained} trained trial{'s' * (outcome.n_trained != 1)}: "
-                          f"{escape(outcome.gave_up)}", highlight=False, soft_wrap=True)
+                          f"{_plain(outcome.gave_up)}", highlight=False, soft_wrap=True)
     if outcome.failed_workers or reasons or outcome.gave_up:
         raise typer.Exit(1)
 
@@ -526,7 +557,7 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
 def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> None:
     title = (f"Pareto front ({', '.join(result.objectives)}) of {result.n_trials} trials in {result.study!r}"
              if len(result.objectives) > 1 else f"best of {result.n_trials} trials in {result.study!r}")
-    console.print(_trials_table(result.rows, title=Text(title)))
+    console.print(_trials_table(result.rows, title=_text(title)))
     if result.retrained:
         table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",
                       title=f"top {len(result.retrained)} retrained on train+val for {retrain_epochs} epochs, "
@@ -534,14 +565,14 @@ def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> 
         table.columns[-1].overflow = "fold"
         for rank, r in enumerate(result.retrained, 1):
             table.add_row(str(rank), str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}",
-                          f"{r['gap']:+.4f}", f"{r['n_params']:,}", Text(r["arch"]))
+                          f"{r['gap']:+.4f}", f"{r['n_params']:,}", _text(r["arch"]))
         console.print(table)
     elif result.reproduced:
         console.print(f"trial #{result.reproduced['trial']} trained again as in the search: "
                       f"test accuracy {result.reproduced['test_accuracy']:.4f}")
     m = result.export
     if m:
-        console.print(f"exported trial #{m['trial']} to {escape(str(export))}: test accuracy [bold]{m['test_accuracy']:.4f}[/] "
+        console.print(f"exported trial #{m['trial']} to {_plain(export)}: test accuracy [bold]{m['test_accuracy']:.4f}[/] "
                       f"({'retrained on train+val, ' if m['retrained_on_train_and_val'] else ''}{m['epochs']} epochs); "
                       "model.onnx and model.ts match PyTorch within "
                       f"{max(m['onnx_max_abs_diff'], m['torchscript_max_abs_diff']):.1e}", soft_wrap=True)
@@ -595,7 +626,7 @@ def _trials_table(rows: list[dict[str, Any]], title: Text | None = None) -> Tabl
     for r in rows:
         latency = [f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"] if timed else []
         table.add_row(str(r["number"]), f"{r['val_accuracy']:.4f}", f"{r['n_params']:,}", f"{r['flops'] / 1e6:.2f}",
-                      *latency, str(r["epochs_run"]), f"{r['seconds']:.1f}", Text(r["arch"]))
+                      *latency, str(r["epochs_run"]), f"{r['seconds']:.1f}", _text(r["arch"]))
     return table
 
 

@@ -391,7 +391,7 @@ def _read_npz(path: Path) -> Dataset:
         if names.ndim != 1 or names.dtype.kind not in "UiuS" or len(names) != n_classes:
             raise DataError(f"{path}: 'classes' is {names.dtype} with shape {names.shape}, but the labels use "
                             f"{n_classes} classes; it must list one name per class, in label order.")
-        names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+        names = [n.decode(errors="replace") if isinstance(n, bytes) else name_text(str(n)) for n in names.tolist()]
         if len(set(names)) != len(names):
             raise DataError(f"{path}: 'classes' names a class twice; give each class its own name.")
     return Dataset(str(path), *tensors, classes=tuple(names or (str(i) for i in range(n_classes))))

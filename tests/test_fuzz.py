@@ -268,6 +268,7 @@ def run_cli(*args: object) -> str:
     assert done, f"nas {' '.join(map(str, args))} did not end in 60 s"
     r = done[0]
     assert r.exception is None or isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "\x1b" not in r.output, r.output  # a name's terminal commands are shown, not obeyed
     assert r.exit_code == 0 or (r.exit_code == 2 and (r.output.startswith("error: ") or "Invalid value" in r.output)), r.output
     if currently_in_test_context():  # the fixture runs commands too
         event(f"{args[0]}: exit {r.exit_code}")

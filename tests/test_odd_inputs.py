@@ -208,6 +208,9 @@ def test_study_and_path_names_that_look_like_markup_are_printed_as_they_are(host
     assert (hostile / "[/2024]r.html").is_file()
     r = nas_here("best", "--study", "[red]none", "--storage", "sqlite:///s.db", cwd=hostile)
     assert r.returncode == 2 and "[red]none" in r.stderr.decode(), r.stderr
+    r = nas_here("validate", "--space", "a\x1b[31mb\x1b]0;title\x07.yaml", cwd=hostile)  # terminal commands in a name
+    assert r.returncode == 2 and "a\\x1b[31mb\\x1b]0;title\\x07.yaml: no such space file" in r.stderr.decode(), r.stderr
+    assert b"\x1b" not in r.stderr
 
 
 @pytest.mark.parametrize("env", [ASCII, C_LOCALE], ids=["PYTHONIOENCODING=ascii", "LANG=C"])
@@ -228,6 +231,14 @@ def test_latin1_and_markup_class_names_survive_search_export_and_predict_on_any_
     assert r.returncode == 2 and r.stderr.decode("utf-8", "replace").startswith("error: missing"), r.stderr
 
 
+def test_npz_class_names_with_lone_surrogates_become_text_every_writer_takes(tmp_path):
+    x = np.zeros((4, 6, 6), np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.array([0, 0, 1, 1]), x_test=x[:2], y_test=np.array([0, 1]),
+             classes=np.array(["caf\udce9", "[red]"]))
+    classes = load_dataset(str(tmp_path / "d.npz")).classes
+    assert classes == ("caf\\xe9", "[red]") and all(c.encode("utf-8") for c in classes)
+
+
 def test_a_non_utf8_dataset_path_is_searched_and_refused_only_where_it_would_be_written(hostile, tmp_path):
     latin = os.fsdecode(os.fsencode(tmp_path) + b"/d\xe9")
     os.rename(hostile / "imgs", latin)
@@ -246,14 +257,20 @@ def test_a_non_utf8_dataset_path_is_searched_and_refused_only_where_it_would_be_
         os.rename(latin, hostile / "imgs")
 
 
-@pytest.mark.parametrize("columns", ["20", "0"])
-def test_a_tiny_or_zero_console_width_still_shows_the_figures_and_the_errors(hostile, columns):
-    r = nas_cli("best", "--study", HOSTILE, "--storage", "sqlite:///s.db", cwd=hostile, env={"COLUMNS": columns})
-    out = r.stdout.decode()
-    assert r.returncode == 0 and "val acc" in out and "0." in out.split("val acc")[1] and HOSTILE in out, out
-    if columns == "0":  # where an error printed nothing
-        r = nas_cli("validate", "--space", "nothing.yaml", cwd=hostile, env={"COLUMNS": columns})
+@pytest.mark.parametrize("columns, checks", [("20", ["table"]), ("0", ["table", "error"]), ("²", ["error", "usage"])])
+def test_a_tiny_zero_or_odd_console_width_still_shows_the_figures_and_the_errors(hostile, columns, checks):
+    """COLUMNS=0 printed nothing at all (typer's usage errors neither), COLUMNS=² crashed Rich's int()."""
+    env = {"COLUMNS": columns, "LINES": columns}
+    if "table" in checks:
+        r = nas_cli("best", "--study", HOSTILE, "--storage", "sqlite:///s.db", cwd=hostile, env=env)
+        out = r.stdout.decode()
+        assert r.returncode == 0 and "val acc" in out and "0." in out.split("val acc")[1] and HOSTILE in out, out
+    if "error" in checks:
+        r = nas_cli("validate", "--space", "nothing.yaml", cwd=hostile, env=env)
         assert r.returncode == 2 and "no such space file" in " ".join(r.stderr.decode().split()), r.stderr
+    if "usage" in checks:
+        r = nas_cli("search", "--workers", "x", cwd=hostile, env=env)
+        assert r.returncode == 2 and "Invalid value for '--workers'" in r.stderr.decode(), r.stderr
 
 
 @pytest.mark.parametrize("args", [["--workers", "²"], ["--workers", "①"], ["--workers", "٣"], ["--device", "cuda:²"]])
