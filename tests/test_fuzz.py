@@ -239,7 +239,7 @@ def test_random_and_truncated_npz_files_say_why(data, cut):
 
 # --- names and paths through the commands ---------------------------------------------------------
 
-CLI_EXAMPLES = max(4, EXAMPLES // 6)  # each example runs whole commands: a few by default, more in the long run
+CLI_EXAMPLES = max(3, EXAMPLES // 12)  # each example runs whole commands: 5 by default, 416 in the long run
 CLI_FUZZ = settings(max_examples=CLI_EXAMPLES, deadline=60_000, derandomize=EXAMPLES <= 100,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 GOOD = "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\nbudget: {epochs: 1}\n"
