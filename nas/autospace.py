@@ -34,7 +34,7 @@ def default_space(dataset: str, name: str, input_shape: tuple[int, int, int], n_
     subset = GPU_SUBSET if gpu else CPU_SUBSET
     return {
         "name": f"auto-{name_text(Path(name).stem) or 'data'}",  # a study name: stored as UTF-8 text
-        "description": f"the built-in space for {name} ({'×'.join(map(str, input_shape))}), for a "
+        "description": f"the built-in space for {name_text(name)} ({'×'.join(map(str, input_shape))}), for a "
                        f"{'GPU' if gpu else 'CPU'}",
         "dataset": dataset,
         "budget": {"epochs": GPU_EPOCHS if gpu else CPU_EPOCHS,

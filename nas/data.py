@@ -534,8 +534,8 @@ def read_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
     """Images to classify, as (names, uint8 N×C×H×W) in the model's input `shape`.
 
     PNG/JPG files are converted to the model's channels (gray, gray+alpha, RGB, RGBA for C = 1 to 4) and
-    resized to H×W if they differ; an
-    `.npz` contributes its `x` (or `x_test`, or only) array of uint8 images, N×H×W or N×H×W×C.
+    resized to H×W if they differ; an `.npz` contributes its `x` (or `x_test`, or only) array of uint8
+    images, N×H×W or N×H×W×C.
     """
     names, images = [], []
     for path in paths:

@@ -56,8 +56,8 @@ def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = N
     """Write the built-in space for `dataset` to `out` as a space file to start from."""
     check_file_target(out, "the space file")
     if dataset and name_text(dataset) != dataset:
-        raise WriteError(f"{name_text(dataset)}: the dataset's path is not UTF-8, so a space file (UTF-8 YAML) cannot name "
-                       "it; rename it with UTF-8 characters, or search it without a space file.")
+        raise WriteError(f"{name_text(dataset)}: the dataset's path is not UTF-8, so a space file (UTF-8 YAML) "
+                         "cannot name it; rename it with UTF-8 characters, or search it without a space file.")
     write_file(out, space_text(builtin_space(dataset, data_dir)))
 
 
