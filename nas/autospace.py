@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from nas.files import name_text
+
 CPU_MFLOPS_AT_28 = 12.0  # a 28×28 net this size trains an epoch of 60k images in about 20 s on 2 CPU cores
 GPU_SCALE = 20  # a GPU affords nets this much larger in the same time
 CPU_SUBSET, GPU_SUBSET = 15_000, 60_000  # images per trial (train + validation): few enough to try many nets
@@ -31,8 +33,8 @@ def default_space(dataset: str, name: str, input_shape: tuple[int, int, int], n_
     mflops = CPU_MFLOPS_AT_28 * h * w / 28**2 * (GPU_SCALE if gpu else 1)
     subset = GPU_SUBSET if gpu else CPU_SUBSET
     return {
-        "name": f"auto-{Path(name).stem or 'data'}",
-        "description": f"the built-in space for {name} ({'×'.join(map(str, input_shape))}), for a "
+        "name": f"auto-{name_text(Path(name).stem) or 'data'}",  # a study name: stored as UTF-8 text
+        "description": f"the built-in space for {name_text(name)} ({'×'.join(map(str, input_shape))}), for a "
                        f"{'GPU' if gpu else 'CPU'}",
         "dataset": dataset,
         "budget": {"epochs": GPU_EPOCHS if gpu else CPU_EPOCHS,

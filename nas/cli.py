@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from nas import names
 from nas.errors import NasError
@@ -28,21 +30,61 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Search CNN architectures and training hyperparameters for image classification (Optuna + PyTorch).",
 )
-console = Console()
-err_console = Console(stderr=True)
+MIN_WIDTH = 80  # columns: a narrower console (COLUMNS=20, or 0) folds tables until their figures vanish
+
+
+def _sane_terminal_size() -> None:
+    """Fix COLUMNS and LINES where Rich and typer (usage errors, --help) read them: a value that is not an ASCII
+    number (COLUMNS=² crashes Rich's int()) is dropped, a width under MIN_WIDTH (0 prints nothing) raised."""
+    for name in ("COLUMNS", "LINES"):
+        value = os.environ.get(name)
+        if value is not None and not re.fullmatch("[0-9]+", value):
+            del os.environ[name]
+    if int(os.environ.get("COLUMNS", MIN_WIDTH)) < MIN_WIDTH:
+        os.environ["COLUMNS"] = str(MIN_WIDTH)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich's console on stdout or stderr, at least MIN_WIDTH wide whatever COLUMNS or the terminal says, and
+    without emoji codes, which escape() leaves alone: a study named :x: is printed as :x:, not as ❌."""
+    found = Console(stderr=stderr, emoji=False)
+    return found if found.width >= MIN_WIDTH else Console(stderr=stderr, width=MIN_WIDTH, emoji=False)
+
+
+_sane_terminal_size()
+console = _console()
+err_console = _console(stderr=True)
 
 DEFAULT_STORAGE = "sqlite:///studies/nas.db"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but newline and tab: ESC starts a terminal command
+
+
+def _visible(text: str) -> str:
+    """`text` with its control characters shown as \\xNN: a name holding ESC [31m colours nothing, moves nothing."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _plain(value: object) -> str:
+    """A user's string (a name, a path, a message that quotes one) for a line of Rich markup: shown as it is."""
+    return escape(_visible(str(value)))
+
+
+def _text(value: object) -> Text:
+    """A user's string as Rich text, for a table's cell or title, where a plain str would be read as markup."""
+    return Text(_visible(str(value)))
+
+
 def _check_device(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", value):
         raise typer.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
     return value
 
 
 def _parse_budget(value: str) -> float:
     """'90s', '30m', '1.5h' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh])\s*", value)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh])\s*", value)
     seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] if m else 0.0
     if not 10 <= seconds <= 7 * 86400:
         raise typer.BadParameter(f"expected a time from 10s to 168h such as 90s, 30m or 1.5h, got {value!r}")
@@ -50,8 +92,19 @@ def _parse_budget(value: str) -> float:
 
 
 def _check_workers(value: str) -> str:
-    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+    if value != "auto" and not (re.fullmatch("[0-9]+", value) and int(value) >= 1):  # isdigit() takes ², ①
         raise typer.BadParameter(f"expected a count ≥ 1 or auto, got {value!r}")
+    return value
+
+
+def _utf8(value: Any) -> Any:
+    """A study name, storage URL or export path as given, if it is UTF-8 text: other bytes reach Python as lone
+    surrogates, which SQLite and TorchScript cannot store and would end in a traceback."""
+    from nas.files import name_text
+
+    if value is not None and name_text(str(value)) != str(value):
+        raise typer.BadParameter(f"'{name_text(str(value))}' holds bytes that are not UTF-8 (shown as \\xNN); "
+                                 "use a name in UTF-8.")
     return value
 
 
@@ -69,8 +122,9 @@ def _choice(option: str, allowed: tuple[str, ...], help: str) -> Any:
 SpaceOpt = Annotated[Path, typer.Option("--space", help="Search space YAML file.", dir_okay=False)]
 AnySpaceOpt = Annotated[Optional[Path], typer.Option(
     "--space", help="Search space YAML file (default: the built-in space for --dataset).", dir_okay=False)]
-StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).")]
-StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).")]
+StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).", callback=_utf8)]
+StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).",
+                                         callback=_utf8)]
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", help="fashion-mnist, mnist, kmnist, cifar10, an .npz file or an image folder (default: the space's).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
@@ -95,9 +149,18 @@ WorkersOpt = Annotated[str, typer.Option(
     "--workers", callback=_check_workers, help="Worker processes on this machine: N or auto.")]
 TopOpt = Annotated[Optional[int], typer.Option(
     "--top", min=1, help="Trials to show (default 5); with --retrain-epochs, how many to retrain (default 1).")]
-ExportOpt = Annotated[Optional[Path], typer.Option("--export", help="Write the model to this folder.")]
+ExportOpt = Annotated[Optional[Path], typer.Option("--export", help="Write the model to this folder.", callback=_utf8)]
 RetrainOpt = Annotated[Optional[int], typer.Option(
     "--retrain-epochs", min=1, help="Retrain the top trials on train+val this long and rank them on test.")]
+
+
+@app.callback()
+def _any_command() -> None:
+    # Before every command: a character the console cannot encode (→ on an ASCII-only console, LANG=C; a
+    # non-UTF-8 file name's byte anywhere) is printed escaped (\u2192, \udce9), not a UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 @contextmanager
@@ -106,12 +169,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except NasError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # "[low, high]" is no markup
+        err_console.print(f"[bold red]error:[/] {_plain(e)}", highlight=False, soft_wrap=True)  # "[low, high]" is no markup
         raise typer.Exit(2) from None
     except OSError as e:  # a path the checks could not even look at (too long a name, a folder we may not enter)
         if e.filename is None:
             raise
-        err_console.print(f"[bold red]error:[/] cannot use {escape(str(e.filename))}: {e.strerror or e}. Check the path, or "
+        err_console.print(f"[bold red]error:[/] cannot use {_plain(e.filename)}: {e.strerror or e}. Check the path, or "
                           "choose another one.", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -161,7 +224,7 @@ def search(
         except searching.Interrupted as e:
             left = trials - e.n_done
             said = (f"the running ones marked failed (interrupted). Resume with: "
-                    f"{searching.resume_command(_given_options(ctx, 'trials'), left)}" if left > 0 else
+                    f"{_plain(searching.resume_command(_given_options(ctx, 'trials'), left))}" if left > 0 else
                     "none was left to run.")
             err_console.print(f"interrupted by {e}: {e.n_done} finished trial{'s' * (e.n_done != 1)} of this run saved, "
                               + said, highlight=False, soft_wrap=True)
@@ -258,7 +321,7 @@ def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
     _show_best(outcome.best, plan.epochs, export)
     console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {plan.epochs} "
                   f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
-                  + (f"; report: {report}" if report else ""), highlight=False)
+                  + (f"; report: {_plain(report)}" if report else ""), highlight=False, soft_wrap=True)
 
 
 @app.command("train")
@@ -280,7 +343,7 @@ def train_cmd(
             return
         console.print(f"test accuracy [bold]{metrics['test_accuracy']:.4f}[/], {metrics['n_params']:,} parameters, "
                       f"{metrics['flops'] / 1e6:.2f} MFLOPs, {metrics['seconds_per_epoch']:.2f} s/epoch"
-                      + (f"; written to {export}" if export else ""))
+                      + (f"; written to {_plain(export)}" if export else ""), soft_wrap=True)
 
 
 @app.command()
@@ -299,8 +362,9 @@ def predict(
             print(json.dumps(rows, indent=2))
             return
         for r in rows:
-            console.print(f"{r['file']}: " + ", ".join(f"[bold]{c['class']}[/] {c['probability']:.3f}" if j == 0 else
-                                                      f"{c['class']} {c['probability']:.3f}" for j, c in enumerate(r["top"])),
+            console.print(f"{_plain(r['file'])}: " + ", ".join(
+                f"[bold]{_plain(c['class'])}[/] {c['probability']:.3f}" if j == 0 else f"{_plain(c['class'])} {c['probability']:.3f}"
+                for j, c in enumerate(r["top"])),
                           highlight=False, soft_wrap=True)
 
 
@@ -325,26 +389,27 @@ def validate(
         _show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed),
                       str(space or "the built-in space"))
         if write:
-            console.print(f"wrote {write}: pass it to `nas search --space {write}`", highlight=False)
+            console.print(f"wrote {_plain(write)}: pass it to `nas search --space {_plain(shlex.quote(str(write)))}`",
+                          highlight=False, soft_wrap=True)
 
 
 def _show_preview(preview: Any, source: str) -> None:
-    table = Table("parameter", "values", title=f"space {preview.name!r} ({source})")
+    table = Table("parameter", "values", title=_text(f"space {preview.name!r} ({source})"))
     for name, values in preview.dimensions:
-        table.add_row(name, values)
-    console.print(table if preview.dimensions else f"{source}: a fixed architecture (constants only).")
+        table.add_row(_text(name), _text(values))
+    console.print(table if preview.dimensions else _text(f"{source}: a fixed architecture (constants only)."))
     size = f"{preview.n_discrete:,} discrete combinations" + (
         f" × {preview.n_continuous} continuous dimensions" if preview.n_continuous else "")
     console.print(f"size: {size}; {preview.n_baselines} baselines; input {preview.input_shape}, "
                   f"{preview.n_classes} classes; {preview.epochs} epochs per trial")
     for i, net in enumerate(preview.samples, 1):
-        console.print(f"\n[bold]sample {i}[/]: {escape(net.arch)}", highlight=False)
+        console.print(f"\n[bold]sample {i}[/]: {_plain(net.arch)}", highlight=False)
         if net.n_params is None:
-            console.print(f"  {net.problem}: would be rejected before training (another net is drawn)", highlight=False)
+            console.print(f"  {_plain(net.problem)}: would be rejected before training (another net is drawn)", highlight=False)
             continue
         shapes = " → ".join("×".join(map(str, s)) for s in (preview.input_shape, *net.stages))
         console.print(f"  {shapes}; {net.n_params:,} parameters, {net.flops / 1e6:.2f} MFLOPs"
-                      + (f" ({net.problem}: rejected before training, another net is drawn)" if net.problem else ""),
+                      + (f" ({_plain(net.problem)}: rejected before training, another net is drawn)" if net.problem else ""),
                       highlight=False)
 
 
@@ -362,9 +427,10 @@ def report(
         if json_out:
             print(json.dumps({"report": str(out), "summary": dataclasses.asdict(summary)}, indent=2, default=str))
             return
-        console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) for study {summary.study!r}: "
+        console.print(f"wrote {_plain(out)} ({out.stat().st_size / 1e6:.1f} MB) for study {_plain(repr(summary.study))}: "
                       f"{sum(summary.counts.values())} trials, best {summary.best['val_accuracy']:.4f}"
-                      + ("" if summary.export else "; no export yet (`nas best --export DIR` adds the confusion matrix)"))
+                      + ("" if summary.export else "; no export yet (`nas best --export DIR` adds the confusion matrix)"),
+                      soft_wrap=True)
 
 
 @app.command()
@@ -378,7 +444,7 @@ def dashboard(
         from nas import report as reporting
 
         reporting.serve_dashboard(storage, study, host, port, on_ready=lambda url: console.print(
-            f"optuna-dashboard for {storage} at {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True))
+            f"optuna-dashboard for {_plain(storage)} at {_plain(url)}  (Ctrl-C stops it)", highlight=False, soft_wrap=True))
         console.print("dashboard stopped")
 
 
@@ -392,10 +458,11 @@ def studies_cmd(storage: StorageOpt = DEFAULT_STORAGE, json_out: JsonOpt = False
         if json_out:
             print(json.dumps(rows, indent=2))
             return
-        table = Table("study", "trials", "best val acc", "started", title=storage)
+        table = Table("study", "trials", "best val acc", "started", title=_text(storage))
         for r in rows:
-            table.add_row(r["name"], str(r["trials"]), f"{r['best']:.4f}" if r["best"] is not None else "-", r["started"] or "-")
-        console.print(table if rows else f"no studies in {storage} yet: run `nas search`.")
+            table.add_row(_text(r["name"]), str(r["trials"]), f"{r['best']:.4f}" if r["best"] is not None else "-",
+                          _text(r["started"] or "-"))
+        console.print(table if rows else _text(f"no studies in {storage} yet: run `nas search`."), soft_wrap=True)
 
 
 # --- rendering -------------------------------------------------------------------------------------
@@ -425,7 +492,7 @@ class _SearchView:
         baselines = f", {e.n_baselines} baselines first" if e.n_baselines and not e.n_finished else ""
         workers = (f"; {e.n_workers} workers × {e.threads} thread{'s' if e.threads > 1 else ''}" if e.n_workers > 1 else "")
         self.progress.console.print(
-            f"study [bold]{escape(e.study)}[/] in {escape(e.storage)}: {e.n_finished} finished trials so far{baselines}; "
+            f"study [bold]{_plain(e.study)}[/] in {_plain(e.storage)}: {e.n_finished} finished trials so far{baselines}; "
             f"{e.n_train} train / {e.n_val} val images on {', '.join(e.devices)}, {e.epochs} epochs per trial{workers}")
 
     def _epoch(self, e: Any) -> None:
@@ -438,7 +505,7 @@ class _SearchView:
         row = e.row
         if row["rejected"]:  # not one of the run's trials: another net is drawn in its place
             if not self.quiet:
-                self.progress.console.print(f"[dim]#{row['number']:<4} rejected {escape(row['reason'] or '')}[/]",
+                self.progress.console.print(f"[dim]#{row['number']:<4} rejected {_plain(row['reason'] or '')}[/]",
                                             highlight=False)
             return
         self.done += 1
@@ -449,14 +516,14 @@ class _SearchView:
         if not self.quiet:
             value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
             self.progress.console.print(
-                f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  {escape(row['arch'] or '')}"
-                + (f"  [dim]({escape(row['reason'])})[/]" if row["reason"] else ""), highlight=False)
+                f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  {_plain(row['arch'] or '')}"
+                + (f"  [dim]({_plain(row['reason'])})[/]" if row["reason"] else ""), highlight=False)
 
     def _of(self) -> str:
         return f"{self.done + 1}" + (f"/{self.trials}" if self.trials else "")
 
     def _worker_failed(self, e: Any) -> None:
-        err_console.print(f"[bold red]{escape(e.message)}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]{_plain(e.message)}[/]", highlight=False, soft_wrap=True)
 
 
 class _TrainingView:
@@ -474,7 +541,7 @@ class _TrainingView:
             if self.task is not None:
                 self.progress.remove_task(self.task)
             if self.per_epoch_lines and not self.quiet:
-                console.print(f"{escape(event.arch)}\n{event.dataset}: {event.n_train} train / {event.n_held_out} test "
+                console.print(f"{_plain(event.arch)}\n{_plain(event.dataset)}: {event.n_train} train / {event.n_held_out} test "
                               f"images on {event.device}", highlight=False)
             self.task = self.progress.add_task(f"training #{event.trial} ({event.index}/{event.count})", total=event.epochs)
         elif self.per_epoch_lines and not self.quiet:
@@ -497,21 +564,21 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
         counts = ", ".join(f"{outcome.counts[s]} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed"))
                            if s in outcome.counts)
         best = f". Pareto front ({', '.join(outcome.objectives)}):" if len(outcome.objectives) > 1 else ". Best:"
-        console.print(f"{sum(outcome.counts.values())} trials in study {outcome.study!r}"
+        console.print(f"{sum(outcome.counts.values())} trials in study {_plain(repr(outcome.study))}"
                       + (f" ({counts})" if counts else "") + (best if outcome.best else "; none completed yet."))
         if outcome.best:
             console.print(_trials_table(outcome.best))
     if outcome.failed_workers:
         err_console.print(f"{len(outcome.failed_workers)} of {outcome.n_workers} workers stopped with an error: "
-                          + escape("; ".join(outcome.failed_workers)), highlight=False, soft_wrap=True)
+                          + _plain("; ".join(outcome.failed_workers)), highlight=False, soft_wrap=True)
     if reasons:
         err_console.print(f"error: none of the {len(outcome.rows)} trials of this run trained: "
-                          + escape("; ".join(f"{n} × {r}" for r, n in reasons.items()))
+                          + _plain("; ".join(f"{n} × {r}" for r, n in reasons.items()))
                           + ". Fix the space or the data those reasons point at, then run it again.",
                           highlight=False, soft_wrap=True)
     if outcome.gave_up:
         err_console.print(f"error: stopped after {outcome.n_trained} trained trial{'s' * (outcome.n_trained != 1)}: "
-                          f"{escape(outcome.gave_up)}", highlight=False, soft_wrap=True)
+                          f"{_plain(outcome.gave_up)}", highlight=False, soft_wrap=True)
     if outcome.failed_workers or reasons or outcome.gave_up:
         raise typer.Exit(1)
 
@@ -519,7 +586,7 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
 def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> None:
     title = (f"Pareto front ({', '.join(result.objectives)}) of {result.n_trials} trials in {result.study!r}"
              if len(result.objectives) > 1 else f"best of {result.n_trials} trials in {result.study!r}")
-    console.print(_trials_table(result.rows, title=title))
+    console.print(_trials_table(result.rows, title=_text(title)))
     if result.retrained:
         table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",
                       title=f"top {len(result.retrained)} retrained on train+val for {retrain_epochs} epochs, "
@@ -527,17 +594,17 @@ def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> 
         table.columns[-1].overflow = "fold"
         for rank, r in enumerate(result.retrained, 1):
             table.add_row(str(rank), str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}",
-                          f"{r['gap']:+.4f}", f"{r['n_params']:,}", r["arch"])
+                          f"{r['gap']:+.4f}", f"{r['n_params']:,}", _text(r["arch"]))
         console.print(table)
     elif result.reproduced:
         console.print(f"trial #{result.reproduced['trial']} trained again as in the search: "
                       f"test accuracy {result.reproduced['test_accuracy']:.4f}")
     m = result.export
     if m:
-        console.print(f"exported trial #{m['trial']} to {export}: test accuracy [bold]{m['test_accuracy']:.4f}[/] "
+        console.print(f"exported trial #{m['trial']} to {_plain(export)}: test accuracy [bold]{m['test_accuracy']:.4f}[/] "
                       f"({'retrained on train+val, ' if m['retrained_on_train_and_val'] else ''}{m['epochs']} epochs); "
                       "model.onnx and model.ts match PyTorch within "
-                      f"{max(m['onnx_max_abs_diff'], m['torchscript_max_abs_diff']):.1e}")
+                      f"{max(m['onnx_max_abs_diff'], m['torchscript_max_abs_diff']):.1e}", soft_wrap=True)
         if "search_latency_ms" in m:
             console.print(f"ONNX latency measured again after the export: {m['latency_ms']:.3f} ms per image "
                           f"(the search measured {m['search_latency_ms']:.3f} ms), {m['latency_ms_64']:.2f} ms per 64")
@@ -580,7 +647,7 @@ def _progress(quiet: bool) -> Any:
                     TimeElapsedColumn(), console=console, transient=True, disable=quiet)
 
 
-def _trials_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
+def _trials_table(rows: list[dict[str, Any]], title: Text | None = None) -> Table:
     timed = any(r.get("latency_ms") is not None for r in rows)  # measured when an objective or constraint asked
     table = Table("#", "val acc", "params", "MFLOPs", *(["latency ms"] if timed else []), "epochs", "seconds",
                   "architecture", title=title)
@@ -588,7 +655,7 @@ def _trials_table(rows: list[dict[str, Any]], title: str | None = None) -> Table
     for r in rows:
         latency = [f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"] if timed else []
         table.add_row(str(r["number"]), f"{r['val_accuracy']:.4f}", f"{r['n_params']:,}", f"{r['flops'] / 1e6:.2f}",
-                      *latency, str(r["epochs_run"]), f"{r['seconds']:.1f}", r["arch"])
+                      *latency, str(r["epochs_run"]), f"{r['seconds']:.1f}", _text(r["arch"]))
     return table
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nas.errors import NasError
-from nas.files import new_folder_beside
+from nas.files import check_readable_file, name_text, new_folder_beside
 
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -33,6 +33,7 @@ _CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.
 CHANNELS = (1, 2, 3, 4)  # image channels an array may have: gray, gray+alpha, RGB, RGBA
 MAX_CLASSES = 65_536
 MAX_PIXELS = 4096 * 4096  # per image: a larger one is a mistake or a decompression bomb
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # PIL's mode for images of C channels
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes without colour
 
 
@@ -126,10 +127,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
             )
         return _validated(ds, str(folder))
     path = Path(name)
-    if path.suffix == ".npz" or path.is_file():
-        return _validated(_read_npz(path), str(path))
     if path.is_dir():
         return _validated(_read_folder(path), str(path))
+    if path.suffix == ".npz" or path.exists():  # a FIFO or a device too: the reader refuses it by name
+        return _validated(_read_npz(path), str(path))
     raise DataError(
         f"unknown dataset {name!r}: use one of {', '.join(NAMED)}, the path of an .npz file holding "
         "x_train, y_train, x_test, y_test, or a folder of images in class sub-folders."
@@ -262,9 +263,9 @@ def _find(name: str, data_dir: str | Path | None) -> Path | None:
 
 
 def _existing(path: Path) -> Path | None:
-    """`path` or `path.gz`, whichever exists."""
+    """`path` or `path.gz`, whichever exists (a pipe or device too, for the reader to refuse by name)."""
     for p in (path, path.with_name(path.name + ".gz")):
-        if p.is_file():
+        if p.exists() and not p.is_dir():
             return p
     return None
 
@@ -323,6 +324,7 @@ def _get(url: str, dest: Path) -> None:
 
 def read_idx(path: Path, n_dims: int) -> np.ndarray:
     """One IDX file of `n_dims` dimensions (raw or gzip) as a uint8 array, read no further than its header says."""
+    check_readable_file(path, "an IDX file")
     try:
         with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
             head = f.read(4)
@@ -361,6 +363,8 @@ def _read_idx_set(folder: Path) -> tuple[torch.Tensor, ...]:
 
 
 def _read_cifar(folder: Path) -> tuple[torch.Tensor, ...]:
+    for f in _CIFAR_FILES:
+        check_readable_file(folder / f, "a CIFAR-10 batch")
     _check_fits(sum((folder / f).stat().st_size for f in _CIFAR_FILES), str(folder))
     parts = []
     for f in _CIFAR_FILES:
@@ -398,7 +402,7 @@ def _read_npz(path: Path) -> Dataset:
         if names.ndim != 1 or names.dtype.kind not in "UiuS" or len(names) != n_classes:
             raise DataError(f"{path}: 'classes' is {names.dtype} with shape {names.shape}, but the labels use "
                             f"{n_classes} classes; it must list one name per class, in label order.")
-        names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+        names = [n.decode(errors="replace") if isinstance(n, bytes) else name_text(str(n)) for n in names.tolist()]
         if len(set(names)) != len(names):
             raise DataError(f"{path}: 'classes' names a class twice; give each class its own name.")
     return Dataset(str(path), *tensors, classes=tuple(names or (str(i) for i in range(n_classes))))
@@ -407,6 +411,7 @@ def _read_npz(path: Path) -> Dataset:
 def _npz_arrays(path: Path, keys: Callable[[list[str]], list[str]]) -> dict[str, np.ndarray]:
     """The arrays of an .npz that `keys` picks from the names present (or refuses, with a DataError),
     each array's size checked from its header before numpy decompresses anything (a zip can be a bomb)."""
+    check_readable_file(path, "an .npz file")
     try:
         with zipfile.ZipFile(path) as z:
             wanted = keys([i.filename[:-4] for i in z.infolist() if i.filename.endswith(".npy")])
@@ -436,15 +441,21 @@ def _dataset_keys(path: Path) -> Callable[[list[str]], list[str]]:
 
 
 def _channels_first(x: np.ndarray, where: str) -> np.ndarray:
-    """N×C×H×W from N×H×W (grayscale), N×H×W×C (the documented layout) or N×C×H×W (how torch users save)."""
+    """N×C×H×W from N×H×W (grayscale), N×H×W×C (the documented layout) or N×C×H×W (how torch users save).
+
+    Tiny images can fit both readings (N×3×4×4: 3-channel 4×4, or 4-channel 3×4). Then the reading whose
+    images are square wins, then the one with more pixels, then N×H×W×C; so N×3×4×4 and N×1×2×2 are
+    channels-first, N×4×4×3 channels-last."""
     if x.ndim == 3:
         return x[:, None]
-    if x.shape[3] in CHANNELS:
-        return x.transpose(0, 3, 1, 2)
-    if x.shape[1] in CHANNELS:
-        return x
-    raise DataError(f"{where} has shape {x.shape}: neither N×H×W×C nor N×C×H×W with C = 1 to {max(CHANNELS)} "
-                    "channels. Save grayscale images as N×H×W and colour ones as N×H×W×3.")
+    _, a, b, c = x.shape
+    readings = [(b, c, True)] * (a in CHANNELS) + [(a, b, False)] * (c in CHANNELS)  # (H, W, channels first)
+    if not readings:
+        raise DataError(f"{where} has shape {x.shape}: neither N×H×W×C nor N×C×H×W with C = 1 to {max(CHANNELS)} "
+                        "channels. Save grayscale images as N×H×W and colour ones as N×H×W×3 (when both readings "
+                        "fit, nas takes the one with square images, then the larger, then N×H×W×C).")
+    _, _, first = max(readings, key=lambda r: (r[0] == r[1], r[0] * r[1], not r[2]))
+    return x if first else x.transpose(0, 3, 1, 2)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -470,7 +481,7 @@ def _read_folder(root: Path) -> Dataset:
     for f in every:
         with _open_image(f) as im:  # reads the header only
             sizes.setdefault(im.size, f)
-            colour |= im.mode not in _GRAY_MODES
+            colour |= _has_colour(im)
     if len(sizes) > 1:
         (a, fa), (b, fb) = list(sizes.items())[:2]
         raise DataError(f"{root}: images have different sizes ({fa} is {a[0]}×{a[1]}, {fb} is {b[0]}×{b[1]}); "
@@ -487,9 +498,26 @@ def _read_folder(root: Path) -> Dataset:
     return Dataset(str(root), *tensors, classes=tuple(classes))
 
 
+def _has_colour(im: Any) -> bool:
+    """Whether an image holds colour: by its mode, and for a palette image (GIF, PNG-8) by the palette entries
+    its first frame uses (the frame nas reads), since a grey image saved with a palette is still grey."""
+    if im.mode == "P":
+        palette = np.array(im.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)
+        try:
+            palette = palette[np.unique(np.asarray(im))]
+        except (OSError, IndexError):  # broken pixel data: reported when the image is read; judge the whole palette
+            pass
+        return bool((palette != palette[:, :1]).any())
+    return im.mode not in _GRAY_MODES
+
+
 def _class_files(folder: Path) -> dict[str, list[Path]]:
-    found = {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-             for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    """Class name (the folder's name as text, see files.name_text) -> its image files, sorted by name."""
+    dirs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    found = {name_text(d.name): sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for d in dirs}
+    if len(found) < len(dirs):
+        raise DataError(f"{folder}: two class folders have the same name once their non-UTF-8 bytes are written as "
+                        "\\xNN; rename one of them.")
     found = {c: fs for c, fs in found.items() if fs}
     if len(found) < 2:
         raise DataError(f"{folder}: expected one sub-folder of images per class (at least two classes, images ending "
@@ -516,8 +544,9 @@ def _checked(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> tuple[
 def read_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
     """Images to classify, as (names, uint8 N×C×H×W) in the model's input `shape`.
 
-    PNG/JPG files are converted to grayscale or RGB to match C and resized to H×W if they differ; an
-    `.npz` contributes its `x` (or `x_test`, or only) array of uint8 images, N×H×W or N×H×W×C.
+    PNG/JPG files are converted to the model's channels (gray, gray+alpha, RGB, RGBA for C = 1 to 4) and
+    resized to H×W if they differ; an `.npz` contributes its `x` (or `x_test`, or only) array of uint8
+    images, N×H×W or N×H×W×C.
     """
     names, images = [], []
     for path in paths:
@@ -548,7 +577,7 @@ def _image_file(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
             elif im.mode in ("I", "F"):
                 raise DataError(f"{path}: its pixels are 32-bit {'integers' if im.mode == 'I' else 'floats'}, whose range "
                                 "nas cannot know; save it with 8 or 16 bits per channel.")
-            im = im.convert("L" if shape[0] == 1 else "RGB")
+            im = im.convert(_MODES[shape[0]])
             if im.size != (shape[2], shape[1]):
                 im = im.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
@@ -563,6 +592,7 @@ def _open_image(path: Path) -> Any:
 
     from PIL import Image, UnidentifiedImageError
 
+    check_readable_file(path, "an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -27,7 +27,8 @@ from torch import nn
 from nas.data import (CHANNELS, MAX_PIXELS, Dataset, Split, available_memory, dataset_inputs, load_dataset, read_images,
                       test_split)
 from nas.errors import NasError
-from nas.files import EXPORT_FILES, check_export_target, check_not_input, new_folder_beside, replace_folder
+from nas.files import (EXPORT_FILES, check_export_target, check_not_input, check_readable_file, new_folder_beside,
+                       replace_folder)
 from nas.model import ShapeError, build_model, model_info, spec_info
 from nas.pipeline import assess, prepare_final_data, prepare_search_data, score_on_test, train_spec
 from nas.search import checkpoint, signals_interrupt
@@ -349,6 +350,8 @@ class Export:
 def open_export(path: str | Path) -> Export:
     """Read an export folder, checking every file before the network is built."""
     path = Path(path)
+    for f in FILES:
+        check_readable_file(path / f, f"an export's {f}")
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise ExportError(f"{path}: missing {', '.join(missing)}; an export folder holds {', '.join(FILES)} "

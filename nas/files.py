@@ -285,3 +285,41 @@ def _check_folder_writable(folder: Path, what: str, need: int) -> None:
     if free < need + MIN_FREE:
         raise WriteError(f"cannot write {what} in {existing}: only {free / 2**20:.1f} MiB free, it needs about "
                          f"{(need + MIN_FREE) / 2**20:.0f} MiB. Free some space or choose another place.")
+
+
+class ReadError(NasError):
+    """An input path that is not a file nas can read: a pipe, a device, a socket or a folder."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_readable_file(path: Path, what: str) -> None:
+    """Refuse `path` unless it is a regular file (or a link to one), from its stat, without opening it.
+
+    Opening a FIFO blocks until a writer comes (forever, usually) and a device such as /dev/zero never
+    ends, so every reader asks here first. A path that does not exist passes: the reader's own open
+    then says so in its words. `what` names the input in the message: 'the space file', 'an image'."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise ReadError(f"cannot read {what} {path}: {e.strerror or e}. Check the path.") from e
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise ReadError(f"{path}: is {kind}, but {what} must be a regular file (nas does not open pipes or devices: "
+                    "they would block or never end). Pass the file itself.")
+
+
+def name_text(name: str) -> str:
+    """A file name as text that every writer takes. A name whose bytes are not UTF-8 (Latin-1 `café`) comes
+    from the OS with lone surrogates, which SQLite, YAML and UTF-8 writers refuse; they are shown as \\xNN,
+    so the name stays readable and two such names stay two."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no file name decodes to
+        raw = name.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")

@@ -13,7 +13,7 @@ import torch
 from nas import names
 from nas.autospace import default_space, space_text
 from nas.data import dataset_inputs, dataset_shape, load_dataset
-from nas.files import check_file_target, check_not_input, write_file
+from nas.files import WriteError, check_file_target, check_not_input, name_text, write_file
 from nas.model import ShapeError
 from nas.pipeline import assess
 from nas.space import RandomTrial, baseline_params, dim_text, load_space, n_combinations, parse_space, sample
@@ -56,6 +56,9 @@ def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = N
     """Write the built-in space for `dataset` to `out` as a space file to start from (never over the dataset)."""
     check_file_target(out, "the space file")
     check_not_input(out, "--write", dataset_inputs(dataset or names.DEFAULT_DATASET, data_dir))
+    if dataset and name_text(dataset) != dataset:
+        raise WriteError(f"{name_text(dataset)}: the dataset's path is not UTF-8, so a space file (UTF-8 YAML) "
+                         "cannot name it; rename it with UTF-8 characters, or search it without a space file.")
     write_file(out, space_text(builtin_space(dataset, data_dir)))
 
 

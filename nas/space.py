@@ -20,6 +20,7 @@ import yaml
 
 from nas import names
 from nas.errors import NasError
+from nas.files import ReadError, check_readable_file
 from nas.spec import ArchSpec, BlockSpec, LayerSpec, TrainSpec
 
 class SpaceError(NasError):
@@ -341,11 +342,11 @@ def _read_yaml(path: Path) -> Any:
     Aliases are counted on PyYAML's node graph before anything is built, so an alias bomb is refused
     without being expanded; nesting is counted while composing, before Python's recursion limit."""
     try:
+        if path.is_dir():
+            raise SpaceError(f"{path}: is a folder; --space takes a YAML file (see search_spaces/).")
+        check_readable_file(path, "a space file")  # a FIFO or a device: refused before open() blocks on it
         if not path.is_file():
-            what = "a folder" if path.is_dir() else "not a regular file" if path.exists() else None
-            if what is None:
-                raise SpaceError(f"{path}: no such space file. Pass an existing YAML file to --space (see search_spaces/).")
-            raise SpaceError(f"{path}: is {what}; --space takes a YAML file (see search_spaces/).")
+            raise SpaceError(f"{path}: no such space file. Pass an existing YAML file to --space (see search_spaces/).")
         with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
@@ -622,6 +623,10 @@ class _Parser:
             file = (path.parent if path else Path(".")) / raw
             if file.is_dir():
                 self.fail(where, f"{str(file)!r} is a folder; name a space file in it (paths are relative to the space file)")
+            try:
+                check_readable_file(file, "a baseline")
+            except ReadError as e:
+                self.fail(where, str(e).rstrip("."))
             if not file.is_file():
                 self.fail(where, f"no such file {str(file)!r} (paths are relative to the space file)")
             return file

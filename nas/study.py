@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from nas import names
 from nas.errors import NasError
-from nas.files import WriteError, check_file_target
+from nas.files import WriteError, check_file_target, check_readable_file
 from nas.space import Choice, FloatRange, IntRange, Space
 
 State = optuna.trial.TrialState
@@ -50,6 +50,7 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         path = sqlite_path(url)
+        check_readable_file(path, "the study storage")  # a FIFO would block SQLite; a device is no database
         if not create and not path.is_file():
             raise StudyError(f"{url}: no such study storage ({path} is not an existing regular file); run `nas search` "
                              "first or pass the --storage your search used.")

@@ -1,5 +1,7 @@
 """Property-based fuzzing: mutated and random space files and random `.npz` contents may only ever give a
-space or dataset, or a NasError, within bounded time and memory (never a traceback, a hang or a blow-up).
+space or dataset, or a NasError, within bounded time and memory (never a traceback, a hang or a blow-up);
+hostile names and paths (Rich markup, non-UTF-8 bytes, over-long names, FIFOs, devices) given to the
+commands that render or write them may only give success or exit 2 with an `error:` line, in bounded time.
 
 The default suite runs a small budget; NAS_FUZZ_EXAMPLES=5000 runs a long one (docs/reliability.md
 records the last long run).
@@ -7,8 +9,10 @@ records the last long run).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings, strategies as st
 
 from nas.data import load_dataset, split_sizes
 from nas.errors import NasError
@@ -231,6 +235,121 @@ def test_random_and_truncated_npz_files_say_why(data, cut):
         whole = path.read_bytes()
         path.write_bytes(whole[:cut % (len(whole) + 1)] + data if data else whole[:cut % len(whole)])
         _bounded(lambda: load_dataset(str(path)))
+
+
+# --- names and paths through the commands ---------------------------------------------------------
+
+CLI_EXAMPLES = max(3, EXAMPLES // 12)  # each example runs whole commands: 5 by default, 416 in the long run
+CLI_FUZZ = settings(max_examples=CLI_EXAMPLES, deadline=60_000, derandomize=EXAMPLES <= 100,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+GOOD = "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\nbudget: {epochs: 1}\n"
+MARKUP = ["[/]", "[red]", "[/2024]", "[bold red]", "[link=file:///etc]", "[@click=x]", "\\", "\\[", "[", "]", ":x:",
+          "%s", "{}", "→", " ", "-", "'", '"', "$HOME", "\x1b[31m", "é"]
+name_parts = st.one_of(st.sampled_from(MARKUP), st.text(st.characters(blacklist_categories=("Cs",),
+                                                                       blacklist_characters="/\x00"), min_size=1, max_size=6))
+short_names = st.lists(name_parts, min_size=1, max_size=6).map("".join)
+names = st.one_of(short_names, short_names, short_names,  # and now and then one over a file name's 255 bytes
+                  st.integers(200, 300).map(lambda n: "[red]" + "x" * n))
+# A file name as the OS hands it over: text, or text with a byte that is not UTF-8 (Latin-1 é, 0xe9).
+file_names = st.tuples(names, st.booleans()).map(lambda t: os.fsdecode(os.fsencode(t[0]) + b"\xe9") if t[1] else t[0])
+
+
+def run_cli(*args: object) -> str:
+    """`nas ARGS` in this process, within the time limit: success, or exit 2 with one `error:` paragraph (or
+    click's usage error); never a traceback, a Rich MarkupError or a UnicodeEncodeError."""
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(CliRunner().invoke(app, [str(a) for a in args])), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert done, f"nas {' '.join(map(str, args))} did not end in 60 s"
+    r = done[0]
+    assert r.exception is None or isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "\x1b" not in r.output, r.output  # a name's terminal commands are shown, not obeyed
+    assert r.exit_code == 0 or (r.exit_code == 2 and (r.output.startswith("error: ") or "Invalid value" in r.output)), r.output
+    if currently_in_test_context():  # the fixture runs commands too
+        event(f"{args[0]}: exit {r.exit_code}")
+    return r.output
+
+
+def made(path: Path, write) -> Path:
+    """`path` written by `write(path)`, if the file system takes its name (it may be too long)."""
+    try:
+        write(path)
+    except OSError:
+        event("name refused by the file system")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_home():
+    """A tiny IDX dataset, a study 'tiny' of one trial on it in SQLite, and an export (made once)."""
+    from conftest import write_idx_dataset
+
+    home = Path(tempfile.mkdtemp(prefix="nas-fuzz-cli-"))
+    write_idx_dataset(home / "data", n_train=5, n_test=2)
+    (home / "s.yaml").write_text(GOOD.replace("budget", "name: tiny\nbudget"))
+    run_cli("search", "--space", home / "s.yaml", "--storage", f"sqlite:///{home}/s.db", "--data-dir", home / "data",
+            "--trials", 1, "--quiet")
+    run_cli("train", "--space", home / "s.yaml", "--data-dir", home / "data", "--export", home / "out", "--quiet")
+    assert (home / "s.db").is_file() and (home / "out" / "model.pt").is_file()
+    return home
+
+
+@CLI_FUZZ
+@given(name=names)
+def test_hostile_study_names_in_studies_best_and_report(cli_home, name):
+    import shutil
+    import sqlite3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(cli_home / "s.db", Path(tmp) / "s.db")
+        with sqlite3.connect(Path(tmp) / "s.db") as db:
+            db.execute("UPDATE studies SET study_name = ?", (name,))
+        storage = f"sqlite:///{tmp}/s.db"
+        assert [r["name"] for r in json.loads(run_cli("studies", "--storage", storage, "--json"))] == [name]
+        run_cli("studies", "--storage", storage)
+        assert "val acc" in run_cli("best", "--storage", storage, "--study", name, "--data-dir", cli_home / "data")
+        out = run_cli("report", "--storage", storage, "--study", name, "--out", Path(tmp) / f"{name}.html")
+        assert out.startswith("error: ") or (Path(tmp) / f"{name}.html").is_file()
+
+
+@CLI_FUZZ
+@given(name=file_names, kind=st.sampled_from(["file"] * 4 + ["fifo", "/dev/zero", "folder"]))
+def test_hostile_file_names_in_validate_and_predict(cli_home, name, kind):
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def special(path: Path, write) -> Path:
+            return {"file": lambda: made(path, write), "fifo": lambda: made(path, os.mkfifo),
+                    "folder": lambda: made(path, Path.mkdir), "/dev/zero": lambda: Path("/dev/zero")}[kind]()
+
+        space = special(Path(tmp) / f"{name}.yaml", lambda p: p.write_text(GOOD))
+        run_cli("validate", "--space", space, "--samples", 1)
+        run_cli("validate", "--dataset", "fashion-mnist", "--data-dir", cli_home / "data", "--write",
+                Path(tmp) / f"w{name}.yaml", "--samples", 0)
+        image = special(Path(tmp) / f"{name}.png", lambda p: Image.new("L", (28, 28), 90).save(p, format="PNG"))
+        out = run_cli("predict", cli_home / "out", image)
+        assert out.startswith("error: ") or "T-shirt/top" in out or "Trouser" in out
+
+
+@CLI_FUZZ
+@given(classes=st.lists(file_names, min_size=2, max_size=3))
+def test_hostile_class_folder_names_in_search(classes):
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "imgs"
+        for k, c in enumerate(classes):  # numbered: distinct, and never hidden (.x), . or ..
+            made(root / f"{k}{c}", lambda d: [d.mkdir(parents=True, exist_ok=True)] + [
+                Image.new("L", (6, 6), 40 * k + i).save(d / f"{i}.png") for i in range(4)])
+        (Path(tmp) / "s.yaml").write_text(GOOD)
+        run_cli("validate", "--dataset", root, "--samples", 0)
+        run_cli("search", "--space", Path(tmp) / "s.yaml", "--dataset", root, "--storage", f"sqlite:///{tmp}/s.db",
+                "--trials", 1, "--quiet")
 
 
 @pytest.mark.skipif(EXAMPLES < 1000, reason="the long fuzz run: NAS_FUZZ_EXAMPLES=5000")

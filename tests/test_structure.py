@@ -19,7 +19,7 @@ ALLOWED = {
     "names": {"errors"},  # the names users may write, for the CLI's choices: imports nothing heavy
     "files": {"errors"},  # every write nas makes
     "spec": set(),  # the plain data of one network
-    "space": {"errors", "names", "spec"},
+    "space": {"errors", "files", "names", "spec"},
     "data": {"errors", "files"},
     "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
     "train": {"errors", "names"},  # torch only
@@ -27,7 +27,7 @@ ALLOWED = {
     "latency": set(),  # torch and ONNX Runtime only
     "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
-    "autospace": set(),  # the built-in space of a dataset, as plain data
+    "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
     "autorun": {"data", "errors", "export", "files", "names", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
