@@ -30,7 +30,7 @@ def run(layout: str, args: argparse.Namespace) -> dict:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in every worker
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "nas.cli", "search", "--space", str(ROOT / "search_spaces/seed_lenet.yaml"),
+        cmd = [sys.executable, "-m", "nas.cli", "search", "--space", str(ROOT / "nas/spaces/seed_lenet.yaml"),
                "--storage", f"sqlite:///{tmp}/bench.db", "--trials", str(args.trials), "--epochs", str(args.epochs),
                "--subset", str(args.subset), "--workers", str(workers), "--pruner", "none", "--device", args.device,
                "--json"]

@@ -89,7 +89,7 @@ def tutorial(data_dir: Path, epochs: int, device: str) -> dict:
 
 def nas_train(data_dir: Path, epochs: int, device: str) -> dict:
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "nas.cli", "train", "--space", str(ROOT / "search_spaces/seed_lenet.yaml"),
+    cmd = [sys.executable, "-m", "nas.cli", "train", "--space", str(ROOT / "nas/spaces/seed_lenet.yaml"),
            "--epochs", str(epochs), "--data-dir", str(data_dir), "--device", device, "--json"]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
     return {"seconds_per_epoch": out["seconds_per_epoch"], "fit": sum(r["seconds"] for r in out["history"]),
