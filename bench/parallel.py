@@ -1,6 +1,6 @@
 """Side by side, in one run: trials per hour of one fixed small search with different worker layouts.
 
-Every trial is the same network (`search_spaces/seed_lenet.yaml`, a fixed LeNet, no pruning), so the
+Every trial is the same network (the bundled `seed_lenet`, a fixed LeNet, no pruning), so the
 layouts do identical work and only throughput differs. Each layout is a fresh `nas search` process on a
 fresh SQLite study; its wall time includes starting the process and its workers.
 
@@ -30,7 +30,7 @@ def run(layout: str, args: argparse.Namespace) -> dict:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in every worker
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "nas.cli", "search", "--space", str(ROOT / "search_spaces/seed_lenet.yaml"),
+        cmd = [sys.executable, "-m", "nas.cli", "search", "--space", str(ROOT / "nas/spaces/seed_lenet.yaml"),
                "--storage", f"sqlite:///{tmp}/bench.db", "--trials", str(args.trials), "--epochs", str(args.epochs),
                "--subset", str(args.subset), "--workers", str(workers), "--pruner", "none", "--device", args.device,
                "--json"]

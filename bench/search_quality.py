@@ -45,7 +45,7 @@ def search(storage: str, args: argparse.Namespace, seed: int, **job) -> tuple[se
 def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
     storage = f"sqlite:///{tmp}/{name}-{seed}.db"
     if name == "seeds":  # each tutorial net in its own study; the better on validation goes on
-        runs = [search(storage, args, seed, space=ROOT / "search_spaces" / f"{net}.yaml", study=net, trials=1,
+        runs = [search(storage, args, seed, space=ROOT / "nas" / "spaces" / f"{net}.yaml", study=net, trials=1,
                        epochs=args.seed_epochs) for net in ("seed_lenet", "seed_network")]
         seconds = sum(wall for _, wall in runs)
         trained = [o for o, _ in runs if o.best]

@@ -1,4 +1,4 @@
-"""Side by side, in one run: the tutorial's LeNet recipe vs `nas train --space search_spaces/seed_lenet.yaml`.
+"""Side by side, in one run: the tutorial's LeNet recipe vs `nas train --space seed_lenet`.
 
 The tutorial recipe is torchvision's `FashionMNIST` + `ToTensor` + `DataLoader` (batch 256, shuffled),
 a hand-written LeNet (conv 6-16 5x5, LeakyReLU(0.1), fc 120-84), Adam 1e-3. Both sides train on the
@@ -89,7 +89,7 @@ def tutorial(data_dir: Path, epochs: int, device: str) -> dict:
 
 def nas_train(data_dir: Path, epochs: int, device: str) -> dict:
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "nas.cli", "train", "--space", str(ROOT / "search_spaces/seed_lenet.yaml"),
+    cmd = [sys.executable, "-m", "nas.cli", "train", "--space", str(ROOT / "nas/spaces/seed_lenet.yaml"),
            "--epochs", str(epochs), "--data-dir", str(data_dir), "--device", device, "--json"]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
     return {"seconds_per_epoch": out["seconds_per_epoch"], "fit": sum(r["seconds"] for r in out["history"]),

@@ -87,5 +87,5 @@ def warm_start(max_blocks: int) -> list[dict[str, Any]]:
 def space_text(space: dict[str, Any]) -> str:
     """The space as a commented YAML file."""
     return (f"# {space['description']}: written by `nas validate --write`. Edit it and pass it to\n"
-            f"# `nas search --space FILE`; see search_spaces/lenet.yaml for every key.\n"
+            f"# `nas search --space FILE`; `nas validate --space lenet` shows a space with every key.\n"
             + yaml.safe_dump(space, sort_keys=False, width=100, allow_unicode=True, default_flow_style=None))

@@ -119,12 +119,20 @@ def _choice(option: str, allowed: tuple[str, ...], help: str) -> Any:
     return typer.Option(option, callback=check, metavar=f"[{'|'.join(allowed)}]", help=help)
 
 
-SpaceOpt = Annotated[Path, typer.Option("--space", help="Search space YAML file.", dir_okay=False)]
+SpaceOpt = Annotated[Path, typer.Option(
+    "--space", help="Search space YAML file, or a bundled space's name (`nas spaces`).", dir_okay=False)]
 AnySpaceOpt = Annotated[Optional[Path], typer.Option(
+<<<<<<< HEAD
     "--space", help="Search space YAML file (default: the built-in space for --dataset).", dir_okay=False)]
 StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).", callback=_utf8)]
 StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).",
                                          callback=_utf8)]
+=======
+    "--space", help="Search space YAML file, or a bundled space's name (`nas spaces`); default: the built-in "
+                    "space for --dataset.", dir_okay=False)]
+StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).")]
+StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).")]
+>>>>>>> t22-spaces
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", help="fashion-mnist, mnist, kmnist, cifar10, an .npz file or an image folder (default: the space's).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
@@ -446,6 +454,24 @@ def dashboard(
         reporting.serve_dashboard(storage, study, host, port, on_ready=lambda url: console.print(
             f"optuna-dashboard for {_plain(storage)} at {_plain(url)}  (Ctrl-C stops it)", highlight=False, soft_wrap=True))
         console.print("dashboard stopped")
+
+
+@app.command("spaces")
+def spaces_cmd(json_out: JsonOpt = False) -> None:
+    """List the search spaces shipped with nas: pass a name to --space from any folder (`--space lenet`)."""
+    with _user_errors():
+        from nas.space import list_bundled
+
+        rows = list_bundled()
+        if json_out:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table("name", "searched", "baselines", "what it is", title="bundled spaces (nas search --space NAME)")
+        for r in rows:
+            table.add_row(r["name"], f"{r['searched']} dimensions" if r["searched"] else "fixed net", str(r["baselines"]),
+                          escape(r["summary"]))
+        console.print(table)
+        console.print(f"files in {escape(str(Path(rows[0]['file']).parent))}: copy one to edit it", highlight=False)
 
 
 @app.command("studies")

@@ -330,10 +330,42 @@ MAX_DEPTH = 32  # nesting levels, after expanding aliases
 MAX_VALUES = 10_000  # scalars, lists and mappings, after expanding aliases (a YAML alias bomb has billions)
 
 
+BUNDLED = Path(__file__).parent / "spaces"  # the spaces shipped inside the package (`nas spaces` lists them)
+
+
 def load_space(path: str | Path) -> Space:
-    """Read and validate a space file; every mistake names its path in the file."""
-    path = Path(path)
+    """Read and validate a space file, or a bundled space by name; every mistake names its path in the file."""
+    path = find_space(path)
     return parse_space(_read_yaml(path), path)
+
+
+def find_space(name: str | Path) -> Path:
+    """`name` as a path if anything is there, else the bundled space of that name (`lenet` or `lenet.yaml`),
+    else `name` unchanged (reading it then says that there is no such file)."""
+    path = Path(name)
+    if path.exists() or path.is_symlink() or path.parent != Path("."):
+        return path
+    bundled = BUNDLED / f"{path.stem if path.suffix in ('.yaml', '.yml') else path.name}.yaml"
+    return bundled if bundled.is_file() else path
+
+
+def bundled_spaces() -> list[tuple[str, Path]]:
+    """The bundled spaces as (name, file), by name."""
+    return sorted((p.stem, p) for p in BUNDLED.glob("*.yaml"))
+
+
+def list_bundled() -> list[dict[str, Any]]:
+    """What `nas spaces` shows of each bundled space: name, file, how many dimensions it searches, its
+    baselines, and the first sentence of the comment it opens with."""
+    rows = []
+    for name, path in bundled_spaces():
+        space = load_space(path)
+        lines = path.read_text().splitlines()
+        comment = " ".join(line.lstrip("# ").strip() for line in lines[:next(
+            (i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))])
+        rows.append({"name": name, "file": str(path), "searched": len(space.dimensions()),
+                     "baselines": len(space.baselines), "summary": comment.split(". ")[0].rstrip(".")})
+    return rows
 
 
 def _read_yaml(path: Path) -> Any:
@@ -343,10 +375,12 @@ def _read_yaml(path: Path) -> Any:
     without being expanded; nesting is counted while composing, before Python's recursion limit."""
     try:
         if path.is_dir():
-            raise SpaceError(f"{path}: is a folder; --space takes a YAML file (see search_spaces/).")
+            raise SpaceError(f"{path}: is a folder; --space takes a YAML file or a bundled space's name (`nas spaces`).")
         check_readable_file(path, "a space file")  # a FIFO or a device: refused before open() blocks on it
         if not path.is_file():
-            raise SpaceError(f"{path}: no such space file. Pass an existing YAML file to --space (see search_spaces/).")
+            raise SpaceError(f"{path}: no such space file, and no bundled space of that name. Pass an existing YAML "
+                             f"file to --space, or a bundled space: {', '.join(n for n, _ in bundled_spaces())} "
+                             "(`nas spaces` lists them).")
         with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
@@ -354,7 +388,7 @@ def _read_yaml(path: Path) -> Any:
     if len(raw) > MAX_FILE_BYTES:
         raise SpaceError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a space file is a page of YAML. Is it the right file?")
     if b"\0" in raw:
-        raise SpaceError(f"{path}: a binary file, not YAML text. Pass a space file such as search_spaces/lenet.yaml.")
+        raise SpaceError(f"{path}: a binary file, not YAML text. Pass a space file, or a bundled space such as lenet.")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -443,8 +477,8 @@ def parse_space(raw: Any, path: Path | None = None, label: str | None = None) ->
     """Validate an already-loaded mapping (see `load_space`); errors name `label`, else the path."""
     p = _Parser(label or (str(path) if path else "<space>"))
     if raw is None:
-        p.fail("", "the file is empty (or only comments); a space file is a YAML mapping such as "
-                   "search_spaces/lenet.yaml, and `{}` asks for the default network")
+        p.fail("", "the file is empty (or only comments); a space file is a YAML mapping like "
+                   "the bundled ones (`nas spaces` lists them), and `{}` asks for the default network")
     top = p.mapping(raw, "", _TOP)
     budget = p.mapping(top.get("budget", {}), "budget", _BUDGET)
     cons = p.mapping(top.get("constraints", {}), "constraints", _CONSTRAINTS)

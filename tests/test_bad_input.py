@@ -18,7 +18,7 @@ from conftest import fill_disk, mount_tmpfs, unmount, write_idx, write_idx_datas
 from nas.cli import app
 from nas.export import ExportError
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 GOOD = "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\nbudget: {epochs: 1}\n"
 
 

@@ -16,7 +16,7 @@ from nas.cli import app
 from nas.data import load_dataset
 from nas.space import baseline_params, load_space
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 runner = CliRunner()
 
 

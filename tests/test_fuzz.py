@@ -27,7 +27,7 @@ from nas.errors import NasError
 from nas.model import spec_info
 from nas.space import _TRAINING, load_space, sample
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 SEEDS = [p.read_text() for p in sorted(SPACES.glob("*.yaml"))]
 EXAMPLES = int(os.environ.get("NAS_FUZZ_EXAMPLES", "60"))
 MEMORY = 64 << 20  # bytes any one example may allocate at its peak (numpy's and Python's)

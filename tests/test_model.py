@@ -6,7 +6,7 @@ import torch
 from nas import space as sp
 from nas.model import Normalize, ShapeError, build_model, model_info
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 
 
 def fixed(name: str) -> sp.ArchSpec:

@@ -17,7 +17,7 @@ from nas.space import load_space, sample
 from nas.train import fit
 
 REAL = Path("/usr/share/datasets/fashion-mnist")
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 
 pytestmark = [
     pytest.mark.real_data,

@@ -8,7 +8,7 @@ import yaml
 from nas import model
 from nas import space as sp
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 
 
 def test_shipped_spaces_load_and_baselines_fit():
