@@ -122,17 +122,11 @@ def _choice(option: str, allowed: tuple[str, ...], help: str) -> Any:
 SpaceOpt = Annotated[Path, typer.Option(
     "--space", help="Search space YAML file, or a bundled space's name (`nas spaces`).", dir_okay=False)]
 AnySpaceOpt = Annotated[Optional[Path], typer.Option(
-<<<<<<< HEAD
-    "--space", help="Search space YAML file (default: the built-in space for --dataset).", dir_okay=False)]
+    "--space", help="Search space YAML file, or a bundled space's name (`nas spaces`); default: the built-in "
+                    "space for --dataset.", dir_okay=False)]
 StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).", callback=_utf8)]
 StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).",
                                          callback=_utf8)]
-=======
-    "--space", help="Search space YAML file, or a bundled space's name (`nas spaces`); default: the built-in "
-                    "space for --dataset.", dir_okay=False)]
-StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name (default: the space's name).")]
-StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file or PostgreSQL).")]
->>>>>>> t22-spaces
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", help="fashion-mnist, mnist, kmnist, cifar10, an .npz file or an image folder (default: the space's).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
@@ -469,9 +463,9 @@ def spaces_cmd(json_out: JsonOpt = False) -> None:
         table = Table("name", "searched", "baselines", "what it is", title="bundled spaces (nas search --space NAME)")
         for r in rows:
             table.add_row(r["name"], f"{r['searched']} dimensions" if r["searched"] else "fixed net", str(r["baselines"]),
-                          escape(r["summary"]))
+                          _text(r["summary"]))
         console.print(table)
-        console.print(f"files in {escape(str(Path(rows[0]['file']).parent))}: copy one to edit it", highlight=False)
+        console.print(f"files in {_plain(Path(rows[0]['file']).parent)}: copy one to edit it", highlight=False)
 
 
 @app.command("studies")
