@@ -133,9 +133,9 @@ DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder h
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", callback=_check_device)]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1,  # Optuna's samplers take 32-bit seeds, plus offsets
                                       help="Seed of the split, sampler and training.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an earlier export of nas in that folder.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; only the result.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON instead of tables.")]
+ForceOpt = Annotated[bool, typer.Option("--force", metavar="", help="Replace an earlier export of nas in that folder.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress output; only the result.")]
 TrialsOpt = Annotated[int, typer.Option("--trials", min=1, help="Trials to run now (added to the study).")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop after this many seconds.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per trial (default: the space's).")]
@@ -249,6 +249,7 @@ def best(
     are retrained on train+val, ranked by test accuracy, and the first is exported.
     """
     with _user_errors():
+        study = _newest(study, storage, quiet or json_out)
         from nas import export as exporting
 
         view = _TrainingView(quiet or json_out, per_epoch_lines=False)
@@ -423,6 +424,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report of a study (opens offline): curves, importances, Pareto fronts."""
     with _user_errors():
+        study = _newest(study, storage, json_out)
         from nas import report as reporting
 
         summary = reporting.write_report(study, storage, out)
@@ -631,6 +633,18 @@ def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> 
         if m.get("recorded_in_study") is False:
             err_console.print("note: the study's storage is read-only, so the export is not recorded in it "
                               "(`nas report` will not show its confusion matrix).", highlight=False)
+
+
+def _newest(study: str | None, storage: str, quiet: bool) -> str | None:
+    """The study asked for, or without --study the storage's newest, said on stderr when it holds others."""
+    if study is not None:
+        return study
+    from nas import study as studies
+
+    name, note = studies.newest_study(storage)
+    if note and not quiet:
+        err_console.print(f"note: {_plain(note)}", highlight=False, soft_wrap=True)
+    return name or None
 
 
 def _count_reasons(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -332,20 +332,36 @@ def _not_ours(study: optuna.Study, storage: str, what: str) -> str:
 
 
 def load_study(name: str | None, storage: str, nas_only: bool = True) -> optuna.Study:
-    """An existing study; with no name, the storage's only study. With `nas_only`, one `nas search` made."""
+    """An existing study; with no name, the storage's newest (`newest_study`). With `nas_only`, one `nas search` made."""
     rdb = open_storage(storage)
     all_names = optuna.get_all_study_names(rdb)
-    if name is None and len(all_names) == 1:
-        name = all_names[0]
+    if name is None and all_names:
+        name = newest_study(rdb, nas_only)[0]
     if name not in all_names:
         have = ", ".join(all_names) or "none yet; run `nas search` first"
-        what = f"no study named {name!r}" if name else "several studies, so pass --study NAME"
+        what = f"no study named {name!r}" if name else "no study"
         raise StudyError(f"{storage} holds {what}. Studies there: {have}.")
     study = optuna.load_study(study_name=name, storage=rdb)
     if nas_only and ("data" not in study.user_attrs or len(study.directions) != len(objectives_of(study))):
         raise StudyError(_not_ours(study, storage, "nas best and nas report read only studies nas search wrote; "
                                                    "pass the --study of one"))
     return study
+
+
+def newest_study(storage: str | optuna.storages.BaseStorage, nas_only: bool = True) -> tuple[str, str | None]:
+    """The name of the study last made in `storage` (of those `nas search` made, with `nas_only`), and a note
+    naming the others when there are several, for commands given no --study (as after `nas run` beside
+    an earlier search)."""
+    rdb = open_storage(storage) if isinstance(storage, str) else storage
+    summaries = optuna.get_all_study_summaries(rdb, include_best_trial=False)
+    ours = [s for s in summaries if "data" in s.user_attrs] if nas_only else summaries
+    if not ours:
+        return summaries[-1].study_name if summaries else "", None
+    newest = max(ours, key=lambda s: s._study_id)  # ids grow with creation
+    others = [s.study_name for s in summaries if s is not newest]
+    note = (f"{len(summaries)} studies in this storage; showing the newest, {newest.study_name!r} (--study NAME for "
+            f"another: {', '.join(map(repr, others))})") if others else None
+    return newest.study_name, note
 
 
 def list_studies(storage: str) -> list[dict[str, Any]]:

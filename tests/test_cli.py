@@ -290,3 +290,16 @@ def test_the_same_seed_gives_the_same_trials(tmp_path, tiny_space, idx_dir):
         nas_cli("search", "--space", tiny_space, "--storage", db, "--data-dir", idx_dir, "--trials", 3, "--seed", 3, "--quiet")
         runs.append([(t.params, t.values, t.state) for t in optuna.load_study(study_name="tiny", storage=db).trials])
     assert runs[0] == runs[1] and len(runs[0]) == 3
+
+
+def test_best_without_study_shows_the_newest_and_names_the_others(tmp_path, idx_dir):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    for name in ("older", "newer"):
+        result = CliRunner().invoke(app, ["search", "--space", "seed_network", "--study", name, "--trials", "1",
+                                          "--epochs", "1", "--storage", storage, "--data-dir", str(idx_dir), "--quiet"])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["best", "--storage", storage])
+    assert result.exit_code == 0, result.output
+    assert "'newer'" in result.output and "showing the newest" in result.output and "'older'" in result.output
+    quiet = CliRunner().invoke(app, ["best", "--storage", storage, "--json"])
+    assert quiet.exit_code == 0 and json.loads(quiet.stdout)["study"] == "newer"
