@@ -66,7 +66,7 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                rdb = optuna.storages.RDBStorage(
+                rdb = OwnedTrialsStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat,
@@ -90,6 +90,40 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
         f"cannot open the study storage {url!r}: {first}.{slow} Use sqlite:///PATH.db or "
         "postgresql://USER@HOST:PORT/DB with the server running."
     ) from error
+
+
+class OwnedTrialsStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, where a trial records the process that runs it (`process_identity`) as it
+    starts running: in the same transaction that creates it, or at once after it leaves the queue.
+
+    Optuna creates a trial, then samples its parameters (seconds with multivariate TPE), then calls the
+    objective and starts the heartbeat: a worker killed in between would leave a trial that neither
+    the host:pid rule nor the heartbeat rule could ever fail."""
+
+    def _create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+                          ) -> optuna.trial.FrozenTrial:
+        if template_trial is None:  # a new trial (`study.ask`), not a copy or a queued one
+            template_trial = optuna.trial.create_trial(state=State.RUNNING, user_attrs=process_identity())
+        return super()._create_new_trial(study_id, template_trial)
+
+    def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == State.RUNNING:  # a queued trial taken by this process
+            try:
+                for key, value in process_identity().items():
+                    self.set_trial_user_attr(trial_id, key, value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return False  # failed meanwhile as ownerless (`fail_dead_workers_trials`): take another
+        return changed
+
+    def has_heartbeat(self, trial_id: int) -> bool:
+        """Whether the trial's process ever recorded a heartbeat (Optuna's stale rule sees only those)."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            return session.query(models.TrialHeartbeatModel).filter_by(trial_id=trial_id).first() is not None
 
 
 def sqlite_path(url: str) -> Path:
@@ -341,18 +375,18 @@ def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
     take: Callable[[], bool],
-    timeout: float | None,
+    deadline: float | None,
     on_trial: Callable[[dict[str, Any]], None],
     redraw: bool = True,
 ) -> None:
-    """Run trials while `take()` grants one (or until `timeout`); a trial that raises one of CAUGHT fails alone.
+    """Run trials while `take()` grants one, until `deadline` (a `time.monotonic()` time); a trial that
+    raises one of CAUGHT fails alone.
 
     A net rejected before training (see `objective`) does not use up what `take` granted: another is
     drawn, up to MAX_REJECTED_IN_A_ROW in a row, then `Infeasible`; without `redraw` (a space with
     nothing to search draws the same net again) at once. After each trial, `on_trial` gets its row and
     the trials of dead workers of this machine are failed and queued again, so a `kill -9` elsewhere
     on this machine is noticed within one trial."""
-    deadline = None if timeout is None else time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
 
     def after(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
@@ -494,21 +528,44 @@ def _pid_namespace() -> str:
         return socket.gethostname()
 
 
-def fail_dead_workers_trials(study: optuna.Study) -> list[int]:
+def fail_dead_workers_trials(study: optuna.Study, ownerless_after: float | None = None) -> list[int]:
     """Fail the running trials whose worker ran on this machine and no longer exists, and queue their
     parameters to run again (at most MAX_RETRY times); returns their numbers. Trials of other machines
-    are left to the heartbeat rule: only this machine can tell that a process is gone."""
+    are left to the heartbeat rule: only this machine can tell that a process is gone.
+
+    A running trial that names no worker and has no heartbeat (its process died before it could record
+    either: an older nas, or a queued trial taken at that instant) is dead too once it started more
+    than `ownerless_after` seconds ago (default: the storage's heartbeat grace period)."""
     me, failed = process_identity(), []
     host = me["worker"].rsplit(":", 1)[0]
     for t in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
         worker, ns = t.user_attrs.get("worker", ""), t.user_attrs.get("worker_ns", me["worker_ns"])
         w_host, _, pid = worker.rpartition(":")
-        if w_host != host or ns != me["worker_ns"] or not pid.isdigit() or int(pid) == os.getpid():
+        if not worker:
+            reason = _ownerless_dead(study, t, ownerless_after)
+        elif w_host != host or ns != me["worker_ns"] or not pid.isdigit() or int(pid) == os.getpid():
             continue
-        if _process_gone(int(pid), t.datetime_start) and fail_trial(study, t, f"failed: worker {worker} died"):
+        else:
+            reason = f"failed: worker {worker} died" if _process_gone(int(pid), t.datetime_start) else None
+        if reason and fail_trial(study, t, reason):
             retry_trial(study, t)
             failed.append(t.number)
     return failed
+
+
+OWNERLESS_GRACE = 30.0  # seconds, where the storage has no heartbeat grace period of its own
+
+
+def _ownerless_dead(study: optuna.Study, t: optuna.trial.FrozenTrial, after: float | None) -> str | None:
+    """The reason to fail `t`, a running trial that names no worker, if it is dead (see above); else None."""
+    rdb = getattr(study._storage, "_backend", study._storage)
+    if after is None:
+        after = getattr(rdb, "grace_period", None) or OWNERLESS_GRACE
+    age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+    if age <= after or not isinstance(rdb, OwnedTrialsStorage) or rdb.has_heartbeat(t._trial_id):
+        return None
+    return (f"failed: no worker recorded itself on it and it had no heartbeat {age:.0f} s after it started "
+            "(its process died as it began)")
 
 
 def fail_own_trials(study: optuna.Study, reason: str, pids: Sequence[int] = ()) -> list[int]:

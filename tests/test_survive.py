@@ -411,3 +411,100 @@ def test_a_disk_that_fills_during_a_search_is_an_error_and_the_resume_recovers(t
 def test_an_unreachable_server_is_a_clear_error(tmp_path):
     code, out, err = finish(start("studies", "--storage", "postgresql://nas@127.0.0.1:9/none"))
     assert code == 2 and "cannot open the study storage" in err and "Traceback" not in err
+
+
+# --- round 3: trials that start as their worker dies, frozen workers, deadlines ---------------------
+
+
+def test_a_new_trial_names_its_process_in_the_same_row_it_is_created_with(tmp_path):
+    """No moment exists where a trial runs without its worker: a kill -9 there would leave it RUNNING
+    for ever (neither the host:pid rule nor Optuna's heartbeat rule could see it)."""
+    from nas import study as studies
+
+    url = f"sqlite:///{tmp_path}/nas.db"
+    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="owned")
+    study.enqueue_trial({"x": 1.0})
+    queued, new = study.ask(), study.ask()  # the queued trial first, then a new one
+    for t in (queued, new):  # read back by a second storage: what another process would see now
+        row = optuna.load_study(study_name="owned", storage=url).get_trials()[t.number]
+        assert row.state == State.RUNNING and row.user_attrs == studies.process_identity()
+
+
+def test_a_running_trial_that_names_no_worker_and_never_beat_is_failed_and_retried(tmp_path):
+    from nas import study as studies
+
+    url = f"sqlite:///{tmp_path}/nas.db"
+    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="lost")
+    plain = optuna.load_study(study_name="lost", storage=url)  # an older nas: the trial is made before its worker is set
+    lost = plain.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    beating = plain.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study._storage._backend.record_heartbeat(beating._trial_id)  # Optuna's own rule handles this one
+    assert studies.fail_dead_workers_trials(study) == []  # within the grace period: it may be starting
+    assert studies.fail_dead_workers_trials(study, ownerless_after=0) == [lost.number]
+    trials = study.get_trials()
+    assert trials[lost.number].state == State.FAIL and "no worker recorded itself" in trials[lost.number].user_attrs["reason"]
+    assert trials[beating.number].state == State.RUNNING
+    assert trials[-1].state == State.WAITING and trials[-1].params == trials[lost.number].params
+
+
+def children(pid: int) -> set[int]:
+    return {int(k) for task in Path(f"/proc/{pid}/task").glob("*") for k in (task / "children").read_text().split()}
+
+
+def test_a_worker_killed_as_its_trial_starts_leaves_no_running_trial(tmp_path, idx_dir):
+    """kill -9 of a worker the moment a trial of it appears (before it trains a batch): the parent fails
+    that trial at once and queues its parameters; the run ends with nothing RUNNING and exit status 1."""
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "medium.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: medium").replace("epochs: 150", "epochs: 20"))
+    proc = search(space, db, idx_dir, 3, "--workers", 2, "--sampler", "tpe")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, finish(proc)
+        workers = {w for kid in children(proc.pid) for w in children(kid)}  # the fork server's children
+        try:
+            fresh = [t for t in optuna.load_study(study_name="medium", storage=db).get_trials()
+                     if t.state == State.RUNNING and not t.intermediate_values]
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+            fresh = []
+        if fresh and len(workers) == 2:
+            break
+    owner = fresh[0].user_attrs.get("worker", "")
+    victim = int(owner.split(":")[1]) if owner else min(workers)
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = finish(proc)
+    said = " ".join(err.split())
+    assert code == 1 and "was killed by SIGKILL" in said and "Traceback" not in err, out + err
+    trials = optuna.load_study(study_name="medium", storage=db).get_trials()
+    assert not [t for t in trials if t.state == State.RUNNING], [(t.number, t.state, t.user_attrs) for t in trials]
+    dead = [t for t in trials if f":{victim} died" in (t.user_attrs.get("reason") or "")]
+    assert len(dead) == 1 and dead[0].state == State.FAIL, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert f"its trial #{dead[0].number} failed and was queued to run again" in said
+    rerun = [t for t in trials if t.system_attrs.get("failed_trial") == dead[0].number]  # its params, if it had drawn any
+    assert len(rerun) == 1 and dead[0].params.items() <= rerun[0].params.items(), [(t.number, t.params) for t in trials]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_timeout_bounds_the_run_even_with_a_frozen_worker(tmp_path, idx_dir, workers):
+    """--timeout stops a trial still training (pruned, keeping its epochs' value); a worker frozen by
+    SIGSTOP (maybe holding SQLite's write lock) is stopped by the parent: exit 0, nothing RUNNING, no traceback."""
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "endless.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: endless").replace("epochs: 150", "epochs: 10000"))
+    proc = search(space, db, idx_dir, 10, "--workers", workers, "--timeout", 8)
+    running = wait_for_running(db, "endless", 0, proc, n_running=workers)
+    frozen = int(running.user_attrs["worker"].split(":")[1])
+    if workers == 2:
+        os.kill(frozen, signal.SIGSTOP)
+    code, out, err = finish(proc, timeout=120)
+    assert code == 0 and "Traceback" not in err and "locked" not in err, out + err
+    trials = optuna.load_study(study_name="endless", storage=db).get_trials()
+    said = [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
+    assert not [t for t in trials if t.state == State.RUNNING], said
+    stopped = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{frozen}")]
+    if workers == 2:
+        assert "still running 5 s past the time limit and was stopped" in " ".join(err.split()), err
+        assert stopped[0].state == State.FAIL and stopped[0].user_attrs["reason"] in ("interrupted", "stopped at the time limit")
+        stopped = [t for t in trials if t.number != stopped[0].number]
+    assert stopped[0].state == State.PRUNED and stopped[0].value is not None, said
+    assert re.fullmatch(r"stopped at the time limit after epoch \d+", stopped[0].user_attrs["reason"]), said
