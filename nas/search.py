@@ -32,12 +32,13 @@ from nas.objective import Objective
 from nas.pipeline import prepare_search_data
 from nas.autospace import default_space
 from nas.space import Space, baseline_params, load_space, parse_space
-from nas.train import EpochRecord, pick_device
+from nas.train import EpochRecord, TimeUp, pick_device
 
 if TYPE_CHECKING:
     from optuna import Study
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TRAINED_BUT_STOPPED = ("pruned at epoch", TimeUp.prefix + " after epoch")  # reasons of trials that have a value
 STOP_GRACE = 30  # seconds a worker has to record its trial after a signal, before it is killed
 DEADLINE_GRACE = 5  # seconds past --timeout a worker has to record its trial, then as many after a SIGTERM
 OWNERLESS_AFTER_DEATH = 1.0  # seconds: a running trial with no worker named, once a worker is known dead
@@ -148,8 +149,14 @@ class Outcome:
     @property
     def nothing_trained(self) -> bool:
         """Every trial of this run failed or was rejected before training: the search achieved nothing."""
-        return bool(self.rows) and not any(
-            r["state"] == "complete" or (r["reason"] or "").startswith("pruned at epoch") for r in self.rows)
+        return bool(self.rows) and not any(r["state"] == "complete" or (r["reason"] or "").startswith(TRAINED_BUT_STOPPED)
+                                           for r in self.rows)
+
+    @property
+    def out_of_time(self) -> bool:
+        """Nothing trained because the time limit came before any trial finished an epoch."""
+        return self.nothing_trained and all((r["reason"] or "").startswith(TimeUp.prefix) for r in self.rows
+                                            if not r["rejected"])
 
 
 def n_trained(rows: list[dict[str, Any]]) -> int:
@@ -502,7 +509,9 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
         cause = studies.storage_failure(e)
         if cause is None:
             raise
-        put(WorkerFailed(worker, f"worker {worker}: the study storage stopped accepting writes ({cause})"))
+        held = (" (another process holds the study's SQLite file: a worker stopped with SIGSTOP or Ctrl-Z? `kill -CONT` it "
+                "or end it)" if "locked" in cause else "")
+        put(WorkerFailed(worker, f"worker {worker}: the study storage stopped accepting writes ({cause}){held}"))
         sys.exit(1)
 
 

@@ -117,6 +117,15 @@ class OwnedTrialsStorage(optuna.storages.RDBStorage):
                 return False  # failed meanwhile as ownerless (`fail_dead_workers_trials`): take another
         return changed
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's beat, skipped when the storage is busy past its timeout (a worker stopped with SIGSTOP
+        holding SQLite's lock): the next beat tries again, where an error would end Optuna's heartbeat
+        thread with a traceback. A storage that is gone fails the trial's own next write instead."""
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            pass
+
     def has_heartbeat(self, trial_id: int) -> bool:
         """Whether the trial's process ever recorded a heartbeat (Optuna's stale rule sees only those)."""
         from optuna.storages._rdb import models

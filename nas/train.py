@@ -35,9 +35,10 @@ class Diverged(Exception):
 class TimeUp(Exception):
     """Training reached its deadline before its last epoch; the model keeps what it learnt so far."""
 
+    prefix = "stopped at the time limit"
+
     def __init__(self, history: list[EpochRecord]):
-        super().__init__(f"stopped at the time limit after epoch {len(history)}" if history
-                         else "stopped at the time limit in epoch 1")
+        super().__init__(f"{self.prefix} after epoch {len(history)}" if history else f"{self.prefix} in epoch 1")
         self.history = history
 
 

@@ -484,27 +484,37 @@ def test_a_worker_killed_as_its_trial_starts_leaves_no_running_trial(tmp_path, i
     assert len(rerun) == 1 and dead[0].params.items() <= rerun[0].params.items(), [(t.number, t.params) for t in trials]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_timeout_bounds_the_run_even_with_a_frozen_worker(tmp_path, idx_dir, workers):
-    """--timeout stops a trial still training (pruned, keeping its epochs' value); a worker frozen by
-    SIGSTOP (maybe holding SQLite's write lock) is stopped by the parent: exit 0, nothing RUNNING, no traceback."""
+def test_a_timeout_stops_a_trial_still_training_and_records_it_with_its_value(tmp_path, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "endless.yaml"
     space.write_text(LONG_TRIALS.replace("name: long", "name: endless").replace("epochs: 150", "epochs: 10000"))
-    proc = search(space, db, idx_dir, 10, "--workers", workers, "--timeout", 8)
-    running = wait_for_running(db, "endless", 0, proc, n_running=workers)
+    code, out, err = here("search", "--space", space, "--storage", db, "--data-dir", idx_dir, "--trials", 3,
+                          "--pruner", "none", "--timeout", 15)
+    assert code == 0 and "stopped at the time limit after epoch" in out, out + err
+    trials = optuna.load_study(study_name="endless", storage=db).get_trials()
+    assert len(trials) == 1 and trials[0].state == State.PRUNED and trials[0].value is not None
+    assert re.fullmatch(r"stopped at the time limit after epoch \d+", trials[0].user_attrs["reason"])
+    assert len(trials[0].user_attrs["curve"]) == int(trials[0].user_attrs["reason"].split()[-1])
+
+
+def test_a_timeout_bounds_a_run_whose_worker_is_frozen(tmp_path, idx_dir):
+    """A worker frozen by SIGSTOP (maybe holding SQLite's write lock) is stopped by the parent at the time
+    limit; the other's trial stops there with its value: exit 0, nothing RUNNING, no traceback."""
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "endless.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: endless").replace("epochs: 150", "epochs: 10000"))
+    proc = search(space, db, idx_dir, 10, "--workers", 2, "--timeout", 40)  # time for both to start, not a bound
+    running = wait_for_running(db, "endless", 0, proc, n_running=2)
     frozen = int(running.user_attrs["worker"].split(":")[1])
-    if workers == 2:
-        os.kill(frozen, signal.SIGSTOP)
+    os.kill(frozen, signal.SIGSTOP)
     code, out, err = finish(proc, timeout=120)
     assert code == 0 and "Traceback" not in err and "locked" not in err, out + err
+    assert "still running 5 s past the time limit and was stopped" in " ".join(err.split()), err
     trials = optuna.load_study(study_name="endless", storage=db).get_trials()
     said = [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
     assert not [t for t in trials if t.state == State.RUNNING], said
-    stopped = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{frozen}")]
-    if workers == 2:
-        assert "still running 5 s past the time limit and was stopped" in " ".join(err.split()), err
-        assert stopped[0].state == State.FAIL and stopped[0].user_attrs["reason"] in ("interrupted", "stopped at the time limit")
-        stopped = [t for t in trials if t.number != stopped[0].number]
-    assert stopped[0].state == State.PRUNED and stopped[0].value is not None, said
-    assert re.fullmatch(r"stopped at the time limit after epoch \d+", stopped[0].user_attrs["reason"]), said
+    stopped = [t for t in trials if t.user_attrs["worker"].endswith(f":{frozen}")]
+    assert stopped[0].state == State.FAIL and stopped[0].user_attrs["reason"] in ("interrupted", "stopped at the time limit")
+    other = [t for t in trials if t.number != stopped[0].number][-1]
+    assert other.state == State.PRUNED and other.value is not None, said
+    assert re.fullmatch(r"stopped at the time limit after epoch \d+", other.user_attrs["reason"]), said
