@@ -30,7 +30,8 @@ SEARCH_SHARE = 0.5  # of the budget; the rest retrains the best net, exports it 
 WIDTHS = (2.0, 1.5)  # the final net's channels over its trial's, tried before 1 (built-in space only)
 MIN_WIDE_EPOCHS = 15  # a wider final net only when it still trains this many epochs
 RETRAIN_AUGMENT = "crop"  # for a final net whose trial had none: its many epochs overfit without it
-END_MARGIN = 0.9  # of the time left that the retrain plans to use: the export and report need the rest
+END_MARGIN = 0.9  # of the time left that the retrain plans to use: its timing and slack need the rest
+FINISH_RESERVE = 3.0  # seconds kept from the budget for the export and the report (2 s on a busy 2-core machine)
 MAX_RETRAIN_EPOCHS = 200
 MAX_TRIALS = 1_000_000  # the search is bounded by its time, not by a count
 
@@ -66,6 +67,7 @@ class RunOutcome:
     plan: Plan
     report: reporting.Summary | None
     seconds: float
+    cut: str | None = None  # what was cut to keep the budget
 
 
 def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
@@ -84,33 +86,48 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget), on_event)
     if not outcome.best:
         raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
-                       f"{SEARCH_SHARE * job.budget / 60:.0f} minutes; give a larger --budget.")
+                       f"{_duration(SEARCH_SHARE * job.budget)} (half the --budget); give a larger --budget.")
     with searching.signals_interrupt():  # a signal in the retrain ends it as one in the search does
         try:
-            best, plan = _retrain(job, outcome, job.budget - (time.monotonic() - start),
-                                  lambda e: (searching.checkpoint(), on_event(e)))
+            best, plan, cut = _retrain(job, outcome, start + job.budget - FINISH_RESERVE,
+                                       lambda e: (searching.checkpoint(), on_event(e)))
             summary = reporting.write_report(outcome.study, job.search.storage, job.report) if job.report else None
         except searching.Interrupted as e:
             raise searching.Interrupted(e.signum, outcome.n_trained) from None
-    return RunOutcome(outcome, best, plan, summary, time.monotonic() - start)
+    return RunOutcome(outcome, best, plan, summary, time.monotonic() - start, cut)
 
 
-def _retrain(job: RunJob, outcome: searching.Outcome, seconds: float,
-             on_event: Callable[[Any], None]) -> tuple[exporting.Best, Plan]:
-    """The search's best net, planned to fit `seconds`, trained on the whole training set and exported."""
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+
+
+def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
+             on_event: Callable[[Any], None]) -> tuple[exporting.Best, Plan, str | None]:
+    """The search's best net, planned to end by `deadline` (monotonic), trained on the whole training set and
+    exported; and what was cut, if it ran slower than planned (its epochs are cut to end in time)."""
     study = studies.load_study(outcome.study, job.search.storage)
     trial = studies.top_trials(study, 1)[0]
     device = pick_device(job.search.device)
     ds = data.load_dataset(study.user_attrs["data"]["dataset"] if job.search.dataset is None else job.search.dataset,
                            job.search.data_dir)
-    plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), pipeline.prepare_final_data(ds, device), device,
-                        END_MARGIN * seconds, built_in=job.search.space is None)
-    trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec)
+    final = pipeline.prepare_final_data(ds, device)
+    plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), final, device,
+                        END_MARGIN * (deadline - time.monotonic()), built_in=job.search.space is None)
+    trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
+                                      deadline=deadline)
     best = exporting.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
                           retrained=exporting.retrained_rows([trained]))
     if job.export is not None:
         best.export = exporting.export_trained(trained, job.export, study, job.force)
-    return best, plan
+    return best, plan, cut_message(trained.metrics["epochs"], plan.epochs)
+
+
+def cut_message(ran: int, planned: int) -> str | None:
+    """What the summary says of a retrain that ran `ran` of its `planned` epochs (None: all of them)."""
+    if ran >= planned:
+        return None
+    return (f"the retrain ran {ran} of the {planned} epochs planned: it went slower than measured, so it was cut "
+            "to keep the --budget" + (" (the learning rate schedule laid out again over them)" if ran > 1 else ""))
 
 
 def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device, seconds: float,

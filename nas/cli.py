@@ -227,10 +227,13 @@ def run_cmd(
 def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
     plan = outcome.plan
     wider = f" at {plan.width:g}× its width" * (plan.width != 1) + f" with {plan.augment} augmentation" * bool(plan.augment)
-    _show_best(outcome.best, plan.epochs, export)
-    console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {plan.epochs} "
+    epochs = outcome.best.retrained[0]["epochs"]  # fewer than planned when it was cut to keep the budget
+    _show_best(outcome.best, epochs, export)
+    console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {epochs} "
                   f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
                   + (f"; report: {report}" if report else ""), highlight=False)
+    if outcome.cut:
+        console.print(f"note: {outcome.cut}.", highlight=False)
 
 
 @app.command("train")
