@@ -84,6 +84,11 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     if job.report is not None:
         check_file_target(job.report, "the report")
     outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget), on_event)
+    if outcome.gave_up:  # the space gives no net that can be trained: more time would not help
+        raise NasError(outcome.gave_up)
+    if outcome.nothing_trained and not outcome.out_of_time:  # the budget is not what stopped them
+        raise NasError(f"none of the {outcome.n_trained} trials of study {outcome.study!r} trained (the last: "
+                       f"{outcome.rows[-1]['reason']}). {outcome.advice}")
     if not outcome.best:
         raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
                        f"{_duration(SEARCH_SHARE * job.budget)} (half the --budget); give a larger --budget.")

@@ -480,8 +480,7 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
     if reasons:
         err_console.print(f"error: none of the {len(outcome.rows)} trials of this run trained: "
                           + escape("; ".join(f"{n} × {r}" for r, n in reasons.items()))
-                          + (". Give it a longer --timeout (or --budget)." if outcome.out_of_time else
-                             ". Fix the space or the data those reasons point at, then run it again."),
+                          + ". " + outcome.advice,
                           highlight=False, soft_wrap=True)
     if outcome.gave_up:
         err_console.print(f"error: stopped after {outcome.n_trained} trained trial{'s' * (outcome.n_trained != 1)}: "

@@ -140,6 +140,7 @@ class Outcome:
     failed_workers: list[str] = field(default_factory=list)
     gave_up: str | None = None  # why the run stopped early: the space kept giving nets that cannot train
     objectives: tuple[str, ...] = ("accuracy",)  # several: `best` is the Pareto front
+    built_in: bool = False  # the space searched is nas's own (no --space): advice must not send the user to edit it
 
     @property
     def n_trained(self) -> int:
@@ -157,6 +158,22 @@ class Outcome:
         """Nothing trained because the time limit came before any trial finished an epoch."""
         return self.nothing_trained and all((r["reason"] or "").startswith(TimeUp.prefix) for r in self.rows
                                             if not r["rejected"])
+
+    @property
+    def advice(self) -> str:
+        """What to do when nothing of this run trained, for the reasons its trials give and whose space it is."""
+        reasons = [r["reason"] or r["state"] for r in self.rows if not r["rejected"]]
+        if self.out_of_time:
+            return "Give it a longer --timeout (or --budget)."
+        if reasons and all(r.startswith("diverged") for r in reasons):
+            where = ("write a space from the built-in one (`nas validate --dataset D --write space.yaml`) with a lower "
+                     "`training.lr` range and pass it with --space" if self.built_in else
+                     "lower the space's `training.lr` range")
+            return ("Every net diverged (its loss became NaN or infinite): the learning rates were too high for these "
+                    f"images, or the images hold extreme values; {where}.")
+        if self.built_in:
+            return "Check the data those reasons point at (`nas validate --dataset D` shows it), then run it again."
+        return "Fix the space or the data those reasons point at, then run it again."
 
 
 def n_trained(rows: list[dict[str, Any]]) -> int:
@@ -266,7 +283,7 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     best = [studies.trial_row(t) for t in (studies.front(study) if several else studies.top_trials(study, 5))
             ] if "complete" in states else []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
-                   rows, failed, gave_up, space.objectives)
+                   rows, failed, gave_up, space.objectives, job.space is None)
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
@@ -300,7 +317,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
         take = lambda: next(granted, None) is not None  # noqa: E731
     else:
         take = lambda: _take(tickets)  # noqa: E731
-    studies.run_trials(study, objective, take, deadline, on_trial, redraw=bool(space.dimensions()))
+    studies.run_trials(study, objective, take, deadline, on_trial, redraw=bool(space.dimensions()),
+                       built_in=job.space is None)
 
 
 def _take(tickets: Any) -> bool:

@@ -294,8 +294,9 @@ def _check_resumable(study: optuna.Study, storage: str, data_attrs: dict[str, An
         return  # created by a run stopped before it recorded its data: only baselines wait in it
     if objectives_of(study) != tuple(objectives):
         raise StudyError(f"study {study.study_name!r} in {storage} was searched for {','.join(objectives_of(study))}, not "
-                         f"{','.join(objectives)}: resume it with --objectives {','.join(objectives_of(study))}, or pass "
-                         "a new --study name.")
+                         f"{','.join(objectives)}: resume it with `nas search --study {study.study_name} --objectives "
+                         f"{','.join(objectives_of(study))}` (then `nas best --trial N --export DIR` exports a net of its "
+                         "front), or pass a new --study name.")
     for key in ("dataset", "subset"):
         if known[key] != data_attrs[key]:
             raise StudyError(
@@ -387,6 +388,7 @@ def run_trials(
     deadline: float | None,
     on_trial: Callable[[dict[str, Any]], None],
     redraw: bool = True,
+    built_in: bool = False,
 ) -> None:
     """Run trials while `take()` grants one, until `deadline` (a `time.monotonic()` time); a trial that
     raises one of CAUGHT fails alone.
@@ -409,10 +411,16 @@ def run_trials(
             if not rows[-1]["rejected"]:
                 break
             if not redraw or n_rejected == MAX_REJECTED_IN_A_ROW or (deadline and time.monotonic() >= deadline):
-                raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw))
+                raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw, built_in))
 
 
-def _infeasible_message(rows: list[dict[str, Any]], redraw: bool) -> str:
+def _infeasible_message(rows: list[dict[str, Any]], redraw: bool, built_in: bool = False) -> str:
+    if built_in:  # the user wrote no space: telling them to edit one would be advice they cannot follow
+        return (f"no net of the built-in space fits these images (the last of {len(rows)} drawn: "
+                f"{rows[-1]['reason'].rstrip('.')}): they are too small for its conv blocks, each of which halves "
+                "the image with a 2×2 max-pool. Use images of at least 4×4 pixels, or write a space whose blocks have "
+                "`pool: none` and `padding: same` (`nas validate --dataset D --write space.yaml` starts one) and "
+                "pass it with --space.")
     if not redraw:
         return (f"the space's one net cannot be trained: {rows[-1]['reason']}. Make it smaller or fit it to the "
                 "input (fewer blocks, padding same), or raise the constraint.")

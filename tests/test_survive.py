@@ -518,3 +518,59 @@ def test_a_timeout_bounds_a_run_whose_worker_is_frozen(tmp_path, idx_dir):
     other = [t for t in trials if t.number != stopped[0].number][-1]
     assert other.state == State.PRUNED and other.value is not None, said
     assert re.fullmatch(r"stopped at the time limit after epoch \d+", other.user_attrs["reason"]), said
+
+
+# --- round 3: advice that is true -------------------------------------------------------------------
+
+DIVERGING = """
+name: diverging
+budget: {epochs: 2, val_fraction: 0.2}
+architecture: {blocks: 1, block: {channels: 4, activation: leaky_relu}, head: {layers: 0}}
+training: {optimizer: sgd, lr: {float: [99, 100]}, batch_size: 32}
+"""  # no ReLU to die: at lr 100 the loss becomes infinite within an epoch
+
+
+def test_training_a_net_that_diverges_is_a_clear_error_not_a_traceback(tmp_path, idx_dir):
+    space = tmp_path / "diverging.yaml"
+    space.write_text(DIVERGING.replace("{float: [99, 100]}", "100"))
+    code, out, err = here("train", "--space", space, "--data-dir", idx_dir, "--export", tmp_path / "out")
+    said = " ".join((out + err).split())
+    assert code == 2 and "Traceback" not in said and "Diverged" not in said, said
+    assert "diverged: its loss became NaN or infinite in epoch 1 (learning rate 100, sgd)" in said
+    assert "Lower the learning rate (training.lr, say to 10)" in said and not (tmp_path / "out").exists()
+
+
+def test_a_search_where_every_net_diverged_says_so_and_points_at_the_learning_rate(tmp_path, idx_dir):
+    space = tmp_path / "diverging.yaml"
+    space.write_text(DIVERGING)
+    code, out, err = here("search", "--space", space, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", idx_dir,
+                          "--trials", 2, "--pruner", "none")
+    said = " ".join((out + err).split())
+    assert code == 1 and "Every net diverged" in said and "lower the space's `training.lr` range" in said, said
+
+
+def test_images_too_small_for_the_built_in_space_say_so_instead_of_sending_the_user_to_a_space_file(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "dots.npz"
+    np.savez(data, x_train=rng.integers(0, 255, (60, 1, 1), dtype=np.uint8), y_train=np.arange(60) % 3,
+             x_test=rng.integers(0, 255, (12, 1, 1), dtype=np.uint8), y_test=np.arange(12) % 3)
+    for command in ("search", "run"):
+        code, out, err = here(command, "--dataset", data, "--storage", f"sqlite:///{tmp_path}/{command}.db",
+                              *(["--budget", "1m"] if command == "run" else ["--trials", 2]))
+        said = " ".join((out + err).split())
+        assert code in (1, 2) and "no net of the built-in space fits these images" in said, said
+        assert "at least 4×4 pixels" in said and "Loosen max_params" not in said and "--space FILE" not in said
+
+
+def test_nas_run_on_a_study_of_several_objectives_advises_commands_that_take_them(tmp_path, idx_dir):
+    db, space = f"sqlite:///{tmp_path}/s.db", tmp_path / "q.yaml"
+    space.write_text(QUICK_TRIALS)
+    code, out, err = here("search", "--space", space, "--storage", db, "--data-dir", idx_dir, "--trials", 1,
+                          "--objectives", "accuracy,params", "--study", "front")
+    assert code == 0, out + err
+    code, out, err = here("run", "--study", "front", "--storage", db, "--data-dir", idx_dir, "--budget", "1m")
+    said = " ".join((out + err).split())
+    assert code == 2 and "resume it with `nas search --study front --objectives accuracy,params`" in said, said
+    assert "nas best --trial N --export DIR" in said
