@@ -574,3 +574,32 @@ def test_nas_run_on_a_study_of_several_objectives_advises_commands_that_take_the
     said = " ".join((out + err).split())
     assert code == 2 and "resume it with `nas search --study front --objectives accuracy,params`" in said, said
     assert "nas best --trial N --export DIR" in said
+
+
+# --- round 3: a budget given is a budget kept --------------------------------------------------------
+
+
+def test_a_retrain_cut_to_keep_the_budget_says_how_much_ran():
+    from nas.autorun import cut_message
+
+    assert cut_message(8, 8) is None
+    assert "the retrain ran 3 of the 8 epochs planned" in cut_message(3, 8) and "laid out again" in cut_message(3, 8)
+    assert "ran 0 of the 8" in cut_message(0, 8) and "laid out again" not in cut_message(0, 8)
+
+
+def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx_dir, tiny_space):
+    """No timing is asserted (CI machines are busy): what ran is what the summary says ran."""
+    code, out, err = here("run", "--space", tiny_space, "--data-dir", idx_dir, "--budget", "10s", "--storage",
+                          f"sqlite:///{tmp_path}/s.db", "--export", tmp_path / "out")
+    said = " ".join((out + err).split())
+    if code == 2:  # a machine too busy to finish one trial in the search's 5 s says so, and exports nothing
+        assert "no trial of study 'tiny' completed within the search's 5 s" in said and not (tmp_path / "out").exists()
+        return
+    assert code == 0 and (tmp_path / "out").is_dir(), said
+    ran = int(re.search(r"the best retrained for (\d+) epochs", said)[1])
+    cut = re.search(r"note: the retrain ran (\d+) of the (\d+) epochs planned", said)
+    assert cut is None or (int(cut[1]) == ran < int(cut[2])), said
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    assert not [t for t in trials if t.state == State.RUNNING]
+    assert all(t.state != State.PRUNED or t.user_attrs["reason"].startswith(("pruned at epoch", "stopped at the time limit"))
+               for t in trials)
