@@ -43,21 +43,17 @@ class Objective:
         epochs: int,
         device: torch.device,
         seed: int = 0,
-        identity: dict[str, str] | None = None,
         on_epoch: Callable[[int, EpochRecord], None] | None = None,
         pareto: bool = False,
         deadline: float | None = None,
     ):
         self.space, self.data, self.epochs, self.device, self.seed = space, data, epochs, device, seed
-        self.identity = identity or {}  # which process runs the trials (`study.process_identity`)
         self.on_epoch = on_epoch
         self.objectives, self.pareto = space.objectives, pareto  # pareto: apply the pareto pruner (module doc)
         self.deadline = deadline  # `time.monotonic()` time: a trial still training then stops and is pruned
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        for key, value in self.identity.items():  # first: a trial found running knows its process
-            trial.set_user_attr(key, value)
-        try:
+        try:  # the trial already names its process: the storage recorded it as it began (`study.OwnedTrialsStorage`)
             return self._run(trial)
         except KeyboardInterrupt:  # a signal: Optuna then marks the trial failed and the search stops
             trial.set_user_attr("reason", "interrupted")

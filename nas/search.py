@@ -5,6 +5,10 @@ A signal records the running trials as failed with reason `interrupted` and rais
 (exit status 128 + the signal's number). Workers are forked from a fork server that imported torch
 once, get the dataset in shared memory, die with their parent, and forward nothing but events; a
 worker that dies has its trial failed and its parameters queued again at once.
+
+A timeout bounds the whole command, reading the data included: a trial still training then stops
+between two batches (pruned, `stopped at the time limit after epoch k`), and a worker still there a
+few seconds later (frozen, stopped) is stopped by the parent and its trial recorded.
 """
 
 from __future__ import annotations
@@ -304,7 +308,7 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     device = torch.device(device)
     split = study.user_attrs["data"]
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
-    objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
+    objective = Objective(space, prepared, job.epochs, device, job.seed,
                           on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
                           pareto=job.pruner == "pareto", deadline=deadline)
 
@@ -411,6 +415,7 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
         while any(p.is_alive() for p in procs):
             watch.drain(0.2)
             watch.note_ended()
+            watch.note_stopped()
             checkpoint()
             if deadline is not None and time.monotonic() > deadline + DEADLINE_GRACE:
                 watch.stop_late()
@@ -418,6 +423,9 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
         _stop(procs)
         watch.drain(0)
         studies.fail_own_trials(study, "interrupted", [p.pid for p in procs])  # of a worker that had to be killed
+        raise
+    except Exception:  # the storage failed here: no worker may be left behind, a stopped one included
+        _stop(procs)
         raise
     finally:
         for p in procs:
@@ -435,6 +443,7 @@ class _Watch:
         self.failed: list[str] = []
         self.said: set[int] = set()  # workers that reported their own error
         self.ended: set[int] = set()  # workers whose end has been dealt with
+        self.stopped: set[int] = set()  # workers seen stopped, and told of
 
     def drain(self, wait: float) -> None:
         try:
@@ -464,6 +473,15 @@ class _Watch:
                 self.failed.append(message)
                 self.on_event(WorkerFailed(i, message))
 
+    def note_stopped(self) -> None:
+        """Tell once of a worker stopped by SIGSTOP or Ctrl-Z: while it holds the study's SQLite lock the
+        others wait for it, and the user should know why nothing moves."""
+        for i, p in enumerate(self.procs):
+            if i not in self.stopped and p.is_alive() and _is_stopped(p.pid):
+                self.stopped.add(i)
+                self.on_event(WorkerFailed(i, f"worker {i} (pid {p.pid}) is stopped (SIGSTOP or Ctrl-Z): the others "
+                                              f"wait while it holds the study's storage; `kill -CONT {p.pid}` resumes it"))
+
     def stop_late(self) -> None:
         """Stop the workers still there past the deadline's grace (a frozen or stopped one) and record
         their trials as stopped at the time limit: the time the user gave bounds the whole command."""
@@ -491,6 +509,14 @@ def _stop(procs: list[multiprocessing.Process], grace: float = STOP_GRACE) -> No
         if p.is_alive():
             p.kill()
             p.join()
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (by SIGSTOP, SIGTSTP or a debugger), read from /proc (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def _how_it_ended(exitcode: int) -> str:

@@ -2,7 +2,8 @@
 
 Optuna does the work (RDB storage, TPE, median / Hyperband pruners, heartbeats); this module only
 chooses and wires them, records on the study what a resume or an export must reproduce (dataset,
-split), and fails at once the running trials of a worker of this machine that no longer exists.
+split), and fails at once the running trials of a worker of this machine that no longer exists. Every
+trial names the process that runs it from the moment it exists (`OwnedTrialsStorage`).
 """
 
 from __future__ import annotations
@@ -397,7 +398,11 @@ def run_trials(
     drawn, up to MAX_REJECTED_IN_A_ROW in a row, then `Infeasible`; without `redraw` (a space with
     nothing to search draws the same net again) at once. After each trial, `on_trial` gets its row and
     the trials of dead workers of this machine are failed and queued again, so a `kill -9` elsewhere
-    on this machine is noticed within one trial."""
+    on this machine is noticed within one trial. `built_in`: the space is nas's own (the advice differs).
+
+    A process stopped (SIGSTOP) past the heartbeat grace finds, once continued, its trial failed and
+    queued again by another: Optuna then refuses to record it ("Cannot tell a FAIL trial", or an
+    assertion); that trial is reported as it was left and the run goes on."""
     rows: list[dict[str, Any]] = []
 
     def after(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
@@ -407,11 +412,22 @@ def run_trials(
 
     while (deadline is None or time.monotonic() < deadline) and take():
         for n_rejected in range(1, MAX_REJECTED_IN_A_ROW + 1):
-            study.optimize(objective, n_trials=1, catch=CAUGHT, callbacks=[after])
+            try:
+                study.optimize(objective, n_trials=1, catch=CAUGHT, callbacks=[after])
+            except (ValueError, AssertionError):  # Optuna's words when another process finished our trial
+                mine = _my_last_trial(study)
+                if mine is None or mine.state == State.RUNNING or any(r["number"] == mine.number for r in rows):
+                    raise
+                after(study, mine)
             if not rows[-1]["rejected"]:
                 break
             if not redraw or n_rejected == MAX_REJECTED_IN_A_ROW or (deadline and time.monotonic() >= deadline):
                 raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw, built_in))
+
+
+def _my_last_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    me = process_identity()["worker"]
+    return next((t for t in reversed(study.get_trials(deepcopy=False)) if t.user_attrs.get("worker") == me), None)
 
 
 def _infeasible_message(rows: list[dict[str, Any]], redraw: bool, built_in: bool = False) -> str:

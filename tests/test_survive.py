@@ -447,6 +447,28 @@ def test_a_running_trial_that_names_no_worker_and_never_beat_is_failed_and_retri
     assert trials[-1].state == State.WAITING and trials[-1].params == trials[lost.number].params
 
 
+def test_a_worker_continued_after_its_trial_was_failed_elsewhere_goes_on_without_a_traceback(tmp_path):
+    """Stopped (SIGSTOP) past the heartbeat grace, a worker's trial is failed and queued again by another;
+    continued, it must not die on Optuna's "Cannot tell a FAIL trial" but report it and go on."""
+    from nas import study as studies
+
+    url = f"sqlite:///{tmp_path}/nas.db"
+    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="stale")
+    other = optuna.load_study(study_name="stale", storage=url)  # the worker that saw the heartbeat go stale
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number < 2:
+            other._storage.set_trial_state_values(trial._trial_id, State.FAIL)
+        if trial.number == 1:  # a write after it: fails the objective too
+            trial.set_user_attr("curve", [])
+        return x
+
+    rows, granted = [], iter(range(3))
+    studies.run_trials(study, objective, lambda: next(granted, None) is not None, None, rows.append)
+    assert [(r["number"], r["state"]) for r in rows] == [(0, "fail"), (1, "fail"), (2, "complete")]
+
+
 def children(pid: int) -> set[int]:
     return {int(k) for task in Path(f"/proc/{pid}/task").glob("*") for k in (task / "children").read_text().split()}
 
@@ -510,6 +532,7 @@ def test_a_timeout_bounds_a_run_whose_worker_is_frozen(tmp_path, idx_dir):
     code, out, err = finish(proc, timeout=120)
     assert code == 0 and "Traceback" not in err and "locked" not in err, out + err
     assert "still running 5 s past the time limit and was stopped" in " ".join(err.split()), err
+    assert re.search(rf"worker \d \(pid {frozen}\) is stopped \(SIGSTOP or Ctrl-Z\)", " ".join(err.split())), err
     trials = optuna.load_study(study_name="endless", storage=db).get_trials()
     said = [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
     assert not [t for t in trials if t.state == State.RUNNING], said
