@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 from nas.data import Dataset, Split, available_memory, channel_stats, full_train, split_train_val, test_split
-from nas.errors import NasError
 from nas.model import ModelInfo, build_model, spec_info, training_bytes
 from nas.spec import ArchSpec
-from nas.train import Diverged, EpochRecord, TimeUp, evaluate, fit, predict
+from nas.train import Diverged, DivergedError, EpochRecord, TimeUp, evaluate, fit, predict
 
 MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
 
@@ -115,7 +114,7 @@ def train_spec(
         return model, e.history
     except Diverged as e:
         lr = spec.training.lr
-        raise NasError(f"training {spec.describe()} diverged: its loss became NaN or infinite in epoch {e.epoch} "
+        raise DivergedError(f"training {spec.describe()} diverged: its loss became NaN or infinite in epoch {e.epoch} "
                        f"(learning rate {lr:g}, {spec.training.optimizer}). Lower the learning rate (training.lr, say "
                        f"to {lr / 10:g}) and train it again; of a searched study, `nas best --trial N --export DIR` "
                        "exports another trial.") from None

@@ -32,6 +32,10 @@ class Diverged(Exception):
         self.epoch = epoch
 
 
+class DivergedError(NasError):
+    """A final training that diverged, told to the user (`nas train`, `nas best --export`, `nas run`)."""
+
+
 class TimeUp(Exception):
     """Training reached its deadline before its last epoch; the model keeps what it learnt so far."""
 
