@@ -100,10 +100,8 @@ class Objective:
         try:
             history = fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
                           on_epoch=report, deadline=self.deadline)
-        except TimeUp as e:  # pruned, so the epochs it trained keep their value
-            _prune(trial, str(e))
-        except Diverged as e:
-            _prune(trial, f"diverged: {e}")
+        except (TimeUp, Diverged) as e:  # pruned: the epochs a trial stopped at the time limit trained keep their value
+            _prune(trial, str(e) if isinstance(e, TimeUp) else f"diverged: {e}")
         except optuna.TrialPruned:
             raise
         except Exception as e:  # recorded, then Optuna marks the trial failed and the study goes on

@@ -149,15 +149,12 @@ def fit(
     """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does).
 
     `precision`: `auto` is bf16 autocast on CUDA and fp32 elsewhere; `bf16` or `fp32` force it.
-    `deadline` (a `time.monotonic()` time): past it, between two batches, raise `TimeUp`. With `shrink`,
-    the epochs are cut after the first to those that fit before it at that epoch's pace, and the learning
-    rate schedule is laid out again over the rest (`epochs_within`); the caller sees fewer records.
+    `deadline` (a `time.monotonic()` time): past it, between two batches, raise `TimeUp`. With `shrink`, the
+    epochs are cut after the first to those that fit before it at its pace (`epochs_within`), the learning
+    rate schedule laid out again over them; the caller sees fewer records.
     """
     device = next(model.parameters()).device
-    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every batch has the same shape, so the tuning pays off
-    dtype = _autocast_dtype(precision, device)
+    dtype = _prepare(model, device, precision)
     opt = make_optimizer(model, recipe)
     per_epoch = math.ceil(len(train.y) / recipe.batch_size)
     make_schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")
@@ -192,6 +189,14 @@ def epochs_within(first_epoch: float, seconds_left: float, planned: int) -> int:
     """How many of `planned` epochs fit when the first took `first_epoch` seconds and `seconds_left`
     remain after it (at least the one done)."""
     return max(1, min(planned, 1 + int(max(0.0, seconds_left) / max(first_epoch, 1e-9))))
+
+
+def _prepare(model: nn.Module, device: torch.device, precision: str) -> torch.dtype | None:
+    """Set up `model` and the backend for training on `device`; returns the autocast dtype (None: fp32)."""
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape, so the tuning pays off
+    return _autocast_dtype(precision, device)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
