@@ -10,6 +10,7 @@ its epochs allow (`plan_retrain`).
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +32,11 @@ WIDTHS = (2.0, 1.5)  # the final net's channels over its trial's, tried before 1
 MIN_WIDE_EPOCHS = 15  # a wider final net only when it still trains this many epochs
 RETRAIN_AUGMENT = "crop"  # for a final net whose trial had none: its many epochs overfit without it
 END_MARGIN = 0.9  # of the time left that the retrain plans to use: its timing and slack need the rest
-FINISH_RESERVE = 3.0  # seconds kept from the budget for the export and the report (2 s on a busy 2-core machine)
+FINISH_RESERVE = 8.0  # seconds (at most FINISH_SHARE of the budget) kept for the export and the report: exporting a
+# small net took 10.7 s (the first ONNX export in a process), the report 0.7 s, on a busy 2-core machine
+FINISH_SHARE = 0.3
+TRIAL_GRACE_SHARE = 0.15  # of the budget: while no trial has completed, one training at the search's end may
+# finish in it (a first trial pays for warming up; one cut short leaves nothing to retrain)
 MAX_RETRAIN_EPOCHS = 200
 MAX_TRIALS = 1_000_000  # the search is bounded by its time, not by a count
 
@@ -83,7 +88,8 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
         check_export_target(job.export, job.force)
     if job.report is not None:
         check_file_target(job.report, "the report")
-    outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget), on_event)
+    outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget,
+                                    trial_grace=TRIAL_GRACE_SHARE * job.budget), on_event)
     if outcome.gave_up:  # the space gives no net that can be trained: more time would not help
         raise NasError(outcome.gave_up)
     if outcome.nothing_trained and not outcome.out_of_time:  # the budget is not what stopped them
@@ -94,7 +100,7 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
                        f"{_duration(SEARCH_SHARE * job.budget)} (half the --budget); give a larger --budget.")
     with searching.signals_interrupt():  # a signal in the retrain ends it as one in the search does
         try:
-            best, plan, cut = _retrain(job, outcome, start + job.budget - FINISH_RESERVE,
+            best, plan, cut = _retrain(job, outcome, start + job.budget - min(FINISH_RESERVE, FINISH_SHARE * job.budget),
                                        lambda e: (searching.checkpoint(), on_event(e)))
             summary = reporting.write_report(outcome.study, job.search.storage, job.report) if job.report else None
         except searching.Interrupted as e:
@@ -120,6 +126,11 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
                         END_MARGIN * (deadline - time.monotonic()), built_in=job.search.space is None)
     trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
                                       deadline=deadline)
+    if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
+        raise NasError(f"the --budget left no time to retrain the best net (trial #{trial.number}, val accuracy "
+                       f"{studies.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
+                       "searched with `" + shlex.join(["nas", "best", "--storage", job.search.storage, "--study",
+                                                      study.study_name, "--trial", str(trial.number)]) + " --export DIR`.")
     best = exporting.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
                           retrained=exporting.retrained_rows([trained]))
     if job.export is not None:

@@ -230,10 +230,14 @@ def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
     epochs = outcome.best.retrained[0]["epochs"]  # fewer than planned when it was cut to keep the budget
     _show_best(outcome.best, epochs, export)
     console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {epochs} "
-                  f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
+                  f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {_took(outcome.seconds)} in all"
                   + (f"; report: {report}" if report else ""), highlight=False)
     if outcome.cut:
         console.print(f"note: {outcome.cut}.", highlight=False)
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 @app.command("train")

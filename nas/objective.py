@@ -46,11 +46,13 @@ class Objective:
         on_epoch: Callable[[int, EpochRecord], None] | None = None,
         pareto: bool = False,
         deadline: float | None = None,
+        grace: float = 0.0,
     ):
         self.space, self.data, self.epochs, self.device, self.seed = space, data, epochs, device, seed
         self.on_epoch = on_epoch
         self.objectives, self.pareto = space.objectives, pareto  # pareto: apply the pareto pruner (module doc)
         self.deadline = deadline  # `time.monotonic()` time: a trial still training then stops and is pruned
+        self.grace = grace  # seconds more for a trial while none has completed: one cut short leaves nothing to keep
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:  # the trial already names its process: the storage recorded it as it began (`study.OwnedTrialsStorage`)
@@ -99,7 +101,7 @@ class Objective:
         start = time.perf_counter()
         try:
             history = fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
-                          on_epoch=report, deadline=self.deadline)
+                          on_epoch=report, deadline=self._deadline(trial))
         except (TimeUp, Diverged) as e:  # pruned: the epochs a trial stopped at the time limit trained keep their value
             _prune(trial, str(e) if isinstance(e, TimeUp) else f"diverged: {e}")
         except optuna.TrialPruned:
@@ -112,6 +114,11 @@ class Objective:
         if len(self.objectives) == 1:
             return history[-1].val_acc
         return (history[-1].val_acc, *self._costs(trial))
+
+    def _deadline(self, trial: optuna.Trial) -> float | None:
+        if self.deadline is None or not self.grace or trial.study.get_trials(deepcopy=False, states=(studies.State.COMPLETE,)):
+            return self.deadline
+        return self.deadline + self.grace
 
     @property
     def _untimed(self) -> dict[str, float]:

@@ -80,6 +80,7 @@ class SearchJob:
     heartbeat: int = 10
     trials: int = 1
     timeout: float | None = None
+    trial_grace: float = 0.0  # seconds past the timeout a trial may go on while none has completed (`nas run`)
     workers: int | None = 1  # None: as many as pay on this machine (`auto_workers`)
 
 
@@ -284,8 +285,10 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
         failed = _run_workers(study, space, ds, job, devices, threads, count, deadline)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     several = len(space.objectives) > 1
-    best = [studies.trial_row(t) for t in (studies.front(study) if several else studies.top_trials(study, 5))
-            ] if "complete" in states else []
+    try:  # the completed trials, or while there are none those stopped at the time limit (`study.top_trials`)
+        best = [studies.trial_row(t) for t in (studies.front(study) if several else studies.top_trials(study, 5))]
+    except studies.StudyError:
+        best = []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
                    rows, failed, gave_up, space.objectives, job.space is None)
 
@@ -310,7 +313,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
     objective = Objective(space, prepared, job.epochs, device, job.seed,
                           on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
-                          pareto=job.pruner == "pareto", deadline=deadline)
+                          pareto=job.pruner == "pareto", deadline=deadline,
+                          grace=job.trial_grace)
 
     def on_trial(row: dict[str, Any]) -> None:
         on_event(TrialDone(worker, row))
@@ -417,7 +421,7 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
             watch.note_ended()
             watch.note_stopped()
             checkpoint()
-            if deadline is not None and time.monotonic() > deadline + DEADLINE_GRACE:
+            if deadline is not None and time.monotonic() > deadline + job.trial_grace + DEADLINE_GRACE:
                 watch.stop_late()
     except Interrupted:
         _stop(procs)

@@ -451,8 +451,11 @@ def _infeasible_message(rows: list[dict[str, Any]], redraw: bool, built_in: bool
 
 
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The k completed trials with the highest validation accuracy, best first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(State.COMPLETE,)) if "spec" in t.user_attrs]
+    """The k completed trials with the highest validation accuracy, best first; while none has completed,
+    those stopped at the time limit after an epoch (a --timeout or --budget shorter than one trial)."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if "spec" in t.user_attrs]
+    done = ([t for t in trials if t.state == State.COMPLETE] or
+            [t for t in trials if (t.user_attrs.get("reason") or "").startswith(f"{names.TIME_LIMIT} after")])
     if not done:
         raise StudyError(
             f"study {study.study_name!r} has no completed trial yet ({len(study.trials)} in all): "

@@ -39,7 +39,7 @@ class DivergedError(NasError):
 class TimeUp(Exception):
     """Training reached its deadline before its last epoch; the model keeps what it learnt so far."""
 
-    prefix = "stopped at the time limit"
+    prefix = names.TIME_LIMIT
 
     def __init__(self, history: list[EpochRecord]):
         super().__init__(f"{self.prefix} after epoch {len(history)}" if history else f"{self.prefix} in epoch 1")
