@@ -6,6 +6,11 @@ on a few batches of the whole set with all of this machine's threads (a trial's 
 it ran on a subset, maybe beside other workers), so that it ends within the budget; its learning
 rate schedule spans those epochs. A net from the built-in space is widened for the retrain as far as
 its epochs allow (`plan_retrain`).
+
+A budget given is a budget kept: the search (reading the data and the baselines included) stops at its
+share, a trial still training then is cut at the limit (while none has completed, one may go on for
+TRIAL_GRACE_SHARE of the budget), and the retrain ends by the budget less what the export and report
+need, its epochs cut after the first if it runs slower than measured; the outcome says what was cut.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ class OwnedTrialsStorage(optuna.storages.RDBStorage):
     objective and starts the heartbeat: a worker killed in between would leave a trial that neither
     the host:pid rule nor the heartbeat rule could ever fail."""
 
+    # Optuna's cache wrapper (`_CachedStorage`) calls `_create_new_trial`, so that is the one to extend.
     def _create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
                           ) -> optuna.trial.FrozenTrial:
         if template_trial is None:  # a new trial (`study.ask`), not a copy or a queued one
