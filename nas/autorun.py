@@ -6,10 +6,16 @@ on a few batches of the whole set with all of this machine's threads (a trial's 
 it ran on a subset, maybe beside other workers), so that it ends within the budget; its learning
 rate schedule spans those epochs. A net from the built-in space is widened for the retrain as far as
 its epochs allow (`plan_retrain`).
+
+A budget given is a budget kept: the search (reading the data and the baselines included) stops at its
+share, a trial still training then is cut at the limit (while none has completed, one may go on for
+TRIAL_GRACE_SHARE of the budget), and the retrain ends by the budget less what the export and report
+need, its epochs cut after the first if it runs slower than measured; the outcome says what was cut.
 """
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +36,12 @@ SEARCH_SHARE = 0.5  # of the budget; the rest retrains the best net, exports it 
 WIDTHS = (2.0, 1.5)  # the final net's channels over its trial's, tried before 1 (built-in space only)
 MIN_WIDE_EPOCHS = 15  # a wider final net only when it still trains this many epochs
 RETRAIN_AUGMENT = "crop"  # for a final net whose trial had none: its many epochs overfit without it
-END_MARGIN = 0.9  # of the time left that the retrain plans to use: the export and report need the rest
+END_MARGIN = 0.9  # of the time left that the retrain plans to use: its timing and slack need the rest
+FINISH_RESERVE = 8.0  # seconds (at most FINISH_SHARE of the budget) kept for the export and the report: exporting a
+# small net took 10.7 s (the first ONNX export in a process), the report 0.7 s, on a busy 2-core machine
+FINISH_SHARE = 0.3
+TRIAL_GRACE_SHARE = 0.15  # of the budget: while no trial has completed, one training at the search's end may
+# finish in it (a first trial pays for warming up; one cut short leaves nothing to retrain)
 MAX_RETRAIN_EPOCHS = 200
 MAX_TRIALS = 1_000_000  # the search is bounded by its time, not by a count
 
@@ -75,6 +86,7 @@ class RunOutcome:
     plan: Plan
     report: reporting.Summary | None
     seconds: float
+    cut: str | None = None  # what was cut to keep the budget
 
 
 def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
@@ -82,22 +94,32 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     Every target is checked before the search starts. A signal after the search raises `RunInterrupted`."""
     start = time.monotonic()
     _check_targets(job)
-    outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget), on_event)
+    outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget,
+                                    trial_grace=TRIAL_GRACE_SHARE * job.budget), on_event)
+    if outcome.gave_up:  # the space gives no net that can be trained: more time would not help
+        raise NasError(outcome.gave_up)
+    if outcome.nothing_trained and not outcome.out_of_time:  # the budget is not what stopped them
+        raise NasError(f"none of the {outcome.n_trained} trials of study {outcome.study!r} trained (the last: "
+                       f"{outcome.rows[-1]['reason']}). {outcome.advice}")
     if not outcome.best:
         raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
-                       f"{SEARCH_SHARE * job.budget / 60:.0f} minutes; give a larger --budget.")
+                       f"{_duration(SEARCH_SHARE * job.budget)} (half the --budget); give a larger --budget.")
     exported = None
     with searching.signals_interrupt():  # a signal in the retrain ends it as one in the search does
         try:
-            best, plan = _retrain(job, outcome, job.budget - (time.monotonic() - start),
-                                  lambda e: (searching.checkpoint(), on_event(e)))
+            best, plan, cut = _retrain(job, outcome, start + job.budget - min(FINISH_RESERVE, FINISH_SHARE * job.budget),
+                                       lambda e: (searching.checkpoint(), on_event(e)))
             exported = job.export
             searching.checkpoint()  # one that came while the export was recorded in the study stops here
             summary = (reporting.write_report(outcome.study, job.search.storage, job.report, "--report")
                        if job.report else None)
         except searching.Interrupted as e:
             raise RunInterrupted(e.signum, outcome.n_trained, outcome.study, exported) from None
-    return RunOutcome(outcome, best, plan, summary, time.monotonic() - start)
+    return RunOutcome(outcome, best, plan, summary, time.monotonic() - start, cut)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
 
 
 def _check_targets(job: RunJob) -> None:
@@ -120,22 +142,38 @@ def _check_targets(job: RunJob) -> None:
         check_not_input(job.report, "--report", inputs + export)
 
 
-def _retrain(job: RunJob, outcome: searching.Outcome, seconds: float,
-             on_event: Callable[[Any], None]) -> tuple[exporting.Best, Plan]:
-    """The search's best net, planned to fit `seconds`, trained on the whole training set and exported."""
+def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
+             on_event: Callable[[Any], None]) -> tuple[exporting.Best, Plan, str | None]:
+    """The search's best net, planned to end by `deadline` (monotonic), trained on the whole training set and
+    exported; and what was cut, if it ran slower than planned (its epochs are cut to end in time)."""
     study = studies.load_study(outcome.study, job.search.storage)
     trial = studies.top_trials(study, 1)[0]
     device = pick_device(job.search.device)
     ds = data.load_dataset(study.user_attrs["data"]["dataset"] if job.search.dataset is None else job.search.dataset,
                            job.search.data_dir)
-    plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), pipeline.prepare_final_data(ds, device), device,
-                        END_MARGIN * seconds, built_in=job.search.space is None)
-    trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec)
+    final = pipeline.prepare_final_data(ds, device)
+    plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), final, device,
+                        END_MARGIN * (deadline - time.monotonic()), built_in=job.search.space is None)
+    trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
+                                      deadline=deadline)
+    if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
+        raise NasError(f"the --budget left no time to retrain the best net (trial #{trial.number}, val accuracy "
+                       f"{studies.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
+                       "searched with `" + shlex.join(["nas", "best", "--storage", job.search.storage, "--study",
+                                                      study.study_name, "--trial", str(trial.number)]) + " --export DIR`.")
     best = exporting.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
                           retrained=exporting.retrained_rows([trained]))
     if job.export is not None:
         best.export = exporting.export_trained(trained, job.export, study, job.force)
-    return best, plan
+    return best, plan, cut_message(trained.metrics["epochs"], plan.epochs)
+
+
+def cut_message(ran: int, planned: int) -> str | None:
+    """What the summary says of a retrain that ran `ran` of its `planned` epochs (None: all of them)."""
+    if ran >= planned:
+        return None
+    return (f"the retrain ran {ran} of the {planned} epochs planned: it went slower than measured, so it was cut "
+            "to keep the --budget" + (" (the learning rate schedule laid out again over them)" if ran > 1 else ""))
 
 
 def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device, seconds: float,

@@ -321,10 +321,17 @@ def _run_left(e: Any, storage: str, report: Path | None) -> str:
 def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
     plan = outcome.plan
     wider = f" at {plan.width:g}× its width" * (plan.width != 1) + f" with {plan.augment} augmentation" * bool(plan.augment)
-    _show_best(outcome.best, plan.epochs, export)
-    console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {plan.epochs} "
-                  f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {outcome.seconds / 60:.1f} min in all"
+    epochs = outcome.best.retrained[0]["epochs"]  # fewer than planned when it was cut to keep the budget
+    _show_best(outcome.best, epochs, export)
+    console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {epochs} "
+                  f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {_took(outcome.seconds)} in all"
                   + (f"; report: {_plain(report)}" if report else ""), highlight=False, soft_wrap=True)
+    if outcome.cut:
+        console.print(f"note: {_plain(outcome.cut)}.", highlight=False, soft_wrap=True)
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 @app.command("train")
@@ -596,7 +603,7 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
     if reasons:
         err_console.print(f"error: none of the {len(outcome.rows)} trials of this run trained: "
                           + _plain("; ".join(f"{n} × {r}" for r, n in reasons.items()))
-                          + ". Fix the space or the data those reasons point at, then run it again.",
+                          + ". " + _plain(outcome.advice),
                           highlight=False, soft_wrap=True)
     if outcome.gave_up:
         err_console.print(f"error: stopped after {outcome.n_trained} trained trial{'s' * (outcome.n_trained != 1)}: "

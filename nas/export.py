@@ -217,12 +217,13 @@ def retrain_trial(
     count: int = 1,
     on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
     spec: ArchSpec | None = None,
+    deadline: float | None = None,
 ) -> Trained:
     """Train `trial`'s network again and score it on the test set.
 
     With `retrain_epochs`, train on train+val for that many epochs, as `spec` if given (`nas run` may
-    widen the trial's net); without, repeat the trial's own training (same split, seed and epochs) so the
-    model is the one the search scored.
+    widen the trial's net), cut short to end by `deadline` (`train_spec`); without, repeat the trial's
+    own training (same split, seed and epochs) so the model is the one the search scored.
     """
     searched = ArchSpec.from_dict(trial.user_attrs["spec"])
     spec = spec if spec is not None and retrain_epochs else searched
@@ -235,7 +236,7 @@ def retrain_trial(
     if on_event:
         on_event(TrainingStarted(trial.number, index, count, epochs, spec.describe(), ds.name, len(data.train),
                                  len(data.held_out), str(device)))
-    model, history = train_spec(spec, data, epochs, seed, device, on_event)
+    model, history = train_spec(spec, data, epochs, seed, device, on_event, deadline)
     test = data.test if retrain_epochs else test_split(ds).to(device)
     reproduced = {} if retrain_epochs else {"reproduced_val_accuracy": history[-1].val_acc}  # should equal the trial's
     metrics = reproduced | {
@@ -243,7 +244,7 @@ def retrain_trial(
         "trial": trial.number,
         "val_accuracy": accuracy(trial),
         "retrained_on_train_and_val": bool(retrain_epochs),
-        "epochs": epochs,
+        "epochs": len(history),
         "seed": seed,
     } | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
     if "latency_ms" in trial.user_attrs:  # what the search measured, beside what the export measures again

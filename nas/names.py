@@ -40,6 +40,8 @@ def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
     except (KeyError, TypeError):
         raise NasError(f"unknown {what} {name!r}; expected one of {', '.join(registry)}.") from None
 
+TIME_LIMIT = "stopped at the time limit"  # the reason of a trial cut by --timeout or --budget (train, study, search)
+
 
 def check_registry(registry: Mapping[str, Any], names: tuple[str, ...], what: str) -> None:
     """Fail at import if a module's registry and the names users may write have drifted apart."""

@@ -7,7 +7,8 @@ not count it against its trials) and every trial gives Optuna its constraint val
 learns where the trainable nets are. Each trial stores what the report and
 export need as user attrs: the process that ran it, the ArchSpec and its one-line form, seed, epochs,
 parameter count, FLOPs, latency (when an objective or constraint needs it), per-epoch curve, seconds,
-and why it was pruned or failed.
+and why it was pruned or failed. A trial still training at the search's deadline stops between two
+batches and is pruned "stopped at the time limit after epoch k".
 
 With several objectives the trial returns (accuracy, cost, ...). Optuna cannot prune such studies
 (`Trial.report` refuses them), so the `pareto` pruner is applied here: at epochs 1, 2, 4, 8, ... a
@@ -29,7 +30,7 @@ from nas.latency import onnx_latency, torch_latency
 from nas.model import ShapeError
 from nas.pipeline import Prepared, assess, new_model
 from nas.space import Space, sample
-from nas.train import Diverged, EpochRecord, fit
+from nas.train import Diverged, EpochRecord, TimeUp, fit
 
 
 class Objective:
@@ -42,19 +43,19 @@ class Objective:
         epochs: int,
         device: torch.device,
         seed: int = 0,
-        identity: dict[str, str] | None = None,
         on_epoch: Callable[[int, EpochRecord], None] | None = None,
         pareto: bool = False,
+        deadline: float | None = None,
+        grace: float = 0.0,
     ):
         self.space, self.data, self.epochs, self.device, self.seed = space, data, epochs, device, seed
-        self.identity = identity or {}  # which process runs the trials (`study.process_identity`)
         self.on_epoch = on_epoch
         self.objectives, self.pareto = space.objectives, pareto  # pareto: apply the pareto pruner (module doc)
+        self.deadline = deadline  # `time.monotonic()` time: a trial still training then stops and is pruned
+        self.grace = grace  # seconds more for a trial while none has completed: one cut short leaves nothing to keep
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        for key, value in self.identity.items():  # first: a trial found running knows its process
-            trial.set_user_attr(key, value)
-        try:
+        try:  # the trial already names its process: the storage recorded it as it began (`study.OwnedTrialsStorage`)
             return self._run(trial)
         except KeyboardInterrupt:  # a signal: Optuna then marks the trial failed and the search stops
             trial.set_user_attr("reason", "interrupted")
@@ -100,9 +101,9 @@ class Objective:
         start = time.perf_counter()
         try:
             history = fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
-                          on_epoch=report)
-        except Diverged as e:
-            _prune(trial, f"diverged: {e}")
+                          on_epoch=report, deadline=self._deadline(trial))
+        except (TimeUp, Diverged) as e:  # pruned: the epochs a trial stopped at the time limit trained keep their value
+            _prune(trial, str(e) if isinstance(e, TimeUp) else f"diverged: {e}")
         except optuna.TrialPruned:
             raise
         except Exception as e:  # recorded, then Optuna marks the trial failed and the study goes on
@@ -113,6 +114,11 @@ class Objective:
         if len(self.objectives) == 1:
             return history[-1].val_acc
         return (history[-1].val_acc, *self._costs(trial))
+
+    def _deadline(self, trial: optuna.Trial) -> float | None:
+        if self.deadline is None or not self.grace or trial.study.get_trials(deepcopy=False, states=(studies.State.COMPLETE,)):
+            return self.deadline
+        return self.deadline + self.grace
 
     @property
     def _untimed(self) -> dict[str, float]:

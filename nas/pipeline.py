@@ -14,7 +14,7 @@ from torch import nn
 from nas.data import Dataset, Split, available_memory, channel_stats, full_train, split_train_val, test_split
 from nas.model import ModelInfo, build_model, spec_info, training_bytes
 from nas.spec import ArchSpec
-from nas.train import EpochRecord, evaluate, fit, predict
+from nas.train import Diverged, DivergedError, EpochRecord, TimeUp, evaluate, fit, predict
 
 MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
 
@@ -101,10 +101,23 @@ def train_spec(
     seed: int,
     device: torch.device,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    deadline: float | None = None,
 ) -> tuple[nn.Sequential, list[EpochRecord]]:
-    """Build `spec`'s seeded network and train it on `data.train`, scoring `data.held_out` every epoch."""
+    """Build `spec`'s seeded network and train it on `data.train`, scoring `data.held_out` every epoch.
+    With a `deadline` (monotonic), the epochs are cut to fit it (`fit`'s shrink) and training stops at it:
+    fewer records than `epochs` say so."""
     model = new_model(spec, data, seed, device)
-    return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch)
+    try:
+        return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch,
+                          deadline=deadline, shrink=True)
+    except TimeUp as e:
+        return model, e.history
+    except Diverged as e:
+        lr = spec.training.lr
+        raise DivergedError(f"training {spec.describe()} diverged: its loss became NaN or infinite in epoch {e.epoch} "
+                       f"(learning rate {lr:g}, {spec.training.optimizer}). Lower the learning rate (training.lr, say "
+                       f"to {lr / 10:g}) and train it again; of a searched study, `nas best --trial N --export DIR` "
+                       "exports another trial.") from None
 
 
 def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 4096) -> float:

@@ -24,7 +24,6 @@ from nas.files import check_file_target, check_not_input, write_file
 from nas.study import (StudyError, accuracy, front, load_study, objectives_of, open_storage, quiet_optuna,
                        storage_inputs, top_trials, trial_row)
 
-COMPLETE = optuna.trial.TrialState.COMPLETE
 N_SLICES = 4  # slice plots of the most important parameters
 N_PARALLEL = 8  # parameters on the parallel-coordinates plot
 
@@ -50,10 +49,7 @@ class Summary:
 def summarize(study: optuna.Study, top: int = 10) -> Summary:
     """Everything the report shows, as plain data."""
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == COMPLETE]
-    if not done:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet ({len(trials)} in all): "
-                         "a report needs at least one; run `nas search` on it.")
+    done = top_trials(study, len(trials))  # completed, or while none is those stopped at the time limit; else the error
     states = [t.state.name.lower() for t in trials]
     best_so_far, history = float("-inf"), []
     for t in sorted(done, key=lambda t: t.number):

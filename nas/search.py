@@ -5,6 +5,10 @@ A signal records the running trials as failed with reason `interrupted` and rais
 (exit status 128 + the signal's number). Workers are forked from a fork server that imported torch
 once, get the dataset in shared memory, die with their parent, and forward nothing but events; a
 worker that dies has its trial failed and its parameters queued again at once.
+
+A timeout bounds the whole command, reading the data included: a trial still training then stops
+between two batches (pruned, `stopped at the time limit after epoch k`), and a worker still there a
+few seconds later (frozen, stopped) is stopped by the parent and its trial recorded.
 """
 
 from __future__ import annotations
@@ -32,13 +36,16 @@ from nas.objective import Objective
 from nas.pipeline import prepare_search_data
 from nas.autospace import default_space
 from nas.space import Space, baseline_params, load_space, parse_space
-from nas.train import EpochRecord, pick_device
+from nas.train import EpochRecord, TimeUp, pick_device
 
 if TYPE_CHECKING:
     from optuna import Study
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TRAINED_BUT_STOPPED = ("pruned at epoch", TimeUp.prefix + " after epoch")  # reasons of trials that have a value
 STOP_GRACE = 30  # seconds a worker has to record its trial after a signal, before it is killed
+DEADLINE_GRACE = 5  # seconds past --timeout a worker has to record its trial, then as many after a SIGTERM
+OWNERLESS_AFTER_DEATH = 1.0  # seconds: a running trial with no worker named, once a worker is known dead
 MAX_WORKERS_PER_CORE = 4
 
 
@@ -73,6 +80,7 @@ class SearchJob:
     heartbeat: int = 10
     trials: int = 1
     timeout: float | None = None
+    trial_grace: float = 0.0  # seconds past the timeout a trial may go on while none has completed (`nas run`)
     workers: int | None = 1  # None: as many as pay on this machine (`auto_workers`)
 
 
@@ -137,6 +145,7 @@ class Outcome:
     failed_workers: list[str] = field(default_factory=list)
     gave_up: str | None = None  # why the run stopped early: the space kept giving nets that cannot train
     objectives: tuple[str, ...] = ("accuracy",)  # several: `best` is the Pareto front
+    built_in: bool = False  # the space searched is nas's own (no --space): advice must not send the user to edit it
 
     @property
     def n_trained(self) -> int:
@@ -146,8 +155,30 @@ class Outcome:
     @property
     def nothing_trained(self) -> bool:
         """Every trial of this run failed or was rejected before training: the search achieved nothing."""
-        return bool(self.rows) and not any(
-            r["state"] == "complete" or (r["reason"] or "").startswith("pruned at epoch") for r in self.rows)
+        return bool(self.rows) and not any(r["state"] == "complete" or (r["reason"] or "").startswith(TRAINED_BUT_STOPPED)
+                                           for r in self.rows)
+
+    @property
+    def out_of_time(self) -> bool:
+        """Nothing trained because the time limit came before any trial finished an epoch."""
+        return self.nothing_trained and all((r["reason"] or "").startswith(TimeUp.prefix) for r in self.rows
+                                            if not r["rejected"])
+
+    @property
+    def advice(self) -> str:
+        """What to do when nothing of this run trained, for the reasons its trials give and whose space it is."""
+        reasons = [r["reason"] or r["state"] for r in self.rows if not r["rejected"]]
+        if self.out_of_time:
+            return "Give it a longer --timeout (or --budget)."
+        if reasons and all(r.startswith("diverged") for r in reasons):
+            where = ("write a space from the built-in one (`nas validate --dataset D --write space.yaml`) with a lower "
+                     "`training.lr` range and pass it with --space" if self.built_in else
+                     "lower the space's `training.lr` range")
+            return ("Every net diverged (its loss became NaN or infinite): the learning rates were too high for these "
+                    f"images, or the images hold extreme values; {where}.")
+        if self.built_in:
+            return "Check the data those reasons point at (`nas validate --dataset D` shows it), then run it again."
+        return "Fix the space or the data those reasons point at, then run it again."
 
 
 def n_trained(rows: list[dict[str, Any]]) -> int:
@@ -163,12 +194,13 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     the data included, ends the run as `Interrupted`.
     """
     studies.quiet_optuna()  # progress and each trial's fate arrive as events
+    deadline = None if job.timeout is None else time.monotonic() + job.timeout  # reading the data counts too
     rows: list[dict[str, Any]] = []
     study = None
     with signals_interrupt():
         try:
             study, space, ds, job, devices = _open(job)
-            return _search(study, space, ds, job, devices, rows, on_event)
+            return _search(study, space, ds, job, devices, rows, on_event, deadline)
         except Interrupted as e:
             if study is not None:
                 _record_interrupted(study)
@@ -227,8 +259,8 @@ def dataset_space(dataset: str, ds: Dataset, device: str) -> Space:
 
 
 def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str], rows: list[dict[str, Any]],
-            on_event: Callable[[Event], None]) -> Outcome:
-    """Run the trials here or in workers, collecting the rows of this run's trials into `rows`."""
+            on_event: Callable[[Event], None], deadline: float | None) -> Outcome:
+    """Run the trials here or in workers until `deadline`, collecting the rows of this run's trials into `rows`."""
     split = study.user_attrs["data"]  # a resumed study keeps the split it started with
     n_train, n_val = data.split_sizes(ds, split["val_fraction"], split["subset"])
     trials = study.get_trials(deepcopy=False)
@@ -246,17 +278,19 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     failed, gave_up = [], None
     if n_workers == 1:
         try:
-            _run_here(study, space, ds, job, devices[0], count)
+            _run_here(study, space, ds, job, devices[0], count, deadline)
         except studies.Infeasible as e:
             gave_up = str(e)
     else:
-        failed = _run_workers(study, space, ds, job, devices, threads, count)
+        failed = _run_workers(study, space, ds, job, devices, threads, count, deadline)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     several = len(space.objectives) > 1
-    best = [studies.trial_row(t) for t in (studies.front(study) if several else studies.top_trials(study, 5))
-            ] if "complete" in states else []
+    try:  # the completed trials, or while there are none those stopped at the time limit (`study.top_trials`)
+        best = [studies.trial_row(t) for t in (studies.front(study) if several else studies.top_trials(study, 5))]
+    except studies.StudyError:
+        best = []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
-                   rows, failed, gave_up, space.objectives)
+                   rows, failed, gave_up, space.objectives, job.space is None)
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
@@ -267,18 +301,20 @@ def resume_command(argv: list[str], n_left: int) -> str:
 # --- in this process ---------------------------------------------------------------------------
 
 
-def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: str,
-              on_event: Callable[[Event], None], worker: int = 0, tickets: Any = None) -> None:
-    """Run the job's trials in this process; events go to `on_event`. A worker is given the shared
+def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: str, on_event: Callable[[Event], None],
+              deadline: float | None, worker: int = 0, tickets: Any = None) -> None:
+    """Run the job's trials in this process until `deadline` (a trial still training then stops and is
+    recorded as such); events go to `on_event`. A worker is given the shared
     count of trials left (`tickets`) instead and takes one before each trial, so a worker that dies or
     is slow leaves its part to the others and the run still makes exactly `job.trials` trials. Nets
     rejected before training do not count (`study.run_trials`)."""
     device = torch.device(device)
     split = study.user_attrs["data"]
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
-    objective = Objective(space, prepared, job.epochs, device, job.seed, studies.process_identity(),
+    objective = Objective(space, prepared, job.epochs, device, job.seed,
                           on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
-                          pareto=job.pruner == "pareto")
+                          pareto=job.pruner == "pareto", deadline=deadline,
+                          grace=job.trial_grace)
 
     def on_trial(row: dict[str, Any]) -> None:
         on_event(TrialDone(worker, row))
@@ -289,7 +325,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
         take = lambda: next(granted, None) is not None  # noqa: E731
     else:
         take = lambda: _take(tickets)  # noqa: E731
-    studies.run_trials(study, objective, take, job.timeout, on_trial, redraw=bool(space.dimensions()))
+    studies.run_trials(study, objective, take, deadline, on_trial, redraw=bool(space.dimensions()),
+                       built_in=job.space is None)
 
 
 def _take(tickets: Any) -> bool:
@@ -357,12 +394,14 @@ def checkpoint() -> None:
 
 
 def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str],
-                 threads: int | None, on_event: Callable[[Event], None]) -> list[str]:
+                 threads: int | None, on_event: Callable[[Event], None], deadline: float | None) -> list[str]:
     """Run the job's trials in worker processes that take them one at a time from a shared count;
     returns what stopped any of them early.
 
     A worker that dies has its running trial failed and queued again at once; the others go on.
-    A signal here stops every worker (each records its trial as interrupted) and re-raises.
+    A signal here stops every worker (each records its trial as interrupted) and re-raises. Each
+    worker stops at `deadline` by itself; one still there DEADLINE_GRACE later (frozen, stopped) is
+    stopped by this process, and its trial recorded as stopped at the time limit.
     """
     # A fork server that has imported torch once forks each worker, ready in a moment; a plain fork
     # would copy this process's torch and SQLite state, spawn would import torch again in every worker.
@@ -375,70 +414,117 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
     events = ctx.Queue()
     tickets = ctx.Value("i", job.trials)
     procs = [ctx.Process(target=_worker, args=(replace(job, device=d), space, i, threads, ds, events, os.getpid(),
-                                               tickets), name=f"nas-worker-{i}", daemon=True)
+                                               tickets, deadline), name=f"nas-worker-{i}", daemon=True)
              for i, d in enumerate(devices)]
     for p in procs:
         p.start()
-    failed: list[str] = []
-    said: set[int] = set()  # workers that reported their own error
-    ended: set[int] = set()  # workers whose early end has been dealt with
-
-    def drain(wait: float) -> None:
-        try:
-            event = events.get(timeout=wait)
-            while True:
-                if isinstance(event, WorkerFailed):
-                    said.add(event.worker)
-                    failed.append(event.message)
-                on_event(event)
-                event = events.get_nowait()
-        except queue.Empty:
-            pass
-
-    def note_ended() -> None:
-        for i, p in enumerate(procs):
-            if p.exitcode in (None, 0) or i in ended:
-                continue
-            ended.add(i)
-            drain(0)  # its own last words first
-            retried = studies.fail_dead_workers_trials(study)
-            if i not in said:
-                message = f"worker {i} (pid {p.pid}) {_how_it_ended(p.exitcode)}" + (
-                    f"; its trial {', '.join(f'#{r}' for r in retried)} failed and was queued to run again"
-                    if retried else "")
-                failed.append(message)
-                on_event(WorkerFailed(i, message))
-
+    watch = _Watch(study, procs, events, on_event)
     try:
         while any(p.is_alive() for p in procs):
-            drain(0.2)
-            note_ended()
+            watch.drain(0.2)
+            watch.note_ended()
+            watch.note_stopped()
             checkpoint()
+            if deadline is not None and time.monotonic() > deadline + job.trial_grace + DEADLINE_GRACE:
+                watch.stop_late()
     except Interrupted:
         _stop(procs)
-        drain(0)
+        watch.drain(0)
         studies.fail_own_trials(study, "interrupted", [p.pid for p in procs])  # of a worker that had to be killed
+        raise
+    except Exception:  # the storage failed here: no worker may be left behind, a stopped one included
+        _stop(procs)
         raise
     finally:
         for p in procs:
             p.join()
-        drain(0)
-    note_ended()
-    return failed
+        watch.drain(0)
+    watch.note_ended()
+    return watch.failed
 
 
-def _stop(procs: list[multiprocessing.Process]) -> None:
-    """Ask every worker to stop (SIGTERM: each records its trial as interrupted), then kill stragglers
-    (their trials are recorded by the caller)."""
+class _Watch:
+    """What the parent of the workers knows of them: their events, which ended early, and why."""
+
+    def __init__(self, study: Study, procs: list[Any], events: Any, on_event: Callable[[Event], None]):
+        self.study, self.procs, self.events, self.on_event = study, procs, events, on_event
+        self.failed: list[str] = []
+        self.said: set[int] = set()  # workers that reported their own error
+        self.ended: set[int] = set()  # workers whose end has been dealt with
+        self.stopped: set[int] = set()  # workers seen stopped, and told of
+
+    def drain(self, wait: float) -> None:
+        try:
+            event = self.events.get(timeout=wait)
+            while True:
+                if isinstance(event, WorkerFailed):
+                    self.said.add(event.worker)
+                    self.failed.append(event.message)
+                self.on_event(event)
+                event = self.events.get_nowait()
+        except queue.Empty:
+            pass
+
+    def note_ended(self) -> None:
+        """Fail and queue again at once the trial of a worker that died (its process is known to be gone:
+        a trial it left without its name on it is failed too, after a moment, not the heartbeat's grace)."""
+        for i, p in enumerate(self.procs):
+            if p.exitcode in (None, 0) or i in self.ended:
+                continue
+            self.ended.add(i)
+            self.drain(0)  # its own last words first
+            retried = studies.fail_dead_workers_trials(self.study, ownerless_after=OWNERLESS_AFTER_DEATH)
+            if i not in self.said:
+                message = f"worker {i} (pid {p.pid}) {_how_it_ended(p.exitcode)}" + (
+                    f"; its trial {', '.join(f'#{r}' for r in retried)} failed and was queued to run again"
+                    if retried else "")
+                self.failed.append(message)
+                self.on_event(WorkerFailed(i, message))
+
+    def note_stopped(self) -> None:
+        """Tell once of a worker stopped by SIGSTOP or Ctrl-Z: while it holds the study's SQLite lock the
+        others wait for it, and the user should know why nothing moves."""
+        for i, p in enumerate(self.procs):
+            if i not in self.stopped and p.is_alive() and _is_stopped(p.pid):
+                self.stopped.add(i)
+                self.on_event(WorkerFailed(i, f"worker {i} (pid {p.pid}) is stopped (SIGSTOP or Ctrl-Z): the others "
+                                              f"wait while it holds the study's storage; `kill -CONT {p.pid}` resumes it"))
+
+    def stop_late(self) -> None:
+        """Stop the workers still there past the deadline's grace (a frozen or stopped one) and record
+        their trials as stopped at the time limit: the time the user gave bounds the whole command."""
+        late = [(i, p) for i, p in enumerate(self.procs) if p.is_alive()]
+        self.ended.update(i for i, _ in late)  # stopped here: not a worker that failed
+        _stop([p for _, p in late], DEADLINE_GRACE)
+        self.drain(0)
+        stopped = studies.fail_own_trials(self.study, "stopped at the time limit", [p.pid for _, p in late])
+        for i, p in late:
+            self.on_event(WorkerFailed(i, f"worker {i} (pid {p.pid}) was still running {DEADLINE_GRACE} s past the "
+                                          "time limit and was stopped" + (f"; its trial {', '.join(f'#{n}' for n in stopped)}"
+                                                                          " is recorded as stopped" if stopped else "")))
+
+
+def _stop(procs: list[multiprocessing.Process], grace: float = STOP_GRACE) -> None:
+    """Ask every worker to stop (SIGTERM: each records its trial as interrupted; SIGCONT too, or a stopped
+    one would never see it), then kill those still there after `grace` (their trials are recorded by the caller)."""
     for p in procs:
         if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
+            os.kill(p.pid, signal.SIGCONT)
+    deadline = time.monotonic() + grace
     for p in procs:
         p.join(timeout=max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
             p.join()
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (by SIGSTOP, SIGTSTP or a debugger), read from /proc (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def _how_it_ended(exitcode: int) -> str:
@@ -450,7 +536,7 @@ def _how_it_ended(exitcode: int) -> str:
 
 
 def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: Dataset, events: Any,
-            parent: int, tickets: Any) -> None:
+            parent: int, tickets: Any, deadline: float | None) -> None:
     """One worker process: join the study and run trials while any are left, sending events to the parent."""
     _die_with_parent(parent)
     if threads:
@@ -463,7 +549,7 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
                 studies.quiet_optuna()
                 study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs,
                                            heartbeat=job.heartbeat, worker=worker)
-                _run_here(study, space, ds, job, job.device, put, worker, tickets)
+                _run_here(study, space, ds, job, job.device, put, deadline, worker, tickets)
             except Interrupted as e:
                 if study is not None:
                     _record_interrupted(study)
@@ -475,7 +561,9 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
         cause = studies.storage_failure(e)
         if cause is None:
             raise
-        put(WorkerFailed(worker, f"worker {worker}: the study storage stopped accepting writes ({cause})"))
+        held = (" (another process holds the study's SQLite file: a worker stopped with SIGSTOP or Ctrl-Z? `kill -CONT` it "
+                "or end it)" if "locked" in cause else "")
+        put(WorkerFailed(worker, f"worker {worker}: the study storage stopped accepting writes ({cause}){held}"))
         sys.exit(1)
 
 

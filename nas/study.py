@@ -2,7 +2,8 @@
 
 Optuna does the work (RDB storage, TPE, median / Hyperband pruners, heartbeats); this module only
 chooses and wires them, records on the study what a resume or an export must reproduce (dataset,
-split), and fails at once the running trials of a worker of this machine that no longer exists.
+split), and fails at once the running trials of a worker of this machine that no longer exists. Every
+trial names the process that runs it from the moment it exists (`OwnedTrialsStorage`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                rdb = optuna.storages.RDBStorage(
+                rdb = OwnedTrialsStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat,
@@ -93,6 +94,50 @@ def open_storage(url: str, heartbeat: int = 10, create: bool = False) -> optuna.
         f"cannot open the study storage {url!r}: {first}.{slow} Use sqlite:///PATH.db or "
         "postgresql://USER@HOST:PORT/DB with the server running."
     ) from error
+
+
+class OwnedTrialsStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, where a trial records the process that runs it (`process_identity`) as it
+    starts running: in the same transaction that creates it, or at once after it leaves the queue.
+
+    Optuna creates a trial, then samples its parameters (seconds with multivariate TPE), then calls the
+    objective and starts the heartbeat: a worker killed in between would leave a trial that neither
+    the host:pid rule nor the heartbeat rule could ever fail."""
+
+    # Optuna's cache wrapper (`_CachedStorage`) calls `_create_new_trial`, so that is the one to extend.
+    def _create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+                          ) -> optuna.trial.FrozenTrial:
+        if template_trial is None:  # a new trial (`study.ask`), not a copy or a queued one
+            template_trial = optuna.trial.create_trial(state=State.RUNNING, user_attrs=process_identity())
+        return super()._create_new_trial(study_id, template_trial)
+
+    def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == State.RUNNING:  # a queued trial taken by this process
+            try:
+                for key, value in process_identity().items():
+                    self.set_trial_user_attr(trial_id, key, value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return False  # failed meanwhile as ownerless (`fail_dead_workers_trials`): take another
+        return changed
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's beat, skipped when the storage is busy past its timeout (a worker stopped with SIGSTOP
+        holding SQLite's lock): the next beat tries again, where an error would end Optuna's heartbeat
+        thread with a traceback. A storage that is gone fails the trial's own next write instead."""
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            pass
+
+    def has_heartbeat(self, trial_id: int) -> bool:
+        """Whether the trial's process ever recorded a heartbeat (Optuna's stale rule sees only those)."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            return session.query(models.TrialHeartbeatModel).filter_by(trial_id=trial_id).first() is not None
 
 
 def sqlite_path(url: str) -> Path:
@@ -283,8 +328,9 @@ def _check_resumable(study: optuna.Study, storage: str, data_attrs: dict[str, An
         return  # created by a run stopped before it recorded its data: only baselines wait in it
     if objectives_of(study) != tuple(objectives):
         raise StudyError(f"study {study.study_name!r} in {storage} was searched for {','.join(objectives_of(study))}, not "
-                         f"{','.join(objectives)}: resume it with --objectives {','.join(objectives_of(study))}, or pass "
-                         "a new --study name.")
+                         f"{','.join(objectives)}: resume it with `nas search --study {study.study_name} --objectives "
+                         f"{','.join(objectives_of(study))}` (then `nas best --trial N --export DIR` exports a net of its "
+                         "front), or pass a new --study name.")
     for key in ("dataset", "subset"):
         if known[key] != data_attrs[key]:
             raise StudyError(
@@ -389,18 +435,23 @@ def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
     take: Callable[[], bool],
-    timeout: float | None,
+    deadline: float | None,
     on_trial: Callable[[dict[str, Any]], None],
     redraw: bool = True,
+    built_in: bool = False,
 ) -> None:
-    """Run trials while `take()` grants one (or until `timeout`); a trial that raises one of CAUGHT fails alone.
+    """Run trials while `take()` grants one, until `deadline` (a `time.monotonic()` time); a trial that
+    raises one of CAUGHT fails alone.
 
     A net rejected before training (see `objective`) does not use up what `take` granted: another is
     drawn, up to MAX_REJECTED_IN_A_ROW in a row, then `Infeasible`; without `redraw` (a space with
     nothing to search draws the same net again) at once. After each trial, `on_trial` gets its row and
     the trials of dead workers of this machine are failed and queued again, so a `kill -9` elsewhere
-    on this machine is noticed within one trial."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    on this machine is noticed within one trial. `built_in`: the space is nas's own (the advice differs).
+
+    A process stopped (SIGSTOP) past the heartbeat grace finds, once continued, its trial failed and
+    queued again by another: Optuna then refuses to record it ("Cannot tell a FAIL trial", or an
+    assertion); that trial is reported as it was left and the run goes on."""
     rows: list[dict[str, Any]] = []
 
     def after(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
@@ -410,14 +461,31 @@ def run_trials(
 
     while (deadline is None or time.monotonic() < deadline) and take():
         for n_rejected in range(1, MAX_REJECTED_IN_A_ROW + 1):
-            study.optimize(objective, n_trials=1, catch=CAUGHT, callbacks=[after])
+            try:
+                study.optimize(objective, n_trials=1, catch=CAUGHT, callbacks=[after])
+            except (ValueError, AssertionError):  # Optuna's words when another process finished our trial
+                mine = _my_last_trial(study)
+                if mine is None or mine.state == State.RUNNING or any(r["number"] == mine.number for r in rows):
+                    raise
+                after(study, mine)
             if not rows[-1]["rejected"]:
                 break
             if not redraw or n_rejected == MAX_REJECTED_IN_A_ROW or (deadline and time.monotonic() >= deadline):
-                raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw))
+                raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw, built_in))
 
 
-def _infeasible_message(rows: list[dict[str, Any]], redraw: bool) -> str:
+def _my_last_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    me = process_identity()["worker"]
+    return next((t for t in reversed(study.get_trials(deepcopy=False)) if t.user_attrs.get("worker") == me), None)
+
+
+def _infeasible_message(rows: list[dict[str, Any]], redraw: bool, built_in: bool = False) -> str:
+    if built_in:  # the user wrote no space: telling them to edit one would be advice they cannot follow
+        return (f"no net of the built-in space fits these images (the last of {len(rows)} drawn: "
+                f"{rows[-1]['reason'].rstrip('.')}): they are too small for its conv blocks, each of which halves "
+                "the image with a 2×2 max-pool. Use images of at least 4×4 pixels, or write a space whose blocks have "
+                "`pool: none` and `padding: same` (`nas validate --dataset D --write space.yaml` starts one) and "
+                "pass it with --space.")
     if not redraw:
         return (f"the space's one net cannot be trained: {rows[-1]['reason']}. Make it smaller or fit it to the "
                 "input (fewer blocks, padding same), or raise the constraint.")
@@ -432,8 +500,11 @@ def _infeasible_message(rows: list[dict[str, Any]], redraw: bool) -> str:
 
 
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The k completed trials with the highest validation accuracy, best first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(State.COMPLETE,)) if "spec" in t.user_attrs]
+    """The k completed trials with the highest validation accuracy, best first; while none has completed,
+    those stopped at the time limit after an epoch (a --timeout or --budget shorter than one trial)."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if "spec" in t.user_attrs]
+    done = ([t for t in trials if t.state == State.COMPLETE] or
+            [t for t in trials if (t.user_attrs.get("reason") or "").startswith(f"{names.TIME_LIMIT} after")])
     if not done:
         raise StudyError(
             f"study {study.study_name!r} has no completed trial yet ({len(study.trials)} in all): "
@@ -542,21 +613,44 @@ def _pid_namespace() -> str:
         return socket.gethostname()
 
 
-def fail_dead_workers_trials(study: optuna.Study) -> list[int]:
+def fail_dead_workers_trials(study: optuna.Study, ownerless_after: float | None = None) -> list[int]:
     """Fail the running trials whose worker ran on this machine and no longer exists, and queue their
     parameters to run again (at most MAX_RETRY times); returns their numbers. Trials of other machines
-    are left to the heartbeat rule: only this machine can tell that a process is gone."""
+    are left to the heartbeat rule: only this machine can tell that a process is gone.
+
+    A running trial that names no worker and has no heartbeat (its process died before it could record
+    either: an older nas, or a queued trial taken at that instant) is dead too once it started more
+    than `ownerless_after` seconds ago (default: the storage's heartbeat grace period)."""
     me, failed = process_identity(), []
     host = me["worker"].rsplit(":", 1)[0]
     for t in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
         worker, ns = t.user_attrs.get("worker", ""), t.user_attrs.get("worker_ns", me["worker_ns"])
         w_host, _, pid = worker.rpartition(":")
-        if w_host != host or ns != me["worker_ns"] or not pid.isdigit() or int(pid) == os.getpid():
+        if not worker:
+            reason = _ownerless_dead(study, t, ownerless_after)
+        elif w_host != host or ns != me["worker_ns"] or not pid.isdigit() or int(pid) == os.getpid():
             continue
-        if _process_gone(int(pid), t.datetime_start) and fail_trial(study, t, f"failed: worker {worker} died"):
+        else:
+            reason = f"failed: worker {worker} died" if _process_gone(int(pid), t.datetime_start) else None
+        if reason and fail_trial(study, t, reason):
             retry_trial(study, t)
             failed.append(t.number)
     return failed
+
+
+OWNERLESS_GRACE = 30.0  # seconds, where the storage has no heartbeat grace period of its own
+
+
+def _ownerless_dead(study: optuna.Study, t: optuna.trial.FrozenTrial, after: float | None) -> str | None:
+    """The reason to fail `t`, a running trial that names no worker, if it is dead (see above); else None."""
+    rdb = getattr(study._storage, "_backend", study._storage)
+    if after is None:
+        after = getattr(rdb, "grace_period", None) or OWNERLESS_GRACE
+    age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+    if age <= after or not isinstance(rdb, OwnedTrialsStorage) or rdb.has_heartbeat(t._trial_id):
+        return None
+    return (f"failed: no worker recorded itself on it and it had no heartbeat {age:.0f} s after it started "
+            "(its process died as it began)")
 
 
 def fail_own_trials(study: optuna.Study, reason: str, pids: Sequence[int] = ()) -> list[int]:

@@ -32,6 +32,20 @@ class Diverged(Exception):
         self.epoch = epoch
 
 
+class DivergedError(NasError):
+    """A final training that diverged, told to the user (`nas train`, `nas best --export`, `nas run`)."""
+
+
+class TimeUp(Exception):
+    """Training reached its deadline before its last epoch; the model keeps what it learnt so far."""
+
+    prefix = names.TIME_LIMIT
+
+    def __init__(self, history: list[EpochRecord]):
+        super().__init__(f"{self.prefix} after epoch {len(history)}" if history else f"{self.prefix} in epoch 1")
+        self.history = history
+
+
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch of training: mean loss, accuracy on the training batches and on the held-out split."""
@@ -109,7 +123,7 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_sched
     "constant": lambda opt, steps: None,
     "cosine": _cosine,
     "onecycle": lambda opt, steps: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps, pct_start=0.25, cycle_momentum=False),
+        opt, max_lr=[g.get("max_lr", g["lr"]) for g in opt.param_groups], total_steps=steps, pct_start=0.25, cycle_momentum=False),
 }
 names.check_registry(SCHEDULES, names.SCHEDULES, "schedule")
 
@@ -129,25 +143,32 @@ def fit(
     seed: int = 0,
     precision: str = "auto",
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    deadline: float | None = None,
+    shrink: bool = False,
 ) -> list[EpochRecord]:
     """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does).
 
     `precision`: `auto` is bf16 autocast on CUDA and fp32 elsewhere; `bf16` or `fp32` force it.
+    `deadline` (a `time.monotonic()` time): past it, between two batches, raise `TimeUp`. With `shrink`, the
+    epochs are cut after the first to those that fit before it at its pace (`epochs_within`), the learning
+    rate schedule laid out again over them; the caller sees fewer records.
     """
     device = next(model.parameters()).device
-    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every batch has the same shape, so the tuning pays off
-    dtype = _autocast_dtype(precision, device)
+    dtype = _prepare(model, device, precision)
     opt = make_optimizer(model, recipe)
-    steps = epochs * math.ceil(len(train.y) / recipe.batch_size)
-    schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")(opt, steps)
+    per_epoch = math.ceil(len(train.y) / recipe.batch_size)
+    make_schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")
+    schedule = make_schedule(opt, epochs * per_epoch)
     shuffle = torch.Generator(device=device).manual_seed(seed)
-    history = []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
-                                          schedule, recipe.label_smoothing)
+    history: list[EpochRecord] = []
+    epoch = 0
+    while epoch < epochs:
+        epoch, start = epoch + 1, time.perf_counter()
+        try:
+            loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
+                                              schedule, recipe.label_smoothing, deadline)
+        except TimeUp:
+            raise TimeUp(history) from None
         val_acc = evaluate(model, val, dtype)
         if not math.isfinite(loss):
             raise Diverged(epoch)
@@ -155,7 +176,27 @@ def fit(
         history.append(record)
         if on_epoch:
             on_epoch(record)
+        if deadline is not None and epoch < epochs:
+            fits = epochs_within(record.seconds, deadline - time.monotonic(), epochs) if shrink and epoch == 1 else epochs
+            if fits < epochs:  # slower than planned: the schedule is laid out again over the epochs that fit
+                epochs, schedule = fits, make_schedule(opt, (fits - 1) * per_epoch) if fits > 1 else schedule
+            if epoch < epochs and time.monotonic() >= deadline:
+                raise TimeUp(history)
     return history
+
+
+def epochs_within(first_epoch: float, seconds_left: float, planned: int) -> int:
+    """How many of `planned` epochs fit when the first took `first_epoch` seconds and `seconds_left`
+    remain after it (at least the one done)."""
+    return max(1, min(planned, 1 + int(max(0.0, seconds_left) / max(first_epoch, 1e-9))))
+
+
+def _prepare(model: nn.Module, device: torch.device, precision: str) -> torch.dtype | None:
+    """Set up `model` and the backend for training on `device`; returns the autocast dtype (None: fp32)."""
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape, so the tuning pays off
+    return _autocast_dtype(precision, device)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -176,15 +217,18 @@ def train_one_epoch(
     dtype: torch.dtype | None = None,
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     label_smoothing: float = 0.0,
+    deadline: float | None = None,
 ) -> tuple[float, float]:
     """One pass over `data` in shuffled batches, stepping `schedule` after each; returns (mean loss,
-    accuracy) read once at the end."""
+    accuracy) read once at the end. Past `deadline` (monotonic), raise `TimeUp` between two batches."""
     model.train()
     n = len(data.y)
     order = torch.randperm(n, device=data.x.device, generator=shuffle)
     total_loss = torch.zeros((), device=data.x.device)
     correct = torch.zeros((), device=data.x.device, dtype=torch.long)
     for i in range(0, n, batch_size):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeUp([])
         idx = order[i : i + batch_size]
         x, y = data.x[idx], data.y[idx]
         x = augment_batch(x, augment, shuffle)

@@ -153,7 +153,7 @@ CASES = [
      "--pruner median cannot stop trials of a search for accuracy,params: Optuna prunes single-objective studies only"),
     ("study: resumed for other objectives", lambda t: search(t, GOOD.replace("budget", "name: tiny\nbudget"), "--objectives",
                                                              "accuracy,latency", "--storage", studied(t)), 2,
-     "was searched for accuracy, not accuracy,latency: resume it with --objectives accuracy"),
+     "was searched for accuracy, not accuracy,latency: resume it with `nas search --study tiny --objectives accuracy`"),
     ("best: export from a front without --trial", lambda t: ["best", "--storage", multi_studied(t), "--export", t / "out"], 2,
      "so it has a front of nets rather than one best: pick one with --trial N"),
     ("cli: zero trials", lambda t: search(t, GOOD, "--trials", "0"), 2, "Invalid value for '--trials': Input should be greater than or equal to 1"),

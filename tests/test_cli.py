@@ -259,7 +259,7 @@ def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_pat
 
 def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir):
     db, out, page = f"sqlite:///{tmp_path}/s.db", tmp_path / "model", tmp_path / "report.html"
-    text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "12s", "--storage", db, "--export", out,
+    text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "30s", "--storage", db, "--export", out,
                           "--report", page, "--quiet").output)
     metrics = json.loads((out / "metrics.json").read_text())
     assert f"for {metrics['epochs']} epochs (measured" in text and metrics["retrained_on_train_and_val"]

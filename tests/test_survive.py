@@ -411,3 +411,220 @@ def test_a_disk_that_fills_during_a_search_is_an_error_and_the_resume_recovers(t
 def test_an_unreachable_server_is_a_clear_error(tmp_path):
     code, out, err = finish(start("studies", "--storage", "postgresql://nas@127.0.0.1:9/none"))
     assert code == 2 and "cannot open the study storage" in err and "Traceback" not in err
+
+
+# --- round 3: trials that start as their worker dies, frozen workers, deadlines ---------------------
+
+
+def test_a_new_trial_names_its_process_in_the_same_row_it_is_created_with(tmp_path):
+    """No moment exists where a trial runs without its worker: a kill -9 there would leave it RUNNING
+    for ever (neither the host:pid rule nor Optuna's heartbeat rule could see it)."""
+    from nas import study as studies
+
+    url = f"sqlite:///{tmp_path}/nas.db"
+    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="owned")
+    study.enqueue_trial({"x": 1.0})
+    queued, new = study.ask(), study.ask()  # the queued trial first, then a new one
+    for t in (queued, new):  # read back by a second storage: what another process would see now
+        row = optuna.load_study(study_name="owned", storage=url).get_trials()[t.number]
+        assert row.state == State.RUNNING and row.user_attrs == studies.process_identity()
+
+
+def test_a_running_trial_that_names_no_worker_and_never_beat_is_failed_and_retried(tmp_path):
+    from nas import study as studies
+
+    url = f"sqlite:///{tmp_path}/nas.db"
+    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="lost")
+    plain = optuna.load_study(study_name="lost", storage=url)  # an older nas: the trial is made before its worker is set
+    lost = plain.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    beating = plain.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study._storage._backend.record_heartbeat(beating._trial_id)  # Optuna's own rule handles this one
+    assert studies.fail_dead_workers_trials(study) == []  # within the grace period: it may be starting
+    assert studies.fail_dead_workers_trials(study, ownerless_after=0) == [lost.number]
+    trials = study.get_trials()
+    assert trials[lost.number].state == State.FAIL and "no worker recorded itself" in trials[lost.number].user_attrs["reason"]
+    assert trials[beating.number].state == State.RUNNING
+    assert trials[-1].state == State.WAITING and trials[-1].params == trials[lost.number].params
+
+
+def test_a_worker_continued_after_its_trial_was_failed_elsewhere_goes_on_without_a_traceback(tmp_path):
+    """Stopped (SIGSTOP) past the heartbeat grace, a worker's trial is failed and queued again by another;
+    continued, it must not die on Optuna's "Cannot tell a FAIL trial" but report it and go on."""
+    from nas import study as studies
+
+    url = f"sqlite:///{tmp_path}/nas.db"
+    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="stale")
+    other = optuna.load_study(study_name="stale", storage=url)  # the worker that saw the heartbeat go stale
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number < 2:
+            other._storage.set_trial_state_values(trial._trial_id, State.FAIL)
+        if trial.number == 1:  # a write after it: fails the objective too
+            trial.set_user_attr("curve", [])
+        return x
+
+    rows, granted = [], iter(range(3))
+    studies.run_trials(study, objective, lambda: next(granted, None) is not None, None, rows.append)
+    assert [(r["number"], r["state"]) for r in rows] == [(0, "fail"), (1, "fail"), (2, "complete")]
+
+
+def children(pid: int) -> set[int]:
+    return {int(k) for task in Path(f"/proc/{pid}/task").glob("*") for k in (task / "children").read_text().split()}
+
+
+def test_a_worker_killed_as_its_trial_starts_leaves_no_running_trial(tmp_path, idx_dir):
+    """kill -9 of a worker the moment a trial of it appears (before it trains a batch): the parent fails
+    that trial at once and queues its parameters; the run ends with nothing RUNNING and exit status 1."""
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "medium.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: medium").replace("epochs: 150", "epochs: 20"))
+    proc = search(space, db, idx_dir, 3, "--workers", 2, "--sampler", "tpe")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, finish(proc)
+        workers = {w for kid in children(proc.pid) for w in children(kid)}  # the fork server's children
+        try:
+            fresh = [t for t in optuna.load_study(study_name="medium", storage=db).get_trials()
+                     if t.state == State.RUNNING and not t.intermediate_values]
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+            fresh = []
+        if fresh and len(workers) == 2:
+            break
+    owner = fresh[0].user_attrs.get("worker", "")
+    victim = int(owner.split(":")[1]) if owner else min(workers)
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = finish(proc)
+    said = " ".join(err.split())
+    assert code == 1 and "was killed by SIGKILL" in said and "Traceback" not in err, out + err
+    trials = optuna.load_study(study_name="medium", storage=db).get_trials()
+    assert not [t for t in trials if t.state == State.RUNNING], [(t.number, t.state, t.user_attrs) for t in trials]
+    dead = [t for t in trials if f":{victim} died" in (t.user_attrs.get("reason") or "")]
+    assert len(dead) == 1 and dead[0].state == State.FAIL, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert f"its trial #{dead[0].number} failed and was queued to run again" in said
+    rerun = [t for t in trials if t.system_attrs.get("failed_trial") == dead[0].number]  # its params, if it had drawn any
+    assert len(rerun) == 1 and dead[0].params.items() <= rerun[0].params.items(), [(t.number, t.params) for t in trials]
+
+
+def test_a_timeout_stops_a_trial_still_training_and_records_it_with_its_value(tmp_path, idx_dir):
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "endless.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: endless").replace("epochs: 150", "epochs: 10000"))
+    code, out, err = here("search", "--space", space, "--storage", db, "--data-dir", idx_dir, "--trials", 3,
+                          "--pruner", "none", "--timeout", 15)
+    assert code == 0 and "stopped at the time limit after epoch" in out, out + err
+    trials = optuna.load_study(study_name="endless", storage=db).get_trials()
+    assert len(trials) == 1 and trials[0].state == State.PRUNED and trials[0].value is not None
+    assert re.fullmatch(r"stopped at the time limit after epoch \d+", trials[0].user_attrs["reason"])
+    assert len(trials[0].user_attrs["curve"]) == int(trials[0].user_attrs["reason"].split()[-1])
+
+
+def test_a_timeout_bounds_a_run_whose_worker_is_frozen(tmp_path, idx_dir):
+    """A worker frozen by SIGSTOP (maybe holding SQLite's write lock) is stopped by the parent at the time
+    limit; the other's trial stops there with its value: exit 0, nothing RUNNING, no traceback."""
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "endless.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: endless").replace("epochs: 150", "epochs: 10000"))
+    proc = search(space, db, idx_dir, 10, "--workers", 2, "--timeout", 40)  # time for both to start, not a bound
+    running = wait_for_running(db, "endless", 0, proc, n_running=2)
+    frozen = int(running.user_attrs["worker"].split(":")[1])
+    os.kill(frozen, signal.SIGSTOP)
+    code, out, err = finish(proc, timeout=120)
+    assert code == 0 and "Traceback" not in err and "locked" not in err, out + err
+    assert "still running 5 s past the time limit and was stopped" in " ".join(err.split()), err
+    assert re.search(rf"worker \d \(pid {frozen}\) is stopped \(SIGSTOP or Ctrl-Z\)", " ".join(err.split())), err
+    trials = optuna.load_study(study_name="endless", storage=db).get_trials()
+    said = [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
+    assert not [t for t in trials if t.state == State.RUNNING], said
+    stopped = [t for t in trials if t.user_attrs["worker"].endswith(f":{frozen}")]
+    assert stopped[0].state == State.FAIL and stopped[0].user_attrs["reason"] in ("interrupted", "stopped at the time limit")
+    other = [t for t in trials if t.number != stopped[0].number][-1]
+    assert other.state == State.PRUNED and other.value is not None, said
+    assert re.fullmatch(r"stopped at the time limit after epoch \d+", other.user_attrs["reason"]), said
+
+
+# --- round 3: advice that is true -------------------------------------------------------------------
+
+DIVERGING = """
+name: diverging
+budget: {epochs: 2, val_fraction: 0.2}
+architecture: {blocks: 1, block: {channels: 4, activation: leaky_relu}, head: {layers: 0}}
+training: {optimizer: sgd, lr: {float: [99, 100]}, batch_size: 32}
+"""  # no ReLU to die: at lr 100 the loss becomes infinite within an epoch
+
+
+def test_training_a_net_that_diverges_is_a_clear_error_not_a_traceback(tmp_path, idx_dir):
+    space = tmp_path / "diverging.yaml"
+    space.write_text(DIVERGING.replace("{float: [99, 100]}", "100"))
+    code, out, err = here("train", "--space", space, "--data-dir", idx_dir, "--export", tmp_path / "out")
+    said = " ".join((out + err).split())
+    assert code == 2 and "Traceback" not in said and "Diverged" not in said, said
+    assert "diverged: its loss became NaN or infinite in epoch 1 (learning rate 100, sgd)" in said
+    assert "Lower the learning rate (training.lr, say to 10)" in said and not (tmp_path / "out").exists()
+
+
+def test_a_search_where_every_net_diverged_says_so_and_points_at_the_learning_rate(tmp_path, idx_dir):
+    space = tmp_path / "diverging.yaml"
+    space.write_text(DIVERGING)
+    code, out, err = here("search", "--space", space, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", idx_dir,
+                          "--trials", 2, "--pruner", "none")
+    said = " ".join((out + err).split())
+    assert code == 1 and "Every net diverged" in said and "lower the space's `training.lr` range" in said, said
+
+
+def test_images_too_small_for_the_built_in_space_say_so_instead_of_sending_the_user_to_a_space_file(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "dots.npz"
+    np.savez(data, x_train=rng.integers(0, 255, (60, 1, 1), dtype=np.uint8), y_train=np.arange(60) % 3,
+             x_test=rng.integers(0, 255, (12, 1, 1), dtype=np.uint8), y_test=np.arange(12) % 3)
+    for command in ("search", "run"):
+        code, out, err = here(command, "--dataset", data, "--storage", f"sqlite:///{tmp_path}/{command}.db",
+                              *(["--budget", "1m"] if command == "run" else ["--trials", 2]))
+        said = " ".join((out + err).split())
+        assert code in (1, 2) and "no net of the built-in space fits these images" in said, said
+        assert "at least 4×4 pixels" in said and "Loosen max_params" not in said and "--space FILE" not in said
+
+
+def test_nas_run_on_a_study_of_several_objectives_advises_commands_that_take_them(tmp_path, idx_dir):
+    db, space = f"sqlite:///{tmp_path}/s.db", tmp_path / "q.yaml"
+    space.write_text(QUICK_TRIALS)
+    code, out, err = here("search", "--space", space, "--storage", db, "--data-dir", idx_dir, "--trials", 1,
+                          "--objectives", "accuracy,params", "--study", "front")
+    assert code == 0, out + err
+    code, out, err = here("run", "--study", "front", "--storage", db, "--data-dir", idx_dir, "--budget", "1m")
+    said = " ".join((out + err).split())
+    assert code == 2 and "resume it with `nas search --study front --objectives accuracy,params`" in said, said
+    assert "nas best --trial N --export DIR" in said
+
+
+# --- round 3: a budget given is a budget kept --------------------------------------------------------
+
+
+def test_a_retrain_cut_to_keep_the_budget_says_how_much_ran():
+    from nas.autorun import cut_message
+
+    assert cut_message(8, 8) is None
+    assert "the retrain ran 3 of the 8 epochs planned" in cut_message(3, 8) and "laid out again" in cut_message(3, 8)
+    assert "ran 0 of the 8" in cut_message(0, 8) and "laid out again" not in cut_message(0, 8)
+
+
+def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx_dir, tiny_space):
+    """No timing is asserted (CI machines are busy): what ran is what the summary says ran."""
+    code, out, err = here("run", "--space", tiny_space, "--data-dir", idx_dir, "--budget", "10s", "--storage",
+                          f"sqlite:///{tmp_path}/s.db", "--export", tmp_path / "out")
+    said = " ".join((out + err).split())
+    if code == 2:  # a machine too busy to train one trial, or to retrain it, in 10 s says so, and exports nothing
+        assert ("no trial of study 'tiny' completed within the search's 5 s" in said
+                or "the --budget left no time to retrain the best net" in said), said
+        assert not (tmp_path / "out").exists()
+        return
+    assert code == 0 and (tmp_path / "out").is_dir(), said
+    ran = int(re.search(r"the best retrained for (\d+) epochs", said)[1])
+    cut = re.search(r"note: the retrain ran (\d+) of the (\d+) epochs planned", said)
+    assert cut is None or (int(cut[1]) == ran < int(cut[2])), said
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    assert not [t for t in trials if t.state == State.RUNNING]
+    assert all(t.state != State.PRUNED or t.user_attrs["reason"].startswith(("pruned at epoch", "stopped at the time limit"))
+               for t in trials)

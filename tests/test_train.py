@@ -1,10 +1,12 @@
+import time
+
 import pytest
 import torch
 
 from nas import space as sp
 from nas.data import load_dataset, split_train_val
 from nas.model import build_model
-from nas.train import CROP_PAD, SCHEDULES, Diverged, augment_batch, fit, pick_device
+from nas.train import CROP_PAD, SCHEDULES, Diverged, TimeUp, augment_batch, epochs_within, fit, pick_device
 
 SMALL = {"architecture": {"blocks": 1, "block": {"conv": "conv5x5", "channels": 4}, "head": {"layers": 1, "units": 16}},
          "training": {"batch_size": 32, "lr": 0.01}}
@@ -106,3 +108,33 @@ def test_gpu_training_matches_cpu_accuracy_and_leaks_no_memory(idx_dir):
         allocated.append(torch.cuda.memory_allocated())
         assert history[-1].val_acc >= 0.5
     assert max(allocated) - min(allocated) < 4 << 20  # nothing accumulates across trials
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_a_schedule_laid_out_again_mid_run_still_peaks_at_the_recipes_lr_and_anneals(name):
+    """What `fit(shrink=True)` does when a retrain runs slow: a new schedule over the steps left."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    first = SCHEDULES[name](opt, 200)
+    for _ in range(50):
+        opt.step()
+        first.step()
+    schedule, lrs = SCHEDULES[name](opt, 100), []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert max(lrs) == pytest.approx(0.1, rel=1e-2) and lrs[-1] < 0.002
+
+
+def test_epochs_within_cuts_the_epochs_to_what_the_first_ones_pace_fits():
+    assert epochs_within(2.0, 10.0, 20) == 6  # the one done and 5 more
+    assert epochs_within(2.0, 100.0, 20) == 20  # never more than planned
+    assert epochs_within(5.0, -3.0, 20) == 1  # already late: the one done
+
+
+def test_fit_stops_between_batches_at_its_deadline(idx_dir):
+    spec = sp.sample(sp.parse_space(SMALL))
+    train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
+    with pytest.raises(TimeUp, match="stopped at the time limit in epoch 1") as e:
+        fit(build_model(spec, (1, 28, 28), 10), train, val, spec.training, epochs=3, deadline=time.monotonic())
+    assert e.value.history == []
