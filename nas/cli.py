@@ -147,6 +147,9 @@ ObjectivesOpt = Annotated[Optional[str], typer.Option(
     "--objectives", help="accuracy, then any of params, flops, latency to minimise: accuracy,latency (default: the space's).")]
 HeartbeatOpt = Annotated[int, typer.Option(
     "--heartbeat", min=1, help="Seconds between liveness beats; a trial silent for 3 beats is re-run.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, max=4096, help="torch threads per worker (default: the cores other processes leave free, "
+                                       "looked at again between trials; OMP_NUM_THREADS also sets it).")]
 WorkersOpt = Annotated[str, typer.Option(
     "--workers", callback=_check_workers, help="Worker processes on this machine: N or auto.")]
 TopOpt = Annotated[Optional[int], typer.Option(
@@ -203,7 +206,7 @@ def search(
     subset: SubsetOpt = None, study: StudyOpt = None, storage: StorageOpt = DEFAULT_STORAGE, dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = 0, sampler: SamplerOpt = "tpe",
     pruner: PrunerOpt = None, heartbeat: HeartbeatOpt = 10, workers: WorkersOpt = "1", quiet: QuietOpt = False,
-    json_out: JsonOpt = False, objectives: ObjectivesOpt = None,
+    json_out: JsonOpt = False, objectives: ObjectivesOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Run a study, or continue it: trials are added to what the study already has.
 
@@ -218,6 +221,7 @@ def search(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, epochs=epochs, subset=subset, sampler=sampler, pruner=pruner, seed=seed,
             heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers),
+            threads=threads,
             objectives=None if objectives is None else parse_objectives(objectives))
         view = _SearchView(trials, quiet or json_out)
         try:
@@ -272,6 +276,7 @@ def run_cmd(
                                                    dir_okay=False)] = None,
     study: StudyOpt = None, storage: StorageOpt = DEFAULT_STORAGE, data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, workers: WorkersOpt = "1", quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Search, retrain the best net on all the training data, export it and write the report, within --budget.
 
@@ -282,7 +287,8 @@ def run_cmd(
 
         job = autorun.RunJob(searching.SearchJob(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
-            device=device, seed=seed, workers=None if workers == "auto" else int(workers)), _parse_budget(budget),
+            device=device, seed=seed, workers=None if workers == "auto" else int(workers), threads=threads),
+            _parse_budget(budget),
             export, force, report)
         search_view, train_view = _SearchView(None, quiet), _TrainingView(quiet, per_epoch_lines=False)
 
@@ -519,7 +525,8 @@ class _SearchView:
         if self.quiet:
             return
         baselines = f", {e.n_baselines} baselines first" if e.n_baselines and not e.n_finished else ""
-        workers = (f"; {e.n_workers} workers × {e.threads} thread{'s' if e.threads > 1 else ''}" if e.n_workers > 1 else "")
+        threads = f"{e.threads} torch thread{'s' if e.threads > 1 else ''} ({e.threads_why})"
+        workers = f"; {e.n_workers} workers × {threads}" if e.n_workers > 1 else f"; {threads}"
         self.progress.console.print(
             f"study [bold]{_plain(e.study)}[/] in {_plain(e.storage)}: {e.n_finished} finished trials so far{baselines}; "
             f"{e.n_train} train / {e.n_val} val images on {', '.join(e.devices)}, {e.epochs} epochs per trial{workers}")

@@ -14,6 +14,7 @@ from torch import nn
 from nas.data import Dataset, Split, available_memory, channel_stats, full_train, split_train_val, test_split
 from nas.model import ModelInfo, build_model, spec_info, training_bytes
 from nas.spec import ArchSpec
+from nas.system import pick_threads
 from nas.train import Diverged, DivergedError, EpochRecord, TimeUp, evaluate, fit, predict
 
 MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
@@ -107,6 +108,7 @@ def train_spec(
     With a `deadline` (monotonic), the epochs are cut to fit it (`fit`'s shrink) and training stops at it:
     fewer records than `epochs` say so."""
     model = new_model(spec, data, seed, device)
+    fit_threads()
     try:
         return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch,
                           deadline=deadline, shrink=True)
@@ -120,10 +122,17 @@ def train_spec(
                        "exports another trial.") from None
 
 
+def fit_threads() -> None:
+    """Train with the threads that other processes leave free now (or OMP_NUM_THREADS): more would make a small
+    net's training several times slower, not a little (`system`)."""
+    torch.set_num_threads(pick_threads().n)
+
+
 def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 4096) -> float:
     """How long one epoch of `train_spec` on `data` takes here, timed on `sample` training images (after a
     warm-up batch) plus one scoring of the held-out set: what plans a retrain to fit a time budget."""
     model = new_model(spec, data, 0, device)
+    fit_threads()
     n, none = min(sample, len(data.train)), Split(data.train.x[:0], data.train.y[:0])
     fit(model, Split(data.train.x[: spec.training.batch_size], data.train.y[: spec.training.batch_size]), none,
         spec.training, epochs=1)  # the first steps allocate and pick kernels: not part of an epoch's pace

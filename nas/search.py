@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from nas import data, names, study as studies
+from nas import data, names, study as studies, system
 from nas.data import Dataset
 from nas.errors import NasError
 from nas.objective import Objective
@@ -47,6 +47,7 @@ STOP_GRACE = 30  # seconds a worker has to record its trial after a signal, befo
 DEADLINE_GRACE = 5  # seconds past --timeout a worker has to record its trial, then as many after a SIGTERM
 OWNERLESS_AFTER_DEATH = 1.0  # seconds: a running trial with no worker named, once a worker is known dead
 MAX_WORKERS_PER_CORE = 4
+RECHECK = 10.0  # seconds between looks at the machine's load, before a trial
 
 
 class Interrupted(KeyboardInterrupt):
@@ -82,6 +83,7 @@ class SearchJob:
     timeout: float | None = None
     trial_grace: float = 0.0  # seconds past the timeout a trial may go on while none has completed (`nas run`)
     workers: int | None = 1  # None: as many as pay on this machine (`auto_workers`)
+    threads: int | None = None  # torch threads per worker; None: what the machine leaves free (`system.pick_threads`)
 
 
 # --- events, in the order a search sends them -------------------------------------------------
@@ -101,7 +103,8 @@ class Started:
     devices: tuple[str, ...]
     epochs: int
     n_workers: int
-    threads: int | None
+    threads: int  # torch threads per worker, at the start (looked at again between trials)
+    threads_why: str
 
 
 @dataclass(frozen=True)
@@ -219,9 +222,10 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
 def _open(job: SearchJob) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
     """Read the space and the dataset, check the device and the storage, then create or resume the study.
     Without a space file, the built-in space for the dataset (`autospace`) is searched."""
-    if job.workers and job.workers > MAX_WORKERS_PER_CORE * _cores():
-        raise NasError(f"--workers {job.workers}: this machine has {_cores()} cores; run at most "
-                       f"{MAX_WORKERS_PER_CORE * _cores()} workers here (each loads torch and the data), or --workers auto.")
+    cores = system.usable_cores()
+    if job.workers and job.workers > MAX_WORKERS_PER_CORE * cores:
+        raise NasError(f"--workers {job.workers}: this machine has {cores} cores; run at most "
+                       f"{MAX_WORKERS_PER_CORE * cores} workers here (each loads torch and the data), or --workers auto.")
     devices = worker_devices(job.device, min(job.workers or auto_workers(job.device), job.trials))
     ds = None
     if job.space is None:
@@ -264,11 +268,11 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     split = study.user_attrs["data"]  # a resumed study keeps the split it started with
     n_train, n_val = data.split_sizes(ds, split["val_fraction"], split["subset"])
     trials = study.get_trials(deepcopy=False)
-    n_workers, threads = len(devices), threads_per_worker(len(devices))
+    n_workers, threads = len(devices), system.pick_threads(len(devices), job.threads)
     done = [studies.accuracy(t) for t in trials if t.state == studies.State.COMPLETE]
     on_event(Started(study.study_name, job.storage, sum(t.state in studies.FINISHED for t in trials),
                      sum(t.state == studies.State.WAITING for t in trials), max(done, default=None), n_train, n_val,
-                     tuple(sorted(set(devices))), job.epochs, n_workers, threads))
+                     tuple(sorted(set(devices))), job.epochs, n_workers, threads.n, threads.why))
 
     def count(event: Event) -> None:
         if isinstance(event, TrialDone):
@@ -282,7 +286,7 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
         except studies.Infeasible as e:
             gave_up = str(e)
     else:
-        failed = _run_workers(study, space, ds, job, devices, threads, count, deadline)
+        failed = _run_workers(study, space, ds, job, devices, threads.n, count, deadline)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     several = len(space.objectives) > 1
     try:  # the completed trials, or while there are none those stopped at the time limit (`study.top_trials`)
@@ -325,8 +329,23 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
         take = lambda: next(granted, None) is not None  # noqa: E731
     else:
         take = lambda: _take(tickets)  # noqa: E731
-    studies.run_trials(study, objective, take, deadline, on_trial, redraw=bool(space.dimensions()),
+    studies.run_trials(study, objective, _fitting_threads(take, job), deadline, on_trial, redraw=bool(space.dimensions()),
                        built_in=job.space is None)
+
+
+def _fitting_threads(take: Callable[[], bool], job: SearchJob) -> Callable[[], bool]:
+    """`take`, which before a trial sets torch's threads to what other processes leave free now (at most every
+    RECHECK seconds): a load that starts or stops mid-search changes the next trial's threads. A worker's
+    job says how many workers share the machine."""
+    last = [-RECHECK]
+
+    def take_fitting() -> bool:
+        if time.monotonic() - last[0] >= RECHECK:
+            torch.set_num_threads(system.pick_threads(job.workers or 1, job.threads).n)
+            last[0] = time.monotonic()
+        return take()
+
+    return take_fitting
 
 
 def _take(tickets: Any) -> bool:
@@ -413,7 +432,7 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
         ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
     tickets = ctx.Value("i", job.trials)
-    procs = [ctx.Process(target=_worker, args=(replace(job, device=d), space, i, threads, ds, events, os.getpid(),
+    procs = [ctx.Process(target=_worker, args=(replace(job, device=d, workers=len(devices)), space, i, threads, ds, events, os.getpid(),
                                                tickets, deadline), name=f"nas-worker-{i}", daemon=True)
              for i, d in enumerate(devices)]
     for p in procs:
@@ -609,14 +628,5 @@ def auto_workers(device: str) -> int:
     """How many workers `--workers auto` runs: see docs/benchmarks.md for the measurements behind it."""
     if device != "cpu" and torch.cuda.is_available():
         gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 1
-        return max(1, min(4 * gpus, _cores()))  # one small net leaves a GPU idle between its kernels
-    return max(1, min(_cores(), 8))  # one single-threaded worker per core beats threads inside one small net
-
-
-def threads_per_worker(n_workers: int) -> int | None:
-    """Several workers split the cores between them; one keeps torch's default (all of them)."""
-    return None if n_workers == 1 else max(1, _cores() // n_workers)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(4 * gpus, system.usable_cores()))  # one small net leaves a GPU idle between its kernels
+    return max(1, min(system.usable_cores(), 8))  # one single-threaded worker per core beats threads inside one small net

@@ -63,6 +63,7 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
+        os.environ["OMP_NUM_THREADS"] = "1"  # nas's own choice (`system.pick_threads`) honours it, here and in its processes
         torch.set_num_threads(1)
 
 

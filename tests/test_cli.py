@@ -303,3 +303,16 @@ def test_best_without_study_shows_the_newest_and_names_the_others(tmp_path, idx_
     assert "'newer'" in result.output and "showing the newest" in result.output and "'older'" in result.output
     quiet = CliRunner().invoke(app, ["best", "--storage", storage, "--json"])
     assert quiet.exit_code == 0 and json.loads(quiet.stdout)["study"] == "newer"
+
+
+def test_the_banner_says_how_many_threads_and_why(tmp_path, idx_dir, monkeypatch):
+    args = ["search", "--space", "seed_network", "--trials", "1", "--epochs", "1", "--storage",
+            f"sqlite:///{tmp_path}/s.db", "--data-dir", str(idx_dir)]
+    result = CliRunner().invoke(app, args + ["--threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 torch threads (--threads)" in " ".join(result.output.split())
+    assert torch.get_num_threads() == 2  # set for the trial
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "1 torch thread (OMP_NUM_THREADS)" in " ".join(result.output.split())
+    assert torch.get_num_threads() == 1
