@@ -92,9 +92,9 @@ class RunOutcome:
 def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     """Search for SEARCH_SHARE of the budget, retrain the best net in the time left, export it, write the report.
     Every target is checked before the search starts. A signal after the search raises `RunInterrupted`."""
-    start = time.monotonic()
+    start = job.search.started or time.monotonic()  # the command's start: importing torch counts too
     _check_targets(job)
-    outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget,
+    outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget, started=start,
                                     trial_grace=TRIAL_GRACE_SHARE * job.budget), on_event)
     if outcome.gave_up:  # the space gives no net that can be trained: more time would not help
         raise NasError(outcome.gave_up)

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
@@ -213,6 +214,7 @@ def search(
     SIGINT (Ctrl-C), SIGTERM and SIGHUP stop it cleanly: the running trials are recorded as failed
     (interrupted), and the command exits with 128 + the signal's number and prints how to resume.
     """
+    started = time.monotonic()  # --timeout counts from here: importing torch takes seconds too
     with _user_errors():
         from nas import search as searching
         from nas.space import parse_objectives
@@ -221,7 +223,7 @@ def search(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, epochs=epochs, subset=subset, sampler=sampler, pruner=pruner, seed=seed,
             heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers),
-            threads=threads,
+            threads=threads, started=started,
             objectives=None if objectives is None else parse_objectives(objectives))
         view = _SearchView(trials, quiet or json_out)
         try:
@@ -282,12 +284,14 @@ def run_cmd(
 
     The search takes half the budget; the retrain's epochs fit the rest, at the best net's measured pace.
     Without --space, the best net is widened for the retrain while it still gets 15 epochs."""
+    started = time.monotonic()  # --budget counts from here: importing torch takes seconds too
     with _user_errors():
         from nas import autorun, search as searching
 
         job = autorun.RunJob(searching.SearchJob(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
-            device=device, seed=seed, workers=None if workers == "auto" else int(workers), threads=threads),
+            device=device, seed=seed, workers=None if workers == "auto" else int(workers), threads=threads,
+            started=started),
             _parse_budget(budget),
             export, force, report)
         search_view, train_view = _SearchView(None, quiet), _TrainingView(quiet, per_epoch_lines=False)

@@ -128,9 +128,11 @@ def fit_threads() -> None:
     torch.set_num_threads(pick_threads().n)
 
 
-def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 4096) -> float:
+def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 2048) -> float:
     """How long one epoch of `train_spec` on `data` takes here, timed on `sample` training images (after a
-    warm-up batch) plus one scoring of the held-out set: what plans a retrain to fit a time budget."""
+    warm-up batch) and as many held-out ones, scaled to the whole sets: what plans a retrain to fit a time
+    budget. Kept short (seconds on a busy CPU), since the budget pays for it; the retrain checks its own
+    pace after its first epoch anyway."""
     model = new_model(spec, data, 0, device)
     fit_threads()
     n, none = min(sample, len(data.train)), Split(data.train.x[:0], data.train.y[:0])
@@ -139,9 +141,10 @@ def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, samp
     start = time.perf_counter()
     fit(model, Split(data.train.x[:n], data.train.y[:n]), none, spec.training, epochs=1)
     train = (time.perf_counter() - start) * len(data.train) / n
+    held_out, m = data.held_out, min(sample, len(data.held_out))
     start = time.perf_counter()
-    evaluate(model, data.held_out)
-    return train + time.perf_counter() - start
+    evaluate(model, Split(held_out.x[:m], held_out.y[:m]))
+    return train + (time.perf_counter() - start) * len(held_out) / max(m, 1)
 
 
 def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:

@@ -83,6 +83,7 @@ class SearchJob:
     timeout: float | None = None
     trial_grace: float = 0.0  # seconds past the timeout a trial may go on while none has completed (`nas run`)
     workers: int | None = 1  # None: as many as pay on this machine (`auto_workers`)
+    started: float | None = None  # time.monotonic() when the command started: --timeout counts from there
     threads: int | None = None  # torch threads per worker; None: what the machine leaves free (`system.pick_threads`)
 
 
@@ -197,7 +198,7 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     the data included, ends the run as `Interrupted`.
     """
     studies.quiet_optuna()  # progress and each trial's fate arrive as events
-    deadline = None if job.timeout is None else time.monotonic() + job.timeout  # reading the data counts too
+    deadline = None if job.timeout is None else (job.started or time.monotonic()) + job.timeout  # so does reading the data
     rows: list[dict[str, Any]] = []
     study = None
     with signals_interrupt():
