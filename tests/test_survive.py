@@ -525,7 +525,7 @@ def test_a_timeout_bounds_a_run_whose_worker_is_frozen(tmp_path, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "endless.yaml"
     space.write_text(LONG_TRIALS.replace("name: long", "name: endless").replace("epochs: 150", "epochs: 10000"))
-    proc = search(space, db, idx_dir, 10, "--workers", 2, "--timeout", 40)  # time for both to start, not a bound
+    proc = search(space, db, idx_dir, 10, "--workers", 2, "--timeout", 60)  # time for both to start on a busy machine
     running = wait_for_running(db, "endless", 0, proc, n_running=2)
     frozen = int(running.user_attrs["worker"].split(":")[1])
     os.kill(frozen, signal.SIGSTOP)
