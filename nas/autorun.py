@@ -19,7 +19,9 @@ import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
+
+import torch
 
 from nas import data, export as exporting, names, pipeline, report as reporting, search as searching, study as studies
 from nas.errors import NasError
@@ -27,9 +29,6 @@ from nas.files import check_export_target, check_file_target, check_not_input
 from nas.space import load_space
 from nas.spec import ArchSpec
 from nas.train import pick_device
-
-if TYPE_CHECKING:
-    import torch
 
 SEARCH_SHARE = 0.5  # of the budget; the rest retrains the best net, exports it and writes the report: the 24-min
 # search of docs/benchmarks.md found its winner at 16 min, and val 0.885 within 2 (the rest is within its noise)
@@ -75,6 +74,7 @@ class Plan:
     epochs: int
     seconds_per_epoch: float
     augment: str | None = None  # the augmentation added to the trial's recipe, if any
+    n_images: int | None = None  # fewer training images than the whole set: one epoch of all would not fit
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,9 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     final = pipeline.prepare_final_data(ds, device)
     plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), final, device,
                         END_MARGIN * (deadline - time.monotonic()), built_in=job.search.space is None)
+    if plan.n_images:  # a seeded random part of the training set; the test set stays whole
+        keep = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:plan.n_images]
+        ds = replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
     trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
                                       deadline=deadline)
     if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
@@ -165,7 +168,11 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
                           retrained=exporting.retrained_rows([trained]))
     if job.export is not None:
         best.export = exporting.export_trained(trained, job.export, study, job.force)
-    return best, plan, cut_message(trained.metrics["epochs"], plan.epochs)
+    cut = cut_message(trained.metrics["epochs"], plan.epochs)
+    if plan.n_images:
+        cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images, once: a whole epoch "
+               "would not have fitted the --budget" + (f"; {cut}" if cut else ""))
+    return best, plan, cut
 
 
 def cut_message(ran: int, planned: int) -> str | None:
@@ -196,4 +203,7 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
         wide_epoch = pipeline.seconds_per_epoch(wide, final, device)
         if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
             return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)
-    return Plan(spec, 1.0, max(1, min(MAX_RETRAIN_EPOCHS, int(seconds / per_epoch))), per_epoch, augment)
+    if seconds < per_epoch:  # not one epoch: one pass over as many images as fit, rather than no model at all
+        n = max(spec.training.batch_size, int(len(final.train) * seconds / per_epoch))
+        return Plan(spec, 1.0, 1, per_epoch, augment, n if n < len(final.train) else None)
+    return Plan(spec, 1.0, min(MAX_RETRAIN_EPOCHS, int(seconds / per_epoch)), per_epoch, augment)

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy.exc
+import torch
 
 from conftest import fill_disk, mount_tmpfs, unmount
 
@@ -608,6 +609,21 @@ def test_a_retrain_cut_to_keep_the_budget_says_how_much_ran():
     assert cut_message(8, 8) is None
     assert "the retrain ran 3 of the 8 epochs planned" in cut_message(3, 8) and "laid out again" in cut_message(3, 8)
     assert "ran 0 of the 8" in cut_message(0, 8) and "laid out again" not in cut_message(0, 8)
+
+
+def test_a_retrain_that_cannot_fit_an_epoch_plans_one_pass_over_part_of_the_data(idx_dir):
+    """Whatever this machine's pace: far too little time gives one pass over a batch's worth of images, plenty
+    gives whole epochs."""
+    from nas import data, pipeline
+    from nas.autorun import plan_retrain
+    from nas.space import load_space, sample
+
+    spec = sample(load_space("seed_network"))
+    final = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", idx_dir), torch.device("cpu"))
+    short = plan_retrain(spec, final, torch.device("cpu"), 1e-6, built_in=False)
+    assert (short.epochs, short.n_images) == (1, spec.training.batch_size)
+    long = plan_retrain(spec, final, torch.device("cpu"), 1e6, built_in=False)
+    assert long.n_images is None and long.epochs > 1
 
 
 def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx_dir, tiny_space):
