@@ -42,6 +42,7 @@ FINISH_SHARE = 0.3
 TRIAL_GRACE_SHARE = 0.15  # of the budget: while no trial has completed, one training at the search's end may
 # finish in it (a first trial pays for warming up; one cut short leaves nothing to retrain)
 MAX_RETRAIN_EPOCHS = 200
+SHORT_RETRAIN = 300  # seconds: a retrain shorter than this times its pace on fewer images
 MAX_TRIALS = 1_000_000  # the search is bounded by its time, not by a count
 
 
@@ -149,8 +150,8 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     study = studies.load_study(outcome.study, job.search.storage)
     trial = studies.top_trials(study, 1)[0]
     device = pick_device(job.search.device)
-    ds = data.load_dataset(study.user_attrs["data"]["dataset"] if job.search.dataset is None else job.search.dataset,
-                           job.search.data_dir)
+    ds = outcome.dataset or data.load_dataset(study.user_attrs["data"]["dataset"] if job.search.dataset is None
+                                              else job.search.dataset, job.search.data_dir)
     final = pipeline.prepare_final_data(ds, device)
     plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), final, device,
                         END_MARGIN * (deadline - time.monotonic()), built_in=job.search.space is None)
@@ -193,17 +194,19 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
     A width is timed only if its FLOPs say it may fit, so timing costs at most about an epoch per width."""
     augment = RETRAIN_AUGMENT if built_in and spec.training.augment == "none" else None
     spec = replace(spec, training=replace(spec.training, augment=augment or spec.training.augment))
-    per_epoch = pipeline.seconds_per_epoch(spec, final, device)
+    sample = 512 if seconds < SHORT_RETRAIN else 2048  # a short retrain cannot pay seconds for a finer timing
+    train_s, score_s = pipeline.epoch_pace(spec, final, device, sample)
+    per_epoch = train_s + score_s
     flops = pipeline.assess(spec, final.input_shape, final.n_classes, device)[0].flops
     for width in WIDTHS if built_in else ():
         wide = spec.widened(width)
         info, too_large, _ = pipeline.assess(wide, final.input_shape, final.n_classes, device)
         if too_large or per_epoch * info.flops / flops * MIN_WIDE_EPOCHS > 1.5 * seconds:
             continue  # more memory than the device has, or far too slow by its FLOPs: not worth timing
-        wide_epoch = pipeline.seconds_per_epoch(wide, final, device)
+        wide_epoch = pipeline.seconds_per_epoch(wide, final, device, sample)
         if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
             return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)
     if seconds < per_epoch:  # not one epoch: one pass over as many images as fit, rather than no model at all
-        n = max(spec.training.batch_size, int(len(final.train) * seconds / per_epoch))
+        n = max(spec.training.batch_size, int(len(final.train) * (seconds - score_s) / train_s))
         return Plan(spec, 1.0, 1, per_epoch, augment, n if n < len(final.train) else None)
     return Plan(spec, 1.0, min(MAX_RETRAIN_EPOCHS, int(seconds / per_epoch)), per_epoch, augment)

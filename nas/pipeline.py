@@ -129,10 +129,15 @@ def fit_threads() -> None:
 
 
 def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 2048) -> float:
-    """How long one epoch of `train_spec` on `data` takes here, timed on `sample` training images (after a
-    warm-up batch) and as many held-out ones, scaled to the whole sets: what plans a retrain to fit a time
-    budget. Kept short (seconds on a busy CPU), since the budget pays for it; the retrain checks its own
-    pace after its first epoch anyway."""
+    """How long one epoch of `train_spec` on `data` takes here (`epoch_pace`'s two parts together)."""
+    return sum(epoch_pace(spec, data, device, sample))
+
+
+def epoch_pace(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 2048) -> tuple[float, float]:
+    """Seconds to train one epoch of `data.train` here and to score `data.held_out` once, timed on `sample`
+    images of each (after a warm-up batch) and scaled: what plans a retrain to fit a time budget. Kept
+    short (seconds on a busy CPU), since the budget pays for it; the retrain checks its own pace after
+    its first epoch anyway."""
     model = new_model(spec, data, 0, device)
     fit_threads()
     n, none = min(sample, len(data.train)), Split(data.train.x[:0], data.train.y[:0])
@@ -144,7 +149,7 @@ def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, samp
     held_out, m = data.held_out, min(sample, len(data.held_out))
     start = time.perf_counter()
     evaluate(model, Split(held_out.x[:m], held_out.y[:m]))
-    return train + (time.perf_counter() - start) * len(held_out) / max(m, 1)
+    return train, (time.perf_counter() - start) * len(held_out) / max(m, 1)
 
 
 def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:

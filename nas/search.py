@@ -150,6 +150,7 @@ class Outcome:
     gave_up: str | None = None  # why the run stopped early: the space kept giving nets that cannot train
     objectives: tuple[str, ...] = ("accuracy",)  # several: `best` is the Pareto front
     built_in: bool = False  # the space searched is nas's own (no --space): advice must not send the user to edit it
+    dataset: Dataset | None = field(default=None, repr=False)  # what was searched: `nas run` retrains on it
 
     @property
     def n_trained(self) -> int:
@@ -295,7 +296,7 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     except studies.StudyError:
         best = []
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
-                   rows, failed, gave_up, space.objectives, job.space is None)
+                   rows, failed, gave_up, space.objectives, job.space is None, ds)
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
