@@ -19,16 +19,17 @@ ALLOWED = {
     "names": {"errors"},  # the names users may write, for the CLI's choices: imports nothing heavy
     "files": {"errors"},  # every write nas makes
     "spec": set(),  # the plain data of one network
+    "system": set(),  # cores, load and threads: the standard library only
     "space": {"errors", "files", "names", "spec"},
     "data": {"errors", "files"},
     "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
     "train": {"errors", "names"},  # torch only
-    "pipeline": {"data", "model", "spec", "train"},
+    "pipeline": {"data", "model", "spec", "system", "train"},
     "latency": set(),  # torch and ONNX Runtime only
     "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
-    "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
+    "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "system", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
     "autorun": {"data", "errors", "export", "files", "names", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "study"},
@@ -40,7 +41,7 @@ HEAVY = {  # third-party libraries and the only modules that may import them
     "optuna": {"objective", "study", "report", "export"},
     "optuna_dashboard": {"report"},
     "plotly": {"report"},
-    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export"},
+    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export", "autorun"},
     "onnxruntime": {"export", "latency"},
 }
 

@@ -240,7 +240,7 @@ def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(stora
     space.write_text(QUICK_TRIALS.replace("name: quick", f"name: {name}"))
     proc = search(space, storage, idx_dir, 5, "--workers", 2, "--sampler", "random")
     code, out, err = finish(proc)
-    assert code == 0 and "2 workers × 1 thread" in " ".join(out.split()), out + err
+    assert code == 0 and "2 workers × 1 torch thread" in " ".join(out.split()), out + err
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     assert len(trials) == 5 and all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
     workers = {t.user_attrs["worker"] for t in trials}
