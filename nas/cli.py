@@ -291,9 +291,7 @@ def run_cmd(
         job = autorun.RunJob(searching.SearchJob(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, seed=seed, workers=None if workers == "auto" else int(workers), threads=threads,
-            started=started),
-            _parse_budget(budget),
-            export, force, report)
+            started=started), _parse_budget(budget), export, force, report)
         search_view, train_view = _SearchView(None, quiet), _TrainingView(quiet, per_epoch_lines=False)
 
         def show(event: Any) -> None:  # the search's events, then the retrain's: one live display at a time
