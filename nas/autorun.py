@@ -15,6 +15,7 @@ need, its epochs cut after the first if it runs slower than measured; the outcom
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ FINISH_SHARE = 0.3
 TRIAL_GRACE_SHARE = 0.15  # of the budget: while no trial has completed, one training at the search's end may
 # finish in it (a first trial pays for warming up; one cut short leaves nothing to retrain)
 MAX_RETRAIN_EPOCHS = 200
+FEW_EPOCHS = 10  # under this many whole epochs, a retrain trains on part of the set to use the time it has
 SHORT_RETRAIN = 300  # seconds: a retrain shorter than this times its pace on fewer images
 MAX_TRIALS = 1_000_000  # the search is bounded by its time, not by a count
 
@@ -171,8 +173,8 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
         best.export = exporting.export_trained(trained, job.export, study, job.force)
     cut = cut_message(trained.metrics["epochs"], plan.epochs)
     if plan.n_images:
-        cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images, once: a whole epoch "
-               "would not have fitted the --budget" + (f"; {cut}" if cut else ""))
+        cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images in each of its "
+               f"{plan.epochs} epoch{'s' * (plan.epochs > 1)}, to fit the --budget" + (f"; {cut}" if cut else ""))
     return best, plan, cut
 
 
@@ -206,7 +208,10 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
         wide_epoch = pipeline.seconds_per_epoch(wide, final, device, sample)
         if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
             return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)
-    if seconds < per_epoch:  # not one epoch: one pass over as many images as fit, rather than no model at all
-        n = max(spec.training.batch_size, int(len(final.train) * (seconds - score_s) / train_s))
-        return Plan(spec, 1.0, 1, per_epoch, augment, n if n < len(final.train) else None)
-    return Plan(spec, 1.0, min(MAX_RETRAIN_EPOCHS, int(seconds / per_epoch)), per_epoch, augment)
+    fits = seconds / per_epoch
+    if fits < FEW_EPOCHS:  # whole epochs would leave much of the time unused (or none would fit): as many
+        # epochs as start, each over the part of the training set that makes them end in time
+        epochs = max(1, math.ceil(fits))
+        n = max(spec.training.batch_size, int(len(final.train) * (seconds / epochs - score_s) / train_s))
+        return Plan(spec, 1.0, epochs, per_epoch, augment, n if n < len(final.train) else None)
+    return Plan(spec, 1.0, min(MAX_RETRAIN_EPOCHS, int(fits)), per_epoch, augment)
