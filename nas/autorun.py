@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from nas import data, export as exporting, names, pipeline, report as reporting, search as searching, study as studies
+from nas import data, names, pipeline, report as reporting, retrain, search as searching, study as studies
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target, check_not_input
 from nas.space import load_space
@@ -71,7 +71,7 @@ class RunOutcome:
     """What `nas run` did: the search, the retrained and exported best, and the report."""
 
     search: searching.Outcome
-    best: exporting.Best
+    best: retrain.Best
     plan: Plan
     report: reporting.Summary | None
     seconds: float
@@ -110,7 +110,7 @@ def _check_targets(job: RunJob) -> None:
                        f"retrains and exports one best: run `nas search --space {where}`, then `nas best --trial N "
                        "--export DIR` for the point of the front you want.")
     dataset = job.search.dataset or (space.dataset if space is not None else names.DEFAULT_DATASET)
-    inputs = exporting.command_inputs(job.search.storage, space, dataset, job.search.data_dir)
+    inputs = retrain.command_inputs(job.search.storage, space, dataset, job.search.data_dir)
     if job.export is not None:
         check_export_target(job.export, job.force)
         check_not_input(job.export, "--export", inputs)
@@ -121,7 +121,7 @@ def _check_targets(job: RunJob) -> None:
 
 
 def _retrain(job: RunJob, outcome: searching.Outcome, seconds: float,
-             on_event: Callable[[Any], None]) -> tuple[exporting.Best, Plan]:
+             on_event: Callable[[Any], None]) -> tuple[retrain.Best, Plan]:
     """The search's best net, planned to fit `seconds`, trained on the whole training set and exported."""
     study = studies.load_study(outcome.study, job.search.storage)
     trial = studies.top_trials(study, 1)[0]
@@ -130,11 +130,11 @@ def _retrain(job: RunJob, outcome: searching.Outcome, seconds: float,
                            job.search.data_dir)
     plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), pipeline.prepare_final_data(ds, device), device,
                         END_MARGIN * seconds, built_in=job.search.space is None)
-    trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec)
-    best = exporting.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
-                          retrained=exporting.retrained_rows([trained]))
+    trained = retrain.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec)
+    best = retrain.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
+                        retrained=retrain.retrained_rows([trained]))
     if job.export is not None:
-        best.export = exporting.export_trained(trained, job.export, study, job.force)
+        best.export = retrain.export_trained(trained, job.export, study, job.force)
     return best, plan
 
 

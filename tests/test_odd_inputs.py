@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.data import load_dataset, read_images, read_idx
+from nas.data import load_dataset
+from nas.formats import read_idx, read_images
 from nas.errors import NasError
 from nas.files import ReadError, check_readable_file
 from conftest import write_idx_dataset

@@ -20,27 +20,31 @@ ALLOWED = {
     "files": {"errors"},  # every write nas makes
     "spec": set(),  # the plain data of one network
     "space": {"errors", "files", "names", "spec"},
-    "data": {"errors", "files"},
+    "system": set(),  # the machine: cores, threads, memory (no torch)
+    "formats": {"errors", "files", "names", "system"},  # file readers -> numpy arrays: `nas predict` reads with no torch
+    "data": {"files", "formats", "names"},
     "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
     "train": {"errors", "names"},  # torch only
-    "pipeline": {"data", "model", "spec", "train"},
+    "pipeline": {"data", "model", "spec", "system", "train"},
     "latency": set(),  # torch and ONNX Runtime only
     "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
-    "autorun": {"data", "errors", "export", "files", "names", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
+    "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "space", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "study"},
-    "export": {"data", "errors", "files", "latency", "model", "pipeline", "search", "space", "spec", "study", "train"},
+    "export": {"errors", "files", "formats", "latency", "model", "search", "space", "spec", "system"},  # no Optuna
+    "retrain": {"data", "export", "files", "model", "pipeline", "search", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
     "__init__": {"export"},
 }
 HEAVY = {  # third-party libraries and the only modules that may import them
-    "optuna": {"objective", "study", "report", "export"},
+    "optuna": {"objective", "study", "report", "retrain"},
+    "sqlalchemy": {"study"},
     "optuna_dashboard": {"report"},
     "plotly": {"report"},
-    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export"},
+    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export", "retrain"},
     "onnxruntime": {"export", "latency"},
 }
 
