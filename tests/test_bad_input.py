@@ -202,7 +202,7 @@ CASES = [
     ("dashboard: port in use", lambda t: ["dashboard", "--storage", studied(t, 0), "--port", busy_port()], 2,
      "pass another --port, or 0 for any free one"),
     ("predict: not an export folder", lambda t: ["predict", t, t / "a.png"], 2,
-     "missing model.pt, arch.yaml, metrics.json"),
+     "missing model.onnx, metrics.json"),
 ]
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "nas"
@@ -98,6 +99,43 @@ def test_importing_the_command_line_loads_neither_torch_nor_optuna():
     code = "import sys, nas.cli; print(sorted(m for m in ('torch', 'optuna', 'plotly') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+LIBRARIES = ("torch", "optuna", "sqlalchemy", "plotly")
+
+
+def _loaded_by(code: str) -> list[str]:
+    """Which of LIBRARIES a fresh interpreter has loaded after running `code` (which must print nothing)."""
+    check = f"import sys; {code}; print(sorted(m for m in {LIBRARIES} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def _cli(*args: str) -> str:
+    """Code that runs `nas ARGS` in-process through typer's CliRunner and fails unless it succeeds."""
+    return ("from typer.testing import CliRunner; from nas.cli import app; "
+            f"r = CliRunner().invoke(app, {list(map(str, args))!r}); assert r.exit_code == 0, r.output")
+
+
+def test_predict_loads_neither_torch_nor_optuna_nor_sqlalchemy(finished_study, tmp_path):
+    """`nas predict` classifies through ONNX Runtime with numpy and PIL, so it starts in well under torch's import."""
+    from PIL import Image
+
+    _, export = finished_study
+    Image.new("L", (28, 28), 90).save(tmp_path / "a.png")
+    np.savez(tmp_path / "b.npz", x=np.zeros((2, 28, 28), np.uint8))
+    assert _loaded_by(_cli("predict", export, tmp_path / "a.png", tmp_path / "b.npz", "--json")) == []
+
+
+def test_best_that_only_lists_loads_optuna_but_not_torch(finished_study):
+    storage, _ = finished_study
+    assert _loaded_by(_cli("best", "--storage", storage)) == ["optuna", "sqlalchemy"]
+    assert _loaded_by(_cli("best", "--storage", storage, "--json", "--top", "2", "--trial", "0")) == ["optuna", "sqlalchemy"]
+
+
+def test_load_model_loads_torch_but_neither_optuna_nor_sqlalchemy(finished_study):
+    _, export = finished_study
+    assert _loaded_by(f"import nas; nas.load_model({str(export)!r})") == ["torch"]
 
 
 def test_every_command_is_short():
