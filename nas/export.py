@@ -175,6 +175,9 @@ def classify(path: str | Path, files: list[Path], top: int = 3) -> list[dict[str
     shape, classes = _read_metrics(path, PREDICT_FILES)
     names, x = read_images(files, shape)
     logits = _onnx_logits(path / "model.onnx", x)
+    if logits.shape[1] != len(classes):
+        raise ExportError(f"{path / 'model.onnx'} gives {logits.shape[1]} class scores, but metrics.json names "
+                          f"{len(classes)} classes; the files are of different models: export the model again.")
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     best = np.argsort(-probs, axis=1, kind="stable")[:, :top]

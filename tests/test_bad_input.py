@@ -332,6 +332,11 @@ def exported_model(tmp: Path) -> Path:
     return exported_earlier(tmp)
 
 
+def _fewer_classes(export: Path) -> None:
+    metrics = json.loads((export / "metrics.json").read_text())
+    (export / "metrics.json").write_text(json.dumps(metrics | {"classes": ["a", "b", "c"]}))
+
+
 def damaged_onnx(tmp: Path, damage) -> Path:
     """An export whose model.onnx `damage(path)` has changed (predict reads it; load_model does not)."""
     out = exported_earlier(tmp)
@@ -480,6 +485,9 @@ CASES += [
     ("predict: model.onnx is not a model", lambda t: ["predict", damaged_onnx(t, lambda f: f.write_bytes(b"not onnx")),
                                                      png_header(t, "ok.png", 28, 28, body=bytes(28 * 29))], 2,
      "model.onnx: ONNX Runtime cannot run it on images of 1×28×28"),
+    ("predict: model.onnx of another model", lambda t: ["predict", damaged_onnx(t, lambda f: _fewer_classes(f.parent)),
+                                                        png_header(t, "ok.png", 28, 28, body=bytes(28 * 29))], 2,
+     "model.onnx gives 10 class scores, but metrics.json names 3 classes; the files are of different models"),
     ("predict: model.onnx is a FIFO", lambda t: ["predict", damaged_onnx(t, lambda f: (f.unlink(), os.mkfifo(f))),
                                                  png_header(t, "ok.png", 28, 28, body=bytes(28 * 29))], 2,
      "model.onnx: is a named pipe (FIFO), but an export's model.onnx"),
