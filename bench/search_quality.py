@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from nas import autospace, data, export as exporting, search as searching  # noqa: E402
+from nas import autospace, data, retrain, search as searching  # noqa: E402
 from nas.train import pick_device  # noqa: E402
 
 
@@ -57,8 +57,8 @@ def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
         space = None if name == "default" else Path(tmp) / "cold.yaml"
         outcome, seconds = search(storage, args, seed, space=space, trials=1_000_000, timeout=args.minutes * 60,
                                   sampler="random" if name == "random" else "tpe")
-    best = exporting.best(outcome.study, storage, 1, None, args.retrain_epochs, device=args.device,
-                          dataset=args.dataset, data_dir=args.data_dir)
+    best = retrain.best(outcome.study, storage, 1, None, args.retrain_epochs, device=args.device,
+                        dataset=args.dataset, data_dir=args.data_dir)
     row = best.retrained[0]
     return {"arm": name, "seed": seed, "search_s": seconds, "trials": outcome.n_trained if name != "seeds" else 2,
             "val": row["val_accuracy"], "test": row["test_accuracy"], "params": row["n_params"], "arch": row["arch"]}

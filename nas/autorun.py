@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from nas import data, export as exporting, names, pipeline, report as reporting, search as searching, study as studies
+from nas import data, names, pipeline, report as reporting, retrain, search as searching, study as studies
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target, check_not_input
 from nas.space import load_space
@@ -85,7 +85,7 @@ class RunOutcome:
     """What `nas run` did: the search, the retrained and exported best, and the report."""
 
     search: searching.Outcome
-    best: exporting.Best
+    best: retrain.Best
     plan: Plan
     report: reporting.Summary | None
     seconds: float
@@ -135,7 +135,7 @@ def _check_targets(job: RunJob) -> None:
                        f"retrains and exports one best: run `nas search --space {where}`, then `nas best --trial N "
                        "--export DIR` for the point of the front you want.")
     dataset = job.search.dataset or (space.dataset if space is not None else names.DEFAULT_DATASET)
-    inputs = exporting.command_inputs(job.search.storage, space, dataset, job.search.data_dir)
+    inputs = retrain.command_inputs(job.search.storage, space, dataset, job.search.data_dir)
     if job.export is not None:
         check_export_target(job.export, job.force)
         check_not_input(job.export, "--export", inputs)
@@ -146,7 +146,7 @@ def _check_targets(job: RunJob) -> None:
 
 
 def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
-             on_event: Callable[[Any], None]) -> tuple[exporting.Best, Plan, str | None]:
+             on_event: Callable[[Any], None]) -> tuple[retrain.Best, Plan, str | None]:
     """The search's best net, planned to end by `deadline` (monotonic), trained on the whole training set and
     exported; and what was cut, if it ran slower than planned (its epochs are cut to end in time)."""
     study = studies.load_study(outcome.study, job.search.storage)
@@ -160,17 +160,17 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     if plan.n_images:  # a seeded random part of the training set; the test set stays whole
         keep = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:plan.n_images]
         ds = replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
-    trained = exporting.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
-                                      deadline=deadline)
+    trained = retrain.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
+                                    deadline=deadline)
     if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
         raise NasError(f"the --budget left no time to retrain the best net (trial #{trial.number}, val accuracy "
                        f"{studies.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
                        "searched with `" + shlex.join(["nas", "best", "--storage", job.search.storage, "--study",
                                                       study.study_name, "--trial", str(trial.number)]) + " --export DIR`.")
-    best = exporting.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
-                          retrained=exporting.retrained_rows([trained]))
+    best = retrain.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
+                        retrained=retrain.retrained_rows([trained]))
     if job.export is not None:
-        best.export = exporting.export_trained(trained, job.export, study, job.force)
+        best.export = retrain.export_trained(trained, job.export, study, job.force)
     cut = cut_message(trained.metrics["epochs"], plan.epochs)
     if plan.n_images:
         cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images in each of its "

@@ -188,11 +188,12 @@ def _user_errors() -> Iterator[None]:
 @contextmanager
 def _interrupts(export: Path | None) -> Iterator[None]:
     """SIGINT, SIGTERM or SIGHUP while training or exporting: say so, and exit with 128 + the signal's number."""
-    from nas import search as searching
-
     try:
         yield
-    except searching.Interrupted as e:
+    except KeyboardInterrupt as e:
+        searching = sys.modules.get("nas.search")  # not imported (`nas best` that only lists): nothing to stop
+        if searching is None or not isinstance(e, searching.Interrupted):
+            raise
         said = f"; nothing was written to {export}" if export is not None else ""
         err_console.print(escape(f"interrupted by {e}{said}."), highlight=False, soft_wrap=True)
         raise typer.Exit(e.status) from None
@@ -256,12 +257,12 @@ def best(
     """
     with _user_errors():
         study = _newest(study, storage, quiet or json_out)
-        from nas import export as exporting
+        from nas import retrain
 
         view = _TrainingView(quiet or json_out, per_epoch_lines=False)
         with view.progress, _interrupts(export):
-            result = exporting.best(study, storage, top, export, retrain_epochs, force, dataset, data_dir, device,
-                                    on_event=view.show, trial=trial)
+            result = retrain.best(study, storage, top, export, retrain_epochs, force, dataset, data_dir, device,
+                                  on_event=view.show, trial=trial)
         if json_out:
             print(json.dumps({"study": result.study, "trials": result.rows, "retrained": result.retrained,
                               "export": result.export}, indent=2))
@@ -350,12 +351,12 @@ def train_cmd(
 ) -> None:
     """Train one fixed architecture on the whole training set and score it on the test set."""
     with _user_errors():
-        from nas import export as exporting
+        from nas import retrain
 
         view = _TrainingView(quiet or json_out, per_epoch_lines=True)
         with _interrupts(export):
-            metrics = exporting.train_fixed(space, epochs, dataset, data_dir, device, seed, export, force,
-                                            on_event=view.show)
+            metrics = retrain.train_fixed(space, epochs, dataset, data_dir, device, seed, export, force,
+                                          on_event=view.show)
         if json_out:
             print(json.dumps(metrics, indent=2))
             return
@@ -573,7 +574,7 @@ class _TrainingView:
         self.task: Any = None
 
     def show(self, event: Any) -> None:
-        from nas.export import TrainingStarted
+        from nas.retrain import TrainingStarted
 
         if isinstance(event, TrainingStarted):
             if self.task is not None:

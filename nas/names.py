@@ -13,6 +13,7 @@ from typing import Any, Mapping, TypeVar
 from nas.errors import NasError
 
 DEFAULT_DATASET = "fashion-mnist"  # what a space without `dataset:`, or a search without a space, uses
+DATASETS = ("fashion-mnist", "mnist", "kmnist", "cifar10")  # named datasets (data.py finds and downloads them)
 
 # Space values (model.py and train.py build them)
 BLOCKS = ("conv3x3", "conv5x5", "conv3x3x2", "residual", "sepconv")

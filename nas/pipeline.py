@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from nas.data import Dataset, Split, available_memory, channel_stats, full_train, split_train_val, test_split
+from nas.data import Dataset, Split, channel_stats, full_train, split_train_val, test_split
+from nas.system import available_memory
 from nas.model import ModelInfo, build_model, spec_info, training_bytes
 from nas.spec import ArchSpec
 from nas.system import pick_threads

@@ -1,5 +1,5 @@
-"""The machine as this process finds it: the cores it may use, how many of them are free, and the
-torch threads that fit.
+"""The machine as this process finds it: the cores it may use, how many of them are free, the
+torch threads that fit, and the memory it can still give.
 
 Threads that outnumber the free cores make a small net's training several times slower, not a bit
 (OpenMP's threads wait on each other at every layer while one of them is descheduled; measured in
@@ -87,3 +87,14 @@ def pick_threads(n_workers: int = 1, requested: int | None = None) -> Threads:
     n = max(1, min(cores // n_workers, round(cores - others)))
     why = f"{cores} cores" + (f", {others:.1f} busy with other work" if others >= 0.5 else " free")
     return Threads(n, why)
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (MemAvailable on Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 40

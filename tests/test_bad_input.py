@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -202,7 +203,7 @@ CASES = [
     ("dashboard: port in use", lambda t: ["dashboard", "--storage", studied(t, 0), "--port", busy_port()], 2,
      "pass another --port, or 0 for any free one"),
     ("predict: not an export folder", lambda t: ["predict", t, t / "a.png"], 2,
-     "missing model.pt, arch.yaml, metrics.json"),
+     "missing model.onnx, metrics.json"),
 ]
 
 
@@ -329,6 +330,18 @@ def image_folder(tmp: Path, extra=None) -> Path:
 
 def exported_model(tmp: Path) -> Path:
     return exported_earlier(tmp)
+
+
+def _fewer_classes(export: Path) -> None:
+    metrics = json.loads((export / "metrics.json").read_text())
+    (export / "metrics.json").write_text(json.dumps(metrics | {"classes": ["a", "b", "c"]}))
+
+
+def damaged_onnx(tmp: Path, damage) -> Path:
+    """An export whose model.onnx `damage(path)` has changed (predict reads it; load_model does not)."""
+    out = exported_earlier(tmp)
+    damage(out / "model.onnx")
+    return out
 
 
 CASES += [
@@ -469,6 +482,15 @@ CASES += [
     ("predict: .npz and PNG of different sizes", lambda t: ["predict", exported_model(t), png_header(t, "ok.png", 28, 28, body=bytes(28 * 29)),
                                                             npz_images(t, np.zeros((2, 6, 6), np.uint8))], 2,
      "the images are 1×6×6 (C×H×W) but the model takes 1×28×28"),
+    ("predict: model.onnx is not a model", lambda t: ["predict", damaged_onnx(t, lambda f: f.write_bytes(b"not onnx")),
+                                                     png_header(t, "ok.png", 28, 28, body=bytes(28 * 29))], 2,
+     "model.onnx: ONNX Runtime cannot run it on images of 1×28×28"),
+    ("predict: model.onnx of another model", lambda t: ["predict", damaged_onnx(t, lambda f: _fewer_classes(f.parent)),
+                                                        png_header(t, "ok.png", 28, 28, body=bytes(28 * 29))], 2,
+     "model.onnx gives 10 class scores, but metrics.json names 3 classes; the files are of different models"),
+    ("predict: model.onnx is a FIFO", lambda t: ["predict", damaged_onnx(t, lambda f: (f.unlink(), os.mkfifo(f))),
+                                                 png_header(t, "ok.png", 28, 28, body=bytes(28 * 29))], 2,
+     "model.onnx: is a named pipe (FIFO), but an export's model.onnx"),
     # Paths the system refuses to look at
     ("path: a 300-character --out name", lambda t: ["report", "--storage", studied(t), "--out", t / ("r" * 300 + ".html")],
      2, "File name too long. Check the path, or choose another one."),

@@ -61,6 +61,32 @@ def test_predict_classifies_png_files_and_npz_as_the_model_does(finished_study, 
     assert all(len(r["top"]) == 3 for r in rows)
 
 
+def test_predict_through_onnx_gives_the_torch_models_probabilities_for_every_class(finished_study, idx_dir, tmp_path):
+    """`nas predict` runs model.onnx; every class's probability equals the PyTorch model's (`nas.load_model`),
+    for PNG files, a colour photo converted to the model's gray 28×28, and an .npz."""
+    _, out = finished_study
+    ds = load_dataset("fashion-mnist", idx_dir)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"t{i}.png")
+        Image.fromarray(ds.x_test[i, 0].numpy()).save(files[-1])
+    Image.new("RGB", (40, 30), (200, 120, 30)).save(tmp_path / "photo.png")
+    np.savez(tmp_path / "more.npz", x=ds.x_test[3:8, 0].numpy())
+    result = CliRunner().invoke(app, ["predict", str(out), *map(str, files), str(tmp_path / "photo.png"),
+                                      str(tmp_path / "more.npz"), "--top", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    photo = np.array(Image.open(tmp_path / "photo.png").convert("L").resize((28, 28), Image.Resampling.BILINEAR))
+    x = torch.cat([ds.x_test[:3], torch.from_numpy(photo)[None, None], ds.x_test[3:8]]).float() / 255
+    with torch.inference_mode():
+        expected = torch.softmax(nas.load_model(out)(x), 1)
+    assert len(rows) == 9 and all(len(r["top"]) == len(ds.classes) for r in rows)
+    for row, probs in zip(rows, expected):
+        got = {c["class"]: c["probability"] for c in row["top"]}
+        assert [got[c] for c in ds.classes] == pytest.approx(probs.tolist(), abs=1e-4)
+        assert [c["probability"] for c in row["top"]] == sorted(got.values(), reverse=True)
+
+
 def test_predict_resizes_colour_photos_to_the_models_input(finished_study, tmp_path):
     _, out = finished_study
     photo = tmp_path / "photo.jpg"

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.data import load_dataset, read_images, read_idx
+from nas.data import load_dataset
+from nas.formats import read_idx, read_images
 from nas.errors import NasError
 from nas.files import ReadError, check_readable_file
 from conftest import write_idx_dataset
@@ -221,7 +222,7 @@ def test_latin1_and_markup_class_names_survive_search_export_and_predict_on_any_
 
     assert json.loads((hostile / "[/]out" / "metrics.json").read_text())["classes"] == ["[red]tea", "caf\\xe9"]
     image = os.fsencode(hostile / "imgs") + b"/caf\xe9/1.png"
-    if env is ASCII:  # (one console is enough for predict, which loads torch and takes seconds)
+    if env is ASCII:  # (one console is enough for predict)
         r = nas_cli("predict", "[/]out", os.fsdecode(image), cwd=hostile, env=env)
         out = r.stdout.decode("utf-8", "replace")
         assert r.returncode == 0 and "caf\\xe9 " in out and "[red]tea " in out and "1.png: " in out, r.stdout + r.stderr

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from nas.cli import app
 from nas.data import load_dataset
-from nas.export import describe_model, write_export
+from nas.export import write_export
+from nas.retrain import describe_model
 from nas.pipeline import new_model, prepare_final_data, score_on_test, train_spec
 from nas.space import load_space, sample
 from nas.train import fit

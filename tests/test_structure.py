@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "nas"
@@ -21,7 +22,9 @@ ALLOWED = {
     "spec": set(),  # the plain data of one network
     "system": set(),  # cores, load and threads: the standard library only
     "space": {"errors", "files", "names", "spec"},
-    "data": {"errors", "files"},
+    "system": set(),  # the machine: cores, threads, memory (no torch)
+    "formats": {"errors", "files", "names", "system"},  # file readers -> numpy arrays: `nas predict` reads with no torch
+    "data": {"files", "formats", "names"},
     "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
     "train": {"errors", "names"},  # torch only
     "pipeline": {"data", "model", "spec", "system", "train"},
@@ -31,17 +34,20 @@ ALLOWED = {
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "system", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
-    "autorun": {"data", "errors", "export", "files", "names", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
+    "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "space", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "study"},
-    "export": {"data", "errors", "files", "latency", "model", "pipeline", "search", "space", "spec", "study", "train"},
+    "export": {"errors", "files", "formats", "latency", "model", "search", "space", "spec", "system"},  # no Optuna
+    "retrain": {"data", "export", "files", "model", "pipeline", "search", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
     "__init__": {"export"},
 }
 HEAVY = {  # third-party libraries and the only modules that may import them
-    "optuna": {"objective", "study", "report", "export"},
+    "optuna": {"objective", "study", "report", "retrain"},
+    "sqlalchemy": {"study"},
     "optuna_dashboard": {"report"},
     "plotly": {"report"},
-    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export", "autorun"},
+    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export", "retrain",
+              "autorun"},
     "onnxruntime": {"export", "latency"},
 }
 
@@ -95,6 +101,43 @@ def test_importing_the_command_line_loads_neither_torch_nor_optuna():
     code = "import sys, nas.cli; print(sorted(m for m in ('torch', 'optuna', 'plotly') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+LIBRARIES = ("torch", "optuna", "sqlalchemy", "plotly")
+
+
+def _loaded_by(code: str) -> list[str]:
+    """Which of LIBRARIES a fresh interpreter has loaded after running `code` (which must print nothing)."""
+    check = f"import sys; {code}; print(sorted(m for m in {LIBRARIES} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def _cli(*args: str) -> str:
+    """Code that runs `nas ARGS` in-process through typer's CliRunner and fails unless it succeeds."""
+    return ("from typer.testing import CliRunner; from nas.cli import app; "
+            f"r = CliRunner().invoke(app, {list(map(str, args))!r}); assert r.exit_code == 0, r.output")
+
+
+def test_predict_loads_neither_torch_nor_optuna_nor_sqlalchemy(finished_study, tmp_path):
+    """`nas predict` classifies through ONNX Runtime with numpy and PIL, so it starts in well under torch's import."""
+    from PIL import Image
+
+    _, export = finished_study
+    Image.new("L", (28, 28), 90).save(tmp_path / "a.png")
+    np.savez(tmp_path / "b.npz", x=np.zeros((2, 28, 28), np.uint8))
+    assert _loaded_by(_cli("predict", export, tmp_path / "a.png", tmp_path / "b.npz", "--json")) == []
+
+
+def test_best_that_only_lists_loads_optuna_but_not_torch(finished_study):
+    storage, _ = finished_study
+    assert _loaded_by(_cli("best", "--storage", storage)) == ["optuna", "sqlalchemy"]
+    assert _loaded_by(_cli("best", "--storage", storage, "--json", "--top", "2", "--trial", "0")) == ["optuna", "sqlalchemy"]
+
+
+def test_load_model_loads_torch_but_neither_optuna_nor_sqlalchemy(finished_study):
+    _, export = finished_study
+    assert _loaded_by(f"import nas; nas.load_model({str(export)!r})") == ["torch"]
 
 
 def test_every_command_is_short():

@@ -1,0 +1,290 @@
+"""Retraining: a study's best trials trained again and scored on the test set (`nas best`), a fixed network
+trained (`nas train`), and what comes of it written as an export (see `export`).
+
+Listing a study's best trials needs Optuna only: torch and the data are imported inside the functions that
+train, so `nas best` without --export or --retrain-epochs starts in a fraction of torch's import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+
+from nas.export import ExportError, write_export
+from nas.files import check_export_target, check_not_input
+from nas.space import Space, load_space, sample
+from nas.spec import ArchSpec
+from nas.study import (StudyError, accuracy, front, load_study, objectives_of, quiet_optuna, storage_failure,
+                       storage_inputs, top_trials, trained_trial, trial_row)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from nas.data import Dataset, Split
+    from nas.train import EpochRecord
+
+
+@dataclass
+class Trained:
+    """A trial's network trained again and scored on the test set, ready to write."""
+
+    model: nn.Module
+    spec: ArchSpec
+    metrics: dict[str, Any]
+    test: Split
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    """Event: a network starts training (`trial` is None for `nas train`'s fixed one)."""
+
+    trial: int | None
+    index: int
+    count: int
+    epochs: int
+    arch: str
+    dataset: str
+    n_train: int
+    n_held_out: int
+    device: str
+
+
+@dataclass
+class Best:
+    """What `nas best` shows: the top trials, the retrained ones ranked on test, and the export written."""
+
+    study: str
+    n_trials: int
+    rows: list[dict[str, Any]]
+    retrained: list[dict[str, Any]] = field(default_factory=list)  # best test accuracy first
+    reproduced: dict[str, Any] | None = None  # the best trial trained again as in the search
+    export: dict[str, Any] | None = None
+    objectives: tuple[str, ...] = ("accuracy",)  # several: `rows` is the Pareto front, most accurate first
+
+
+def best(
+    study_name: str | None,
+    storage: str,
+    top: int | None = None,
+    export: Path | None = None,
+    retrain_epochs: int | None = None,
+    force: bool = False,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
+    trial: int | None = None,
+) -> Best:
+    """The study's top trials (`top`, default 5), or only trial number `trial`; with `retrain_epochs`,
+    the top K (default 1) retrained on train+val and ranked by test accuracy; with `export`, the first of
+    them (or the best trial trained again as in the search) written there. The export target, the
+    device and the dataset are checked before any training, which a signal stops (`search.Interrupted`). A study
+    of several objectives has a Pareto front instead: its nets are listed (the first `top`), one exported by `trial`."""
+    quiet_optuna()
+    study = load_study(study_name, storage)
+    objectives = objectives_of(study)
+    if trial is not None:
+        trials = [trained_trial(study, trial)]
+    else:
+        trials = front(study)[:top] if len(objectives) > 1 else top_trials(study, top or 5)
+    result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials], objectives=objectives)
+    if export is None and not retrain_epochs:
+        return result
+    if trial is None and len(objectives) > 1:
+        raise StudyError(f"study {study.study_name!r} was searched for {','.join(objectives)}, so it has a front of "
+                         f"nets rather than one best: pick one with --trial N (its front: "
+                         f"{', '.join(f'#{t.number}' for t in trials)}; `nas best` lists them).")
+    dataset = dataset or study.user_attrs["data"]["dataset"]
+    if export is not None:
+        check_export_target(export, force)
+        check_not_input(export, "--export", command_inputs(storage, None, dataset, data_dir))
+    candidates = trials[: top or 1] if retrain_epochs else trials[:1]
+    _retrain_best(result, study, candidates, dataset, data_dir, device, retrain_epochs, export, force, on_event)
+    return result
+
+
+def _retrain_best(result: Best, study: optuna.Study, candidates: list[optuna.trial.FrozenTrial], dataset: str,
+                  data_dir: str | Path | None, device: str, retrain_epochs: int | None, export: Path | None,
+                  force: bool, on_event: Callable[[Any], None] | None) -> None:
+    """`best`'s training part: retrain `candidates`, rank them on test into `result`, export the first."""
+    from nas.data import load_dataset
+    from nas.search import signals_interrupt
+    from nas.train import pick_device
+
+    dev = pick_device(device)
+    with signals_interrupt():
+        ds = load_dataset(dataset, data_dir)
+        trained = [retrain_trial(t, study, ds, dev, retrain_epochs, i, len(candidates), _stoppable(on_event))
+                   for i, t in enumerate(candidates, 1)]
+        trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
+        if retrain_epochs:
+            result.retrained = retrained_rows(trained)
+        else:
+            result.reproduced = trained[0].metrics
+        if export is not None:
+            result.export = export_trained(trained[0], export, study, force)
+
+
+def command_inputs(storage: str | None, space: Space | None, dataset: str | None,
+                   data_dir: str | Path | None) -> list[tuple[str, Path]]:
+    """What a command that exports reads, named for `files.check_not_input`: the study's storage, the space
+    file and the baseline files it names, the dataset's files."""
+    from nas.data import dataset_inputs
+
+    found = storage_inputs(storage) if storage else []
+    if space is not None and space.path is not None:
+        found += [("the --space file", space.path)]
+        found += [("a baseline file named by the space", b) for b in space.baselines if isinstance(b, Path)]
+    return found + (dataset_inputs(dataset, data_dir) if dataset else [])
+
+
+def _stoppable(on_event: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """`on_event`, after raising a signal that came inside a storage transaction (see `search.checkpoint`)."""
+    from nas.search import checkpoint
+
+    def event(e: Any) -> None:
+        checkpoint()
+        if on_event:
+            on_event(e)
+    return event
+
+
+def retrained_rows(trained: list[Trained]) -> list[dict[str, Any]]:
+    """What `nas best` shows of retrained nets: their trial, accuracies, epochs and size."""
+    keys = ("trial", "val_accuracy", "test_accuracy", "epochs", "retrained_on_train_and_val", "n_params", "flops", "arch")
+    return [{k: m.metrics[k] for k in keys} | {"gap": m.metrics["test_accuracy"] - m.metrics["val_accuracy"]}
+            for m in trained]
+
+
+def train_fixed(
+    space_path: str | Path,
+    epochs: int | None = None,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    export: Path | None = None,
+    force: bool = False,
+    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
+) -> dict[str, Any]:
+    """Train the fixed architecture of a space file on the whole training set and score it on the test
+    set (`nas train`); with `export`, write it there. Returns the metrics, with the per-epoch history.
+    SIGINT, SIGTERM and SIGHUP stop it with `Interrupted`, nothing left behind."""
+    from nas.search import signals_interrupt
+
+    with signals_interrupt():
+        return _train_fixed(space_path, epochs, dataset, data_dir, device, seed, export, force, _stoppable(on_event))
+
+
+def _train_fixed(space_path: str | Path, epochs: int | None, dataset: str | None, data_dir: str | Path | None,
+                 device: str, seed: int, export: Path | None, force: bool,
+                 on_event: Callable[[TrainingStarted | EpochRecord], None]) -> dict[str, Any]:
+    from nas.data import load_dataset
+    from nas.pipeline import assess, prepare_final_data, score_on_test, train_spec
+    from nas.train import pick_device
+
+    space = load_space(space_path)
+    spec = sample(space)
+    dev = pick_device(device)
+    dataset = dataset or space.dataset
+    if export is not None:  # before the training, not after it
+        check_export_target(export, force)
+        check_not_input(export, "--export", command_inputs(None, space, dataset, data_dir))
+    ds = load_dataset(dataset, data_dir)
+    _, too_large, _ = assess(spec, ds.input_shape, ds.n_classes, dev, space.max_params, space.max_mflops)
+    if too_large:
+        raise ExportError(f"{space_path}: the network is {too_large}; make it smaller (or raise the constraint).")
+    data = prepare_final_data(ds, dev)
+    epochs = epochs or space.epochs
+    on_event(TrainingStarted(None, 1, 1, epochs, spec.describe(), ds.name, len(data.train), len(data.test), str(dev)))
+    model, history = train_spec(spec, data, epochs, seed, dev, on_event)
+    metrics = {"epochs": epochs, "seed": seed} | describe_model(model, spec, ds) | score_on_test(model, data.test, ds.classes)
+    metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
+    if export is not None:
+        metrics = write_export(export, model, spec, metrics | {"study": space.name}, data.test.x, force)
+    return metrics | {"history": [r.to_dict() for r in history]}
+
+
+def retrain_trial(
+    trial: optuna.trial.FrozenTrial,
+    study: optuna.Study,
+    ds: Dataset,
+    device: torch.device,
+    retrain_epochs: int | None = None,
+    index: int = 1,
+    count: int = 1,
+    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
+    spec: ArchSpec | None = None,
+    deadline: float | None = None,
+) -> Trained:
+    """Train `trial`'s network again and score it on the test set.
+
+    With `retrain_epochs`, train on train+val for that many epochs, as `spec` if given (`nas run` may
+    widen the trial's net), cut short to end by `deadline` (`train_spec`); without, repeat the trial's
+    own training (same split, seed and epochs) so the model is the one the search scored.
+    """
+    from nas.data import test_split
+    from nas.pipeline import prepare_final_data, prepare_search_data, score_on_test, train_spec
+
+    searched = ArchSpec.from_dict(trial.user_attrs["spec"])
+    spec = spec if spec is not None and retrain_epochs else searched
+    seed, data_attrs = trial.user_attrs["seed"], study.user_attrs["data"]
+    if retrain_epochs:
+        epochs, data = retrain_epochs, prepare_final_data(ds, device)
+    else:
+        epochs = trial.user_attrs["epochs"]
+        data = prepare_search_data(ds, data_attrs["val_fraction"], data_attrs["split_seed"], device, data_attrs["subset"])
+    if on_event:
+        on_event(TrainingStarted(trial.number, index, count, epochs, spec.describe(), ds.name, len(data.train),
+                                 len(data.held_out), str(device)))
+    model, history = train_spec(spec, data, epochs, seed, device, on_event, deadline)
+    test = data.test if retrain_epochs else test_split(ds).to(device)
+    reproduced = {} if retrain_epochs else {"reproduced_val_accuracy": history[-1].val_acc}  # should equal the trial's
+    metrics = reproduced | {
+        "study": study.study_name,
+        "trial": trial.number,
+        "val_accuracy": accuracy(trial),
+        "retrained_on_train_and_val": bool(retrain_epochs),
+        "epochs": len(history),
+        "seed": seed,
+    } | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
+    if "latency_ms" in trial.user_attrs:  # what the search measured, beside what the export measures again
+        metrics["search_latency_ms"] = trial.user_attrs["latency_ms"]
+    if spec != searched:
+        metrics["searched_arch"] = searched.describe()
+    return Trained(model, spec, metrics, test)
+
+
+def export_trained(trained: Trained, out: Path, study: optuna.Study | None = None, force: bool = False) -> dict[str, Any]:
+    """Write `trained` to `out`; with `study`, also record the export's metrics in it for `nas report`.
+
+    The files are what the user asked for: a study that cannot record them (a read-only storage) only
+    sets `recorded_in_study` to False in the returned metrics."""
+    metrics = write_export(out, trained.model, trained.spec, trained.metrics, trained.test.x, force)
+    if study is not None:
+        try:
+            study.set_user_attr("export", metrics | {"path": str(out.resolve())})
+        except Exception as e:
+            if storage_failure(e) is None:
+                raise
+            return metrics | {"recorded_in_study": False}
+    return metrics
+
+
+def describe_model(model: nn.Module, spec: ArchSpec, ds: Dataset) -> dict[str, Any]:
+    """What metrics.json says about the model itself (shape, classes, size)."""
+    from nas.model import model_info
+
+    info = model_info(model, ds.input_shape)
+    return {
+        "dataset": ds.name,
+        "arch": spec.describe(),
+        "input_shape": list(ds.input_shape),
+        "classes": list(ds.classes),
+        "n_params": info.n_params,
+        "flops": info.flops,
+    }
