@@ -674,7 +674,7 @@ class _SearchView:
     def status(self) -> str:
         """The line a log gets every NAS_LOG_EVERY seconds."""
         running = dict(self.running)  # a copy: events change it while this thread reads it
-        running = "; ".join(self._trial_status(*running[w]) for w in sorted(running)) or "no trial training"
+        running = "; ".join(self._trial_status(*running[w]) for w in sorted(running)) or "between trials"
         return f"{_clock(time.monotonic() - self.begun)} elapsed · {running} · {self._run_status()}"
 
     def _worker_failed(self, e: Any) -> None:

@@ -71,9 +71,9 @@ def test_search_resume_best_export_load_and_train(tmp_path, tiny_space, idx_dir)
     db = f"sqlite:///{tmp_path}/nas.db"
     common = ["--storage", db, "--data-dir", idx_dir]
     out = squash(nas_cli("search", "--space", tiny_space, "--trials", 3, *common).output)
-    assert "3 trials in study 'tiny'" in out and "val acc" in out
+    assert "3 trained trials" in out and "in study 'tiny'" in out and "val acc" in out
     out = squash(nas_cli("search", "--space", tiny_space, "--trials", 2, *common).output)
-    assert "3 finished trials so far" in out and "5 trials in study 'tiny'" in out
+    assert "3 finished trials so far" in out and "5 trained trials" in out
     study = optuna.load_study(study_name="tiny", storage=db)
     assert len(study.trials) == 5 and len({t.number for t in study.trials}) == 5
 
@@ -303,3 +303,43 @@ def test_best_without_study_shows_the_newest_and_names_the_others(tmp_path, idx_
     assert "'newer'" in result.output and "showing the newest" in result.output and "'older'" in result.output
     quiet = CliRunner().invoke(app, ["best", "--storage", storage, "--json"])
     assert quiet.exit_code == 0 and json.loads(quiet.stdout)["study"] == "newer"
+
+
+def test_counts_say_one_in_the_singular_and_others_in_the_plural():
+    from nas.names import counted
+
+    assert [counted(n, "trial") for n in (0, 1, 2, 1500)] == ["0 trials", "1 trial", "2 trials", "1,500 trials"]
+    assert counted(1, "class", "classes") == "1 class" and counted(3, "class", "classes") == "3 classes"
+
+
+def test_rejected_nets_are_counted_apart_from_trained_trials_and_baselines_are_marked():
+    from nas.cli import _tally
+    from nas.study import count_trials, trial_row
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"x": 0.5})
+    for i, (state, rejected) in enumerate([("complete", False), ("pruned", True), ("pruned", True),
+                                           ("pruned", False), ("complete", False)]):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("rejected", rejected)
+        study.tell(trial, 0.5 if state == "complete" else None,
+                   state=optuna.trial.TrialState.PRUNED if state == "pruned" else None)
+    tally = count_trials(study.trials)
+    assert tally == {"complete": 2, "pruned": 1, "failed": 0, "running": 0, "waiting": 0, "rejected": 2, "trained": 3}
+    assert _tally(tally) == "3 trained trials (1 pruned; 2 nets rejected before training)"
+    assert _tally(count_trials(study.trials[:1])) == "1 trained trial"
+    assert _tally(count_trials(study.trials[1:2])) == "0 trained trials (1 net rejected before training)"
+    assert [trial_row(t)["baseline"] for t in study.trials] == [True, False, False, False, False]
+
+
+def test_best_says_how_many_of_the_trained_trials_it_shows_and_the_nets_rejected(tmp_path, idx_dir):
+    space = tmp_path / "s.yaml"  # blocks 3 of 5×5 convs do not fit 28×28: some nets are rejected
+    space.write_text("name: s\nbudget: {epochs: 1}\narchitecture: {blocks: {int: [1, 3]}, block: {channels: 2}, "
+                     "head: {layers: 1, units: 8}}\n")
+    db = f"sqlite:///{tmp_path}/s.db"
+    nas_cli("search", "--space", space, "--trials", 4, "--storage", db, "--data-dir", idx_dir, "--quiet")
+    study = optuna.load_study(study_name="s", storage=db)
+    n_rejected = sum(bool(t.user_attrs.get("rejected")) for t in study.trials)
+    out = squash(nas_cli("best", "--storage", db, "--top", 2).output)
+    rejected = f" ({n_rejected} net{'s' * (n_rejected != 1)} rejected before training)" if n_rejected else ""
+    assert f"best 2 of 4 trained trials{rejected} in 's'" in out, out
