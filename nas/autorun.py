@@ -162,7 +162,7 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
                        "searched with `" + shlex.join(["nas", "best", "--storage", job.search.storage, "--study",
                                                       study.study_name, "--trial", str(trial.number)]) + " --export DIR`.")
     best = exporting.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
-                          retrained=exporting.retrained_rows([trained]))
+                          retrained=exporting.retrained_rows([trained]), tally=studies.count_trials(study.trials))
     if job.export is not None:
         best.export = exporting.export_trained(trained, job.export, study, job.force)
     return best, plan, cut_message(trained.metrics["epochs"], plan.epochs)

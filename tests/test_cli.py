@@ -1,6 +1,7 @@
 """Every command end to end through Typer's CliRunner, on tiny real-format data and a real SQLite study."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 import nas
 from nas.cli import app
 from nas.data import load_dataset
+from nas.names import counted
 from nas.space import baseline_params, load_space
 
 SPACES = Path(__file__).parent.parent / "nas" / "spaces"
@@ -165,7 +167,7 @@ def test_best_retrains_the_top_k_and_ranks_them_on_test(finished_study, idx_dir)
     for r in retrained:
         assert r["gap"] == pytest.approx(r["test_accuracy"] - r["val_accuracy"]) and r["epochs"] == 1
     text = squash(nas_cli("best", "--storage", db, "--top", 2, "--retrain-epochs", 1, "--data-dir", idx_dir).output)
-    assert "top 2 retrained on train+val for 1 epochs, ranked by test accuracy" in text and "test − val" in text
+    assert "top 2 retrained on train+val for 1 epoch, ranked by test accuracy" in text and "test − val" in text
 
 
 def test_an_image_folder_dataset_works_end_to_end(tmp_path, tiny_space):
@@ -262,7 +264,8 @@ def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_pat
     text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "30s", "--storage", db, "--export", out,
                           "--report", page, "--quiet").output)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert f"for {metrics['epochs']} epochs (measured" in text and metrics["retrained_on_train_and_val"]
+    assert f"for {counted(metrics['epochs'], 'epoch')} (measured" in text and metrics["retrained_on_train_and_val"]
+    assert re.search(r"best 1 of [1-9][0-9]* trained trials? .*in 'auto-fashion-mnist'", text), text
     assert page.stat().st_size > 0 and ("searched_arch" in metrics) == ("its width" in text or "augmentation" in text)
     assert nas.load_model(out)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
@@ -306,8 +309,6 @@ def test_best_without_study_shows_the_newest_and_names_the_others(tmp_path, idx_
 
 
 def test_counts_say_one_in_the_singular_and_others_in_the_plural():
-    from nas.names import counted
-
     assert [counted(n, "trial") for n in (0, 1, 2, 1500)] == ["0 trials", "1 trial", "2 trials", "1,500 trials"]
     assert counted(1, "class", "classes") == "1 class" and counted(3, "class", "classes") == "3 classes"
 
