@@ -283,27 +283,16 @@ def run_cmd(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, seed=seed, workers=None if workers == "auto" else int(workers)), _parse_budget(budget),
             export, force, report)
-        search_view, train_view = _SearchView(None, quiet, job.budget), _TrainingView(quiet, per_epoch_lines=False)
-        searched = get_args(searching.Event)
-
-        def show(event: Any) -> None:  # the search's events, then the retrain's: one live display at a time
-            if not isinstance(event, searched) and not train_view.progress.live.is_started:
-                search_view.progress.stop()
-                train_view.progress.start()
-            (search_view if isinstance(event, searched) else train_view).show(event)
-
-        ticker = _Ticker(lambda: (train_view if train_view.started else search_view).status(),
-                         on=not quiet and not console.is_terminal)
-        search_view.ticker = train_view.ticker = ticker
+        view = _RunView(quiet, job.budget)
         try:
-            with search_view.progress, ticker:
-                outcome = autorun.run(job, show)
+            with view.search.progress, view.ticker:
+                outcome = autorun.run(job, view.show)
         except searching.Interrupted as e:
             err_console.print(escape(f"interrupted by {e}: {names.counted(e.n_done, 'finished trial')} of this run saved; "
                                      + _run_left(e, storage, report)), highlight=False, soft_wrap=True)
             raise typer.Exit(e.status) from None
         finally:
-            train_view.progress.stop()
+            view.train.progress.stop()
         _show_run(outcome, export, report)
 
 
@@ -739,6 +728,26 @@ class _TrainingView:
         return (f"{self._name()}: epoch {r.epoch}/{self.started.epochs} batch {r.batch}/{r.n_batches} · "
                 f"{r.images_per_s:,.0f} img/s" + (f" · {_clock(elapsed)} elapsed" if with_elapsed else "")
                 + (f" · ETA {_clock(left)}" if left is not None else ""))
+
+
+class _RunView:
+    """`nas run`'s events: the search's to a search view, then the retrain's to a training view (routed by their
+    type), one live display at a time, and in a log one status line of whichever is at work."""
+
+    def __init__(self, quiet: bool, budget: float):
+        from nas import search as searching
+
+        self.search, self.train = _SearchView(None, quiet, budget), _TrainingView(quiet, per_epoch_lines=False)
+        self.searched = get_args(searching.Event)
+        self.ticker = _Ticker(lambda: (self.train if self.train.started else self.search).status(),
+                              on=not quiet and not console.is_terminal)
+        self.search.ticker = self.train.ticker = self.ticker
+
+    def show(self, event: Any) -> None:
+        if not isinstance(event, self.searched) and not self.train.progress.live.is_started:
+            self.search.progress.stop()
+            self.train.progress.start()
+        (self.search if isinstance(event, self.searched) else self.train).show(event)
 
 
 def _show_outcome(outcome: Any, json_out: bool) -> None:

@@ -156,32 +156,28 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     deadline: float | None = None,
     shrink: bool = False,
-    on_batch: Callable[[BatchRecord], None] | None = None,
-    batch_every: float = 1.0,
+    on_batch: Callable[[BatchRecord], None] | None = None, batch_every: float = 1.0,
 ) -> list[EpochRecord]:
-    """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does).
+    """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does);
+    `on_batch` hears of the batches at most once every `batch_every` seconds, and after an epoch's last.
 
     `precision`: `auto` is bf16 autocast on CUDA and fp32 elsewhere; `bf16` or `fp32` force it.
     `deadline` (a `time.monotonic()` time): past it, between two batches, raise `TimeUp`. With `shrink`, the
     epochs are cut after the first to those that fit before it at its pace (`epochs_within`), the learning
-    rate schedule laid out again over them; the caller sees fewer records. `on_batch` hears of the
-    progress inside an epoch, at most once every `batch_every` seconds (and after its last batch).
-    """
+    rate schedule laid out again over them; the caller sees fewer records."""
     device = next(model.parameters()).device
     dtype = _prepare(model, device, precision)
-    opt = make_optimizer(model, recipe)
-    per_epoch = math.ceil(len(train.y) / recipe.batch_size)
+    opt, per_epoch = make_optimizer(model, recipe), math.ceil(len(train.y) / recipe.batch_size)
     make_schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")
     schedule = make_schedule(opt, epochs * per_epoch)
     shuffle = torch.Generator(device=device).manual_seed(seed)
-    history: list[EpochRecord] = []
-    epoch = 0
+    history, epoch = [], 0  # the records so far, and the epoch in progress
     while epoch < epochs:
         epoch, start = epoch + 1, time.perf_counter()
         try:
+            batches = _batch_reporter(on_batch, batch_every, epoch, per_epoch, len(train.y))
             loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
-                                              schedule, recipe.label_smoothing, deadline,
-                                              _batch_reporter(on_batch, batch_every, epoch, per_epoch, len(train.y)))
+                                              schedule, recipe.label_smoothing, deadline, batches)
         except TimeUp:
             raise TimeUp(history) from None
         val_acc = evaluate(model, val, dtype)
