@@ -212,7 +212,11 @@ def search(
     """Run a study, or continue it: trials are added to what the study already has.
 
     SIGINT (Ctrl-C), SIGTERM and SIGHUP stop it cleanly: the running trials are recorded as failed
-    (interrupted), and the command exits with 128 + the signal's number and prints how to resume.
+    (interrupted), and the command prints the best trials so far, exits with 128 + the signal's number
+    and prints how to resume.
+
+    In a terminal, bars move batch by batch with the trial's and the run's ETA; in a log or a pipe, a
+    status line comes every 30 s (the environment variable NAS_LOG_EVERY=SECONDS sets it).
     """
     with _user_errors():
         from nas import search as searching

@@ -102,8 +102,7 @@ class Objective:
         start = time.perf_counter()
         try:
             history = fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
-                          on_epoch=report, deadline=self._deadline(trial),
-                          on_batch=self.on_batch and (lambda record: self.on_batch(trial.number, record)))
+                          on_epoch=report, deadline=self._deadline(trial), on_batch=self._batches(trial))
         except (TimeUp, Diverged) as e:  # pruned: the epochs a trial stopped at the time limit trained keep their value
             _prune(trial, str(e) if isinstance(e, TimeUp) else f"diverged: {e}")
         except optuna.TrialPruned:
@@ -116,6 +115,9 @@ class Objective:
         if len(self.objectives) == 1:
             return history[-1].val_acc
         return (history[-1].val_acc, *self._costs(trial))
+
+    def _batches(self, trial: optuna.Trial) -> Callable[[BatchRecord], None] | None:
+        return None if self.on_batch is None else lambda record: self.on_batch(trial.number, record)
 
     def _deadline(self, trial: optuna.Trial) -> float | None:
         if self.deadline is None or not self.grace or trial.study.get_trials(deepcopy=False, states=(studies.State.COMPLETE,)):

@@ -221,7 +221,7 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
             if cause is None:
                 raise
             raise studies.StudyError(
-                f"the study storage {job.storage} stopped accepting writes ({cause}) after {len(rows)} trials of "
+                f"the study storage {job.storage} stopped accepting writes ({cause}) after {names.counted(len(rows), 'trial')} of "
                 "this run; those are saved. Fix the storage (free space, permissions, the server) and run the same "
                 "command again to go on: a trial left running is failed then and its parameters run again."
             ) from e

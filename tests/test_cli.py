@@ -344,3 +344,11 @@ def test_best_says_how_many_of_the_trained_trials_it_shows_and_the_nets_rejected
     out = squash(nas_cli("best", "--storage", db, "--top", 2).output)
     rejected = f" ({n_rejected} net{'s' * (n_rejected != 1)} rejected before training)" if n_rejected else ""
     assert f"best 2 of 4 trained trials{rejected} in 's'" in out, out
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
+def test_a_bad_log_interval_is_one_clear_error_before_any_study(tmp_path, tiny_space, value):
+    result = runner.invoke(app, ["search", "--space", str(tiny_space), "--storage", f"sqlite:///{tmp_path}/s.db"],
+                           env={"NAS_LOG_EVERY": value})
+    assert result.exit_code == 2 and f"NAS_LOG_EVERY='{value}'" in squash(result.output), result.output
+    assert not (tmp_path / "s.db").exists()
