@@ -20,7 +20,7 @@ ALLOWED = {
     "files": {"errors"},  # every write nas makes
     "spec": set(),  # the plain data of one network
     "space": {"errors", "files", "names", "spec"},
-    "data": {"errors", "files"},
+    "data": {"errors", "files", "names"},
     "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
     "train": {"errors", "names"},  # torch only
     "pipeline": {"data", "model", "spec", "train"},
@@ -31,7 +31,7 @@ ALLOWED = {
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
     "autorun": {"data", "errors", "export", "files", "names", "pipeline", "report", "search", "space", "spec", "study", "train"},  # search, then retrain and export
-    "report": {"files", "study"},
+    "report": {"files", "names", "study"},
     "export": {"data", "errors", "files", "latency", "model", "pipeline", "search", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
     "__init__": {"export"},
