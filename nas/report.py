@@ -274,7 +274,7 @@ def _top_table(rows: list[dict[str, Any]]) -> str:
         f"<td class=arch>{html.escape(r['arch'] or '')}</td></tr>"
         for r in rows
     )
-    return f'<section id="top"><h2>Top {len(rows)} trials</h2><table>{head}{body}</table></section>'
+    return f'<section id="top"><h2>Top {counted(len(rows), "trial")}</h2><table>{head}{body}</table></section>'
 
 
 _PAGE = """<!DOCTYPE html>
