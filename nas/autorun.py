@@ -102,7 +102,7 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     if outcome.gave_up:  # the space gives no net that can be trained: more time would not help
         raise NasError(outcome.gave_up)
     if outcome.nothing_trained and not outcome.out_of_time:  # the budget is not what stopped them
-        raise NasError(f"none of the {outcome.n_trained} trials of study {outcome.study!r} trained (the last: "
+        raise NasError(f"none of the {names.counted(outcome.n_trained, 'trial')} of study {outcome.study!r} trained (the last: "
                        f"{outcome.rows[-1]['reason']}). {outcome.advice}")
     if not outcome.best:
         raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
@@ -168,7 +168,7 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
                        "searched with `" + shlex.join(["nas", "best", "--storage", job.search.storage, "--study",
                                                       study.study_name, "--trial", str(trial.number)]) + " --export DIR`.")
     best = retrain.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
-                        retrained=retrain.retrained_rows([trained]))
+                        retrained=retrain.retrained_rows([trained]), tally=studies.count_trials(study.trials))
     if job.export is not None:
         best.export = retrain.export_trained(trained, job.export, study, job.force)
     cut = cut_message(trained.metrics["epochs"], plan.epochs)

@@ -12,10 +12,11 @@ import os
 import re
 import shlex
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -47,9 +48,11 @@ def _sane_terminal_size() -> None:
 
 def _console(stderr: bool = False) -> Console:
     """Rich's console on stdout or stderr, at least MIN_WIDTH wide whatever COLUMNS or the terminal says, and
-    without emoji codes, which escape() leaves alone: a study named :x: is printed as :x:, not as ❌."""
+    without emoji codes, which escape() leaves alone: a study named :x: is printed as :x:, not as ❌. In a log or
+    a pipe, lines are written whole (soft wrap), not cut at its width in the middle of an architecture; tables
+    keep the width."""
     found = Console(stderr=stderr, emoji=False)
-    return found if found.width >= MIN_WIDTH else Console(stderr=stderr, width=MIN_WIDTH, emoji=False)
+    return Console(stderr=stderr, width=max(found.width, MIN_WIDTH), emoji=False, soft_wrap=not found.is_terminal)
 
 
 _sane_terminal_size()
@@ -213,7 +216,11 @@ def search(
     """Run a study, or continue it: trials are added to what the study already has.
 
     SIGINT (Ctrl-C), SIGTERM and SIGHUP stop it cleanly: the running trials are recorded as failed
-    (interrupted), and the command exits with 128 + the signal's number and prints how to resume.
+    (interrupted), and the command prints the best trials so far, exits with 128 + the signal's number
+    and prints how to resume.
+
+    In a terminal, bars move batch by batch with the trial's and the run's ETA; in a log or a pipe, a
+    status line comes every 30 s (the environment variable NAS_LOG_EVERY=SECONDS sets it).
     """
     started = time.monotonic()  # --timeout counts from here: importing torch takes seconds too
     with _user_errors():
@@ -226,17 +233,12 @@ def search(
             heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers),
             threads=threads, started=started,
             objectives=None if objectives is None else parse_objectives(objectives))
-        view = _SearchView(trials, quiet or json_out)
+        view = _SearchView(trials, quiet or json_out, timeout)
         try:
-            with view.progress:
+            with view.progress, view.ticker:
                 outcome = searching.run(job, view.show)
         except searching.Interrupted as e:
-            left = trials - e.n_done
-            said = (f"the running ones marked failed (interrupted). Resume with: "
-                    f"{_plain(searching.resume_command(_given_options(ctx, 'trials'), left))}" if left > 0 else
-                    "none was left to run.")
-            err_console.print(f"interrupted by {e}: {e.n_done} finished trial{'s' * (e.n_done != 1)} of this run saved, "
-                              + said, highlight=False, soft_wrap=True)
+            _show_interrupted(e, _given_options(ctx, "trials"), trials, json_out)
             raise typer.Exit(e.status) from None
         _show_outcome(outcome, json_out)
 
@@ -260,7 +262,7 @@ def best(
         from nas import retrain
 
         view = _TrainingView(quiet or json_out, per_epoch_lines=False)
-        with view.progress, _interrupts(export):
+        with view.progress, view.ticker, _interrupts(export):
             result = retrain.best(study, storage, top, export, retrain_epochs, force, dataset, data_dir, device,
                                   on_event=view.show, trial=trial)
         if json_out:
@@ -293,24 +295,30 @@ def run_cmd(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, seed=seed, workers=None if workers == "auto" else int(workers), threads=threads,
             started=started), _parse_budget(budget), export, force, report)
-        search_view, train_view = _SearchView(None, quiet), _TrainingView(quiet, per_epoch_lines=False)
-
-        def show(event: Any) -> None:  # the search's events, then the retrain's: one live display at a time
-            if type(event).__module__ != "nas.search" and not train_view.progress.live.is_started:
-                search_view.progress.stop()
-                train_view.progress.start()
-            (search_view if type(event).__module__ == "nas.search" else train_view).show(event)
-
+        view = _RunView(quiet, job.budget)
         try:
-            with search_view.progress:
-                outcome = autorun.run(job, show)
+            with view.search.progress, view.ticker:
+                outcome = autorun.run(job, view.show)
         except searching.Interrupted as e:
-            err_console.print(escape(f"interrupted by {e}: {e.n_done} finished trials of this run saved; "
+            err_console.print(escape(f"interrupted by {e}: {names.counted(e.n_done, 'finished trial')} of this run saved; "
                                      + _run_left(e, storage, report)), highlight=False, soft_wrap=True)
             raise typer.Exit(e.status) from None
         finally:
-            train_view.progress.stop()
+            view.train.progress.stop()
         _show_run(outcome, export, report)
+
+
+def _show_interrupted(e: Any, argv: list[str], trials: int, json_out: bool) -> None:
+    """A search stopped by a signal: the table of the study's best as it was left, what was saved, how to resume."""
+    from nas import search as searching
+
+    if e.best and not json_out:
+        console.print(_trials_table(e.best, title=_text(f"best of the study so far ({names.counted(len(e.best), 'trial')})")))
+    left = trials - e.n_done
+    said = (f"the running ones marked failed (interrupted). Resume with: "
+            f"{_plain(searching.resume_command(argv, left))}" if left > 0 else "none was left to run.")
+    err_console.print(f"interrupted by {e}: {names.counted(e.n_done, 'finished trial')} of this run saved, " + said,
+                      highlight=False, soft_wrap=True)
 
 
 def _run_left(e: Any, storage: str, report: Path | None) -> str:
@@ -332,8 +340,8 @@ def _show_run(outcome: Any, export: Path | None, report: Path | None) -> None:
     wider = f" at {plan.width:g}× its width" * (plan.width != 1) + f" with {plan.augment} augmentation" * bool(plan.augment)
     epochs = outcome.best.retrained[0]["epochs"]  # fewer than planned when it was cut to keep the budget
     _show_best(outcome.best, epochs, export)
-    console.print(f"{outcome.search.n_trained} trials searched; the best retrained{wider} for {epochs} "
-                  f"epochs (measured at {plan.seconds_per_epoch:.1f} s each); {_took(outcome.seconds)} in all"
+    console.print(f"{names.counted(outcome.search.n_trained, 'trial')} searched; the best retrained{wider} for "
+                  f"{names.counted(epochs, 'epoch')} (measured at {plan.seconds_per_epoch:.1f} s each); {_took(outcome.seconds)} in all"
                   + (f"; report: {_plain(report)}" if report else ""), highlight=False, soft_wrap=True)
     if outcome.cut:
         console.print(f"note: {_plain(outcome.cut)}.", highlight=False, soft_wrap=True)
@@ -354,7 +362,7 @@ def train_cmd(
         from nas import retrain
 
         view = _TrainingView(quiet or json_out, per_epoch_lines=True)
-        with _interrupts(export):
+        with view.progress, view.ticker, _interrupts(export):
             metrics = retrain.train_fixed(space, epochs, dataset, data_dir, device, seed, export, force,
                                           on_event=view.show)
         if json_out:
@@ -417,10 +425,10 @@ def _show_preview(preview: Any, source: str) -> None:
     for name, values in preview.dimensions:
         table.add_row(_text(name), _text(values))
     console.print(table if preview.dimensions else _text(f"{source}: a fixed architecture (constants only)."))
-    size = f"{preview.n_discrete:,} discrete combinations" + (
-        f" × {preview.n_continuous} continuous dimensions" if preview.n_continuous else "")
-    console.print(f"size: {size}; {preview.n_baselines} baselines; input {preview.input_shape}, "
-                  f"{preview.n_classes} classes; {preview.epochs} epochs per trial")
+    size = names.counted(preview.n_discrete, "discrete combination") + (
+        f" × {names.counted(preview.n_continuous, 'continuous dimension')}" if preview.n_continuous else "")
+    console.print(f"size: {size}; {names.counted(preview.n_baselines, 'baseline')}; input {preview.input_shape}, "
+                  f"{names.counted(preview.n_classes, 'class', 'classes')}; {names.counted(preview.epochs, 'epoch')} per trial")
     for i, net in enumerate(preview.samples, 1):
         console.print(f"\n[bold]sample {i}[/]: {_plain(net.arch)}", highlight=False)
         if net.n_params is None:
@@ -448,7 +456,7 @@ def report(
             print(json.dumps({"report": str(out), "summary": dataclasses.asdict(summary)}, indent=2, default=str))
             return
         console.print(f"wrote {_plain(out)} ({out.stat().st_size / 1e6:.1f} MB) for study {_plain(repr(summary.study))}: "
-                      f"{sum(summary.counts.values())} trials, best {summary.best['val_accuracy']:.4f}"
+                      f"{names.counted(sum(summary.counts.values()), 'trial')}, best {summary.best['val_accuracy']:.4f}"
                       + ("" if summary.export else "; no export yet (`nas best --export DIR` adds the confusion matrix)"),
                       soft_wrap=True)
 
@@ -480,7 +488,7 @@ def spaces_cmd(json_out: JsonOpt = False) -> None:
             return
         table = Table("name", "searched", "baselines", "what it is", title="bundled spaces (nas search --space NAME)")
         for r in rows:
-            table.add_row(r["name"], f"{r['searched']} dimensions" if r["searched"] else "fixed net", str(r["baselines"]),
+            table.add_row(r["name"], names.counted(r['searched'], 'dimension') if r["searched"] else "fixed net", str(r["baselines"]),
                           _text(r["summary"]))
         console.print(table)
         console.print(f"files in {_plain(Path(rows[0]['file']).parent)}: copy one to edit it", highlight=False)
@@ -506,88 +514,255 @@ def studies_cmd(storage: StorageOpt = DEFAULT_STORAGE, json_out: JsonOpt = False
 # --- rendering -------------------------------------------------------------------------------------
 
 
-class _SearchView:
-    """Renders a search's events: a live progress line, one line per finished trial, worker errors."""
+class _Ticker:
+    """In a log or a pipe, where no live display moves: a plain line of `status()` whenever `every` seconds pass
+    without another line, from a thread of its own, so a long epoch or a silent worker still shows the run is alive."""
 
-    def __init__(self, trials: int | None, quiet: bool):
-        self.trials, self.quiet = trials, quiet
-        self.done = self.pruned = self.epochs = 0
+    def __init__(self, status: Callable[[], str | None], on: bool):
+        self.status, self.on, self.last = status, on, time.monotonic()
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def said(self) -> None:
+        self.last = time.monotonic()
+
+    def __enter__(self) -> _Ticker:
+        if self.on:
+            every = _log_every()
+            self.thread = threading.Thread(target=self._run, args=(every,), daemon=True, name="nas-status")
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def _run(self, every: float) -> None:
+        while not self.stopped.wait(max(0.05, self.last + every - time.monotonic())):
+            if time.monotonic() - self.last >= every:
+                line = self.status()
+                if line:
+                    console.print(f"{time.strftime('%H:%M:%S')} {line}", highlight=False, markup=False, soft_wrap=True)
+                self.said()
+
+
+def _log_every() -> float:
+    """Seconds between status lines in a log or pipe: $NAS_LOG_EVERY, else 30."""
+    value = os.environ.get("NAS_LOG_EVERY", "30")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0.01 <= seconds <= 86400:  # NaN fails this too
+        raise NasError(f"NAS_LOG_EVERY={value!r}: expected the seconds between status lines in a log, from 0.01 to "
+                       "86400, such as 30 or 0.5; unset it for every 30 s.")
+    return seconds
+
+
+def _clock(seconds: float) -> str:
+    """A duration as m:ss or h:mm:ss."""
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _eta(elapsed: float, done: float, total: float) -> float | None:
+    """Seconds left when `done` of `total` took `elapsed`, at that pace; None before anything is done."""
+    return elapsed * (total - done) / done if done > 0 else None
+
+
+class _SearchView:
+    """Renders a search's events: in a terminal a live bar for the run and one per running trial, batch by batch,
+    with their ETAs; in a log a status line every NAS_LOG_EVERY seconds; one line per finished trial."""
+
+    def __init__(self, trials: int | None, quiet: bool, limit: float | None = None):
+        self.trials, self.quiet, self.limit = trials, quiet, limit  # limit: --timeout or --budget, in seconds
+        self.done = self.pruned = self.epochs = self.n_workers = 0
         self.best: float | None = None
+        self.begun = time.monotonic()
+        self.took: list[float] = []  # seconds of each trained trial of this run
+        self.running: dict[int, tuple[int, Any, float]] = {}  # worker -> (trial, its last BatchRecord, when it began)
+        self.bars: dict[int, Any] = {}  # worker -> its progress bar
         self.progress = _progress(quiet)
         self.task = self.progress.add_task("starting", total=trials)  # None: bounded by time, not a count
+        self.ticker = _Ticker(self.status, on=not quiet and not console.is_terminal)
 
     def show(self, event: Any) -> None:
         from nas import search as searching
 
-        handler = {searching.Started: self._started, searching.EpochDone: self._epoch, searching.TrialDone: self._trial,
-                   searching.WorkerFailed: self._worker_failed}[type(event)]
+        handler = {searching.Started: self._started, searching.EpochDone: self._epoch, searching.BatchDone: self._batch,
+                   searching.TrialDone: self._trial, searching.WorkerFailed: self._worker_failed}[type(event)]
         handler(event)
 
+    def _say(self, line: str) -> None:
+        self.progress.console.print(line, highlight=False, soft_wrap=True)
+        self.ticker.said()
+
     def _started(self, e: Any) -> None:
-        self.best, self.epochs = e.best, e.epochs
+        self.best, self.epochs, self.n_workers = e.best, e.epochs, e.n_workers
         if self.quiet:
             return
-        baselines = f", {e.n_baselines} baselines first" if e.n_baselines and not e.n_finished else ""
-        threads = f"{e.threads} torch thread{'s' if e.threads > 1 else ''} ({e.threads_why})"
-        workers = f"; {e.n_workers} workers × {threads}" if e.n_workers > 1 else f"; {threads}"
-        self.progress.console.print(
-            f"study [bold]{_plain(e.study)}[/] in {_plain(e.storage)}: {e.n_finished} finished trials so far{baselines}; "
-            f"{e.n_train} train / {e.n_val} val images on {', '.join(e.devices)}, {e.epochs} epochs per trial{workers}")
+        baselines = f", {names.counted(e.n_baselines, 'baseline')} first" if e.n_baselines and not e.n_finished else ""
+        threads = f"{names.counted(e.threads, 'torch thread')} ({e.threads_why})"
+        workers = f"; {names.counted(e.n_workers, 'worker')} × {threads}" if e.n_workers > 1 else f"; {threads}"
+        self._say(f"study [bold]{_plain(e.study)}[/] in {_plain(e.storage)}: {names.counted(e.n_finished, 'finished trial')} "
+                  f"so far{baselines}; {e.n_train} train / {e.n_val} val images on {', '.join(e.devices)}, "
+                  f"{names.counted(e.epochs, 'epoch')} per trial{workers}")
+
+    def _batch(self, e: Any) -> None:
+        trial, _, began = self.running.get(e.worker, (None, None, time.monotonic()))
+        self.running[e.worker] = (e.trial, e.record, began if trial == e.trial else time.monotonic())
+        r = e.record
+        if e.worker not in self.bars:
+            self.bars[e.worker] = self.progress.add_task("", total=None)
+        self.progress.update(self.bars[e.worker], description=f"  {self._trial_status(*self.running[e.worker])}",
+                             total=self.epochs * r.n_batches, completed=(r.epoch - 1) * r.n_batches + r.batch)
+        self.progress.update(self.task, description=self._run_status())
 
     def _epoch(self, e: Any) -> None:
-        r = e.record
-        self.progress.update(self.task, description=(
-            f"trial {self._of()} (#{e.trial}) epoch {r.epoch}/{self.epochs} val {r.val_acc:.4f}"
-            + (f" · best {self.best:.4f}" if self.best is not None else "") + f" · pruned {self.pruned}"))
+        self.progress.update(self.task, description=self._run_status())
 
     def _trial(self, e: Any) -> None:
         row = e.row
+        if self.running.get(e.worker, (None,))[0] == row["number"]:
+            del self.running[e.worker]
+            self.progress.reset(self.bars[e.worker], total=None, description="  next trial")
         if row["rejected"]:  # not one of the run's trials: another net is drawn in its place
             if not self.quiet:
-                self.progress.console.print(f"[dim]#{row['number']:<4} rejected {_plain(row['reason'] or '')}[/]",
-                                            highlight=False)
+                self._say(f"[dim]#{row['number']:<4} rejected {_plain(row['reason'] or '')}[/]")
             return
         self.done += 1
         self.pruned += row["state"] == "pruned"
+        self.took.append(row["seconds"] or 0.0)
         if row["state"] == "complete":
             self.best = max(self.best or 0.0, row["val_accuracy"])
-        self.progress.update(self.task, advance=1, description=f"trial {self._of()} starting · pruned {self.pruned}")
+        self.progress.update(self.task, advance=1, description=self._run_status())
         if not self.quiet:
             value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "  -   "
-            self.progress.console.print(
-                f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  {_plain(row['arch'] or '')}"
-                + (f"  [dim]({_plain(row['reason'])})[/]" if row["reason"] else ""), highlight=False)
+            self._say(f"#{row['number']:<4} {row['state']:<8} val {value}  {row['seconds'] or 0:6.1f}s  "
+                      + ("[bold]baseline[/] " if row.get("baseline") else "") + _plain(row['arch'] or '')
+                      + (f"  [dim]({_plain(row['reason'])})[/]" if row["reason"] else "") + f"  · {self._done()}")
 
-    def _of(self) -> str:
-        return f"{self.done + 1}" + (f"/{self.trials}" if self.trials else "")
+    def _trial_status(self, trial: int, r: Any, began: float) -> str:
+        """One running trial: where it is, its speed, and when it should end."""
+        elapsed = time.monotonic() - began
+        left = _eta(elapsed, (r.epoch - 1) * r.n_batches + r.batch, self.epochs * r.n_batches)
+        return (f"#{trial} epoch {r.epoch}/{self.epochs} batch {r.batch}/{r.n_batches} · {r.images_per_s:,.0f} img/s · "
+                f"{_clock(elapsed)}" + (f", ETA {_clock(left)}" if left is not None else ""))
+
+    def _done(self) -> str:
+        return (f"{self.done}/{self.trials} done" if self.trials else f"{self.done} done") + (
+            f", {self.pruned} pruned" if self.pruned else "") + (f" · best {self.best:.4f}" if self.best is not None else "")
+
+    def _run_status(self) -> str:
+        left = self._run_left()
+        return self._done() + (f" · run ETA {_clock(left)}" if left is not None else "")
+
+    def _run_left(self) -> float | None:
+        """Seconds until the run ends: the trials left at the mean trial's pace over the workers, or the time
+        left to --timeout/--budget when that comes sooner."""
+        by_time = None if self.limit is None else self.limit - (time.monotonic() - self.begun)
+        running = dict(self.running)  # a copy: the status thread reads it while events change it
+        now = [(time.monotonic() - b, _eta(time.monotonic() - b, (r.epoch - 1) * r.n_batches + r.batch,
+                                           self.epochs * r.n_batches) or 0.0) for _, r, b in running.values()]
+        # a trial's time: the mean of those done, or before any is, what the running ones will have taken
+        per_trial = sum(self.took) / len(self.took) if self.took else max((a + b for a, b in now), default=None)
+        if not self.trials or per_trial is None:
+            return by_time
+        n_left = max(0, self.trials - self.done - len(running))
+        by_count = max((b for _, b in now), default=0.0) + n_left * per_trial / max(1, self.n_workers)
+        return by_count if by_time is None else min(by_count, by_time)
+
+    def status(self) -> str:
+        """The line a log gets every NAS_LOG_EVERY seconds."""
+        running = dict(self.running)  # a copy: events change it while this thread reads it
+        running = "; ".join(self._trial_status(*running[w]) for w in sorted(running)) or "between trials"
+        return f"{_clock(time.monotonic() - self.begun)} elapsed · {running} · {self._run_status()}"
 
     def _worker_failed(self, e: Any) -> None:
         err_console.print(f"[bold red]{_plain(e.message)}[/]", highlight=False, soft_wrap=True)
 
 
 class _TrainingView:
-    """Renders training events: a progress bar per network, or (for `nas train`) a line per epoch."""
+    """Renders training events: a progress bar per network moving batch by batch with an ETA (in a log, a status
+    line every NAS_LOG_EVERY seconds), and for `nas train` a line per epoch."""
 
     def __init__(self, quiet: bool, per_epoch_lines: bool):
         self.quiet, self.per_epoch_lines = quiet, per_epoch_lines
-        self.progress = _progress(quiet or per_epoch_lines)
+        self.progress = _progress(quiet)
         self.task: Any = None
+        self.started: Any = None  # the TrainingStarted of the net now training
+        self.last: Any = None  # its last BatchRecord
+        self.begun = time.monotonic()
+        self.ticker = _Ticker(self.status, on=not quiet and not console.is_terminal)
+        self.handlers: dict[type, Callable[[Any], None]] = {}
 
     def show(self, event: Any) -> None:
-        from nas.retrain import TrainingStarted
+        if not self.handlers:  # on the first event: a view that never hears one (`nas best`'s listing) loads no torch
+            from nas.retrain import TrainingStarted
+            from nas.train import BatchRecord, EpochRecord
 
-        if isinstance(event, TrainingStarted):
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            if self.per_epoch_lines and not self.quiet:
-                console.print(f"{_plain(event.arch)}\n{_plain(event.dataset)}: {event.n_train} train / {event.n_held_out} test "
-                              f"images on {event.device}", highlight=False)
-            self.task = self.progress.add_task(f"training #{event.trial} ({event.index}/{event.count})", total=event.epochs)
-        elif self.per_epoch_lines and not self.quiet:
-            console.print(f"epoch {event.epoch:>3}  loss {event.loss:.4f}  train {event.train_acc:.4f}  "
-                          f"eval {event.val_acc:.4f}  {event.seconds:.2f}s", highlight=False)
-        else:
-            self.progress.advance(self.task)
+            self.handlers = {TrainingStarted: self._started, EpochRecord: self._epoch, BatchRecord: self._batch}
+        self.handlers[type(event)](event)
+
+    def _started(self, e: Any) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        if self.per_epoch_lines and not self.quiet:
+            self.progress.console.print(f"{_plain(e.arch)}\n{_plain(e.dataset)}: {e.n_train} train / {e.n_held_out} "
+                                        f"test images on {e.device}", highlight=False, soft_wrap=True)
+        self.started, self.last, self.begun = e, None, time.monotonic()
+        self.task = self.progress.add_task(self._name(), total=e.epochs)
+
+    def _name(self) -> str:
+        e = self.started
+        return "training" + (f" #{e.trial}" if e.trial is not None else "") + (f" ({e.index}/{e.count})" if e.count > 1 else "")
+
+    def _batch(self, r: Any) -> None:
+        self.last = r
+        total = self.started.epochs * r.n_batches
+        self.progress.update(self.task, total=total, completed=(r.epoch - 1) * r.n_batches + r.batch,
+                             description=self.status(with_elapsed=False))
+
+    def _epoch(self, r: Any) -> None:
+        if self.per_epoch_lines and not self.quiet:
+            self.progress.console.print(f"epoch {r.epoch:>3}  loss {r.loss:.4f}  train {r.train_acc:.4f}  "
+                                        f"eval {r.val_acc:.4f}  {r.seconds:.2f}s", highlight=False)
+            self.ticker.said()
+        if self.last is None:  # no batch heard of: count epochs
+            self.progress.update(self.task, completed=r.epoch)
+
+    def status(self, with_elapsed: bool = True) -> str | None:
+        """Where the training is: epoch, batch, speed, elapsed time and ETA."""
+        if self.started is None:
+            return None
+        r, elapsed = self.last, time.monotonic() - self.begun
+        if r is None:
+            return f"{self._name()}: starting, {_clock(elapsed)} elapsed"
+        left = _eta(elapsed, (r.epoch - 1) * r.n_batches + r.batch, self.started.epochs * r.n_batches)
+        return (f"{self._name()}: epoch {r.epoch}/{self.started.epochs} batch {r.batch}/{r.n_batches} · "
+                f"{r.images_per_s:,.0f} img/s" + (f" · {_clock(elapsed)} elapsed" if with_elapsed else "")
+                + (f" · ETA {_clock(left)}" if left is not None else ""))
+
+
+class _RunView:
+    """`nas run`'s events: the search's to a search view, then the retrain's to a training view (routed by their
+    type), one live display at a time, and in a log one status line of whichever is at work."""
+
+    def __init__(self, quiet: bool, budget: float):
+        from nas import search as searching
+
+        self.search, self.train = _SearchView(None, quiet, budget), _TrainingView(quiet, per_epoch_lines=False)
+        self.searched = get_args(searching.Event)
+        self.ticker = _Ticker(lambda: (self.train if self.train.started else self.search).status(),
+                              on=not quiet and not console.is_terminal)
+        self.search.ticker = self.train.ticker = self.ticker
+
+    def show(self, event: Any) -> None:
+        if not isinstance(event, self.searched) and not self.train.progress.live.is_started:
+            self.search.progress.stop()
+            self.train.progress.start()
+        (self.search if isinstance(event, self.searched) else self.train).show(event)
 
 
 def _show_outcome(outcome: Any, json_out: bool) -> None:
@@ -600,35 +775,35 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
                           "nothing_trained": outcome.nothing_trained, "reasons": reasons, "gave_up": outcome.gave_up},
                          indent=2))
     else:
-        counts = ", ".join(f"{outcome.counts[s]} {word}" for s, word in (("pruned", "pruned"), ("fail", "failed"))
-                           if s in outcome.counts)
         best = f". Pareto front ({', '.join(outcome.objectives)}):" if len(outcome.objectives) > 1 else ". Best:"
-        console.print(f"{sum(outcome.counts.values())} trials in study {_plain(repr(outcome.study))}"
-                      + (f" ({counts})" if counts else "") + (best if outcome.best else "; none completed yet."))
+        console.print(f"{_tally(outcome.tally)} in study {_plain(repr(outcome.study))}"
+                      + (best if outcome.best else "; none completed yet."), highlight=False, soft_wrap=True)
         if outcome.best:
             console.print(_trials_table(outcome.best))
     if outcome.failed_workers:
-        err_console.print(f"{len(outcome.failed_workers)} of {outcome.n_workers} workers stopped with an error: "
+        err_console.print(f"{len(outcome.failed_workers)} of {names.counted(outcome.n_workers, 'worker')} stopped with an error: "
                           + _plain("; ".join(outcome.failed_workers)), highlight=False, soft_wrap=True)
     if reasons:
-        err_console.print(f"error: none of the {len(outcome.rows)} trials of this run trained: "
+        err_console.print((f"error: none of the {len(outcome.rows)} trials of this run trained: " if len(outcome.rows) != 1 else
+                           "error: the one trial of this run did not train: ")
                           + _plain("; ".join(f"{n} × {r}" for r, n in reasons.items()))
                           + ". " + _plain(outcome.advice),
                           highlight=False, soft_wrap=True)
     if outcome.gave_up:
-        err_console.print(f"error: stopped after {outcome.n_trained} trained trial{'s' * (outcome.n_trained != 1)}: "
+        err_console.print(f"error: stopped after {names.counted(outcome.n_trained, 'trained trial')}: "
                           f"{_plain(outcome.gave_up)}", highlight=False, soft_wrap=True)
     if outcome.failed_workers or reasons or outcome.gave_up:
         raise typer.Exit(1)
 
 
 def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> None:
-    title = (f"Pareto front ({', '.join(result.objectives)}) of {result.n_trials} trials in {result.study!r}"
-             if len(result.objectives) > 1 else f"best of {result.n_trials} trials in {result.study!r}")
+    shown = "Pareto front" if len(result.objectives) > 1 else "best"
+    title = (f"{shown} ({', '.join(result.objectives)})" if len(result.objectives) > 1 else shown) + (
+        f" {len(result.rows)} of {_tally(result.tally)} in {result.study!r}")
     console.print(_trials_table(result.rows, title=_text(title)))
     if result.retrained:
         table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",
-                      title=f"top {len(result.retrained)} retrained on train+val for {retrain_epochs} epochs, "
+                      title=f"top {len(result.retrained)} retrained on train+val for {names.counted(retrain_epochs, 'epoch')}, "
                             "ranked by test accuracy")
         table.columns[-1].overflow = "fold"
         for rank, r in enumerate(result.retrained, 1):
@@ -641,7 +816,7 @@ def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> 
     m = result.export
     if m:
         console.print(f"exported trial #{m['trial']} to {_plain(export)}: test accuracy [bold]{m['test_accuracy']:.4f}[/] "
-                      f"({'retrained on train+val, ' if m['retrained_on_train_and_val'] else ''}{m['epochs']} epochs); "
+                      f"({'retrained on train+val, ' if m['retrained_on_train_and_val'] else ''}{names.counted(m['epochs'], 'epoch')}); "
                       "model.onnx and model.ts match PyTorch within "
                       f"{max(m['onnx_max_abs_diff'], m['torchscript_max_abs_diff']):.1e}", soft_wrap=True)
         if "search_latency_ms" in m:
@@ -650,6 +825,16 @@ def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> 
         if m.get("recorded_in_study") is False:
             err_console.print("note: the study's storage is read-only, so the export is not recorded in it "
                               "(`nas report` will not show its confusion matrix).", highlight=False)
+
+
+def _tally(tally: dict[str, int]) -> str:
+    """The trials of a study counted as a user reads them: `7 trained trials (2 pruned, 1 failed; 3 nets rejected
+    before training)`; rejected nets used up trial numbers but never trained."""
+    ended = [f"{tally[k]} {word}" for k, word in (("pruned", "pruned"), ("failed", "failed"), ("running", "running"))
+             if tally.get(k)]
+    rejected = [f"{names.counted(tally['rejected'], 'net')} rejected before training"] if tally.get("rejected") else []
+    said = "; ".join(p for p in (", ".join(ended), *rejected) if p)
+    return names.counted(tally.get("trained", 0), "trained trial") + (f" ({said})" if said else "")
 
 
 def _newest(study: str | None, storage: str, quiet: bool) -> str | None:
@@ -691,11 +876,12 @@ def _given_options(ctx: typer.Context, *leave_out: str) -> list[str]:
 
 
 def _progress(quiet: bool) -> Any:
-    """A transient Rich progress display; disabled (but still usable) when quiet."""
+    """A transient Rich progress display; disabled (but still usable) when quiet or when no terminal shows it
+    (a log gets `_Ticker`'s lines instead)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True, disable=quiet)
+                    TimeElapsedColumn(), console=console, transient=True, disable=quiet or not console.is_terminal)
 
 
 def _trials_table(rows: list[dict[str, Any]], title: Text | None = None) -> Table:

@@ -21,7 +21,7 @@ import numpy as np
 
 from nas.errors import NasError
 from nas.files import check_readable_file, name_text
-from nas.names import DATASETS
+from nas.names import DATASETS, counted
 from nas.system import available_memory
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -225,7 +225,7 @@ def read_folder(root: Path) -> Arrays:
                         "resize them to one size first.")
     (w, h), = sizes
     shape = (3 if colour else 1, h, w)
-    _check_fits(len(every) * math.prod(shape), f"{root} ({len(every)} images of {w}×{h})")
+    _check_fits(len(every) * math.prod(shape), f"{root} ({counted(len(every), 'image')} of {w}×{h})")
     arrays = []
     for part in (train, test):
         x = [_image_file(f, shape) for c in classes for f in part.get(c, [])]
@@ -268,7 +268,8 @@ def _checked(x: np.ndarray, y: np.ndarray, x_where: str, y_where: str) -> tuple[
     if x.ndim == 3:
         x = x[:, None]
     if len(x) != len(y):
-        raise DataError(f"{x_where} has {len(x)} images but {y_where} has {len(y)} labels; they must match.")
+        raise DataError(f"{x_where} has {counted(len(x), 'image')} but {y_where} has {counted(len(y), 'label')}; "
+                        "they must match.")
     if len(y) and int(y.min()) < 0:
         raise DataError(f"{y_where}: labels must be 0, 1, 2, ... but the smallest is {y.min()}.")
     if len(y) and int(y.max()) >= MAX_CLASSES:

@@ -48,3 +48,8 @@ def check_registry(registry: Mapping[str, Any], names: tuple[str, ...], what: st
     """Fail at import if a module's registry and the names users may write have drifted apart."""
     if tuple(registry) != names:
         raise AssertionError(f"the {what} registry {tuple(registry)} differs from nas.names {names}")
+
+
+def counted(n: int, word: str, words: str | None = None) -> str:
+    """`n` and the noun it counts, in the singular for one: `1 trial`, `2 trials` (`words`: an irregular plural)."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"

@@ -30,7 +30,7 @@ from nas.latency import onnx_latency, torch_latency
 from nas.model import ShapeError
 from nas.pipeline import Prepared, assess, new_model
 from nas.space import Space, sample
-from nas.train import Diverged, EpochRecord, TimeUp, fit
+from nas.train import BatchRecord, Diverged, EpochRecord, TimeUp, fit
 
 
 class Objective:
@@ -47,9 +47,10 @@ class Objective:
         pareto: bool = False,
         deadline: float | None = None,
         grace: float = 0.0,
+        on_batch: Callable[[int, BatchRecord], None] | None = None,
     ):
         self.space, self.data, self.epochs, self.device, self.seed = space, data, epochs, device, seed
-        self.on_epoch = on_epoch
+        self.on_epoch, self.on_batch = on_epoch, on_batch  # called with the trial's number; batches about once a second
         self.objectives, self.pareto = space.objectives, pareto  # pareto: apply the pareto pruner (module doc)
         self.deadline = deadline  # `time.monotonic()` time: a trial still training then stops and is pruned
         self.grace = grace  # seconds more for a trial while none has completed: one cut short leaves nothing to keep
@@ -101,7 +102,7 @@ class Objective:
         start = time.perf_counter()
         try:
             history = fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
-                          on_epoch=report, deadline=self._deadline(trial))
+                          on_epoch=report, deadline=self._deadline(trial), on_batch=self._batches(trial))
         except (TimeUp, Diverged) as e:  # pruned: the epochs a trial stopped at the time limit trained keep their value
             _prune(trial, str(e) if isinstance(e, TimeUp) else f"diverged: {e}")
         except optuna.TrialPruned:
@@ -114,6 +115,9 @@ class Objective:
         if len(self.objectives) == 1:
             return history[-1].val_acc
         return (history[-1].val_acc, *self._costs(trial))
+
+    def _batches(self, trial: optuna.Trial) -> Callable[[BatchRecord], None] | None:
+        return None if self.on_batch is None else lambda record: self.on_batch(trial.number, record)
 
     def _deadline(self, trial: optuna.Trial) -> float | None:
         if self.deadline is None or not self.grace or trial.study.get_trials(deepcopy=False, states=(studies.State.COMPLETE,)):

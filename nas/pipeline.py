@@ -16,7 +16,7 @@ from nas.system import available_memory
 from nas.model import ModelInfo, build_model, spec_info, training_bytes
 from nas.spec import ArchSpec
 from nas.system import pick_threads
-from nas.train import Diverged, DivergedError, EpochRecord, TimeUp, evaluate, fit, predict
+from nas.train import BatchRecord, Diverged, DivergedError, EpochRecord, TimeUp, evaluate, fit, predict
 
 MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
 
@@ -104,15 +104,16 @@ def train_spec(
     device: torch.device,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     deadline: float | None = None,
+    on_batch: Callable[[BatchRecord], None] | None = None,
 ) -> tuple[nn.Sequential, list[EpochRecord]]:
     """Build `spec`'s seeded network and train it on `data.train`, scoring `data.held_out` every epoch.
     With a `deadline` (monotonic), the epochs are cut to fit it (`fit`'s shrink) and training stops at it:
-    fewer records than `epochs` say so."""
+    fewer records than `epochs` say so. `on_batch` hears of progress inside an epoch about once a second."""
     model = new_model(spec, data, seed, device)
     fit_threads()
     try:
         return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch,
-                          deadline=deadline, shrink=True)
+                          deadline=deadline, shrink=True, on_batch=on_batch)
     except TimeUp as e:
         return model, e.history
     except Diverged as e:

@@ -21,6 +21,7 @@ import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from nas.files import check_file_target, check_not_input, write_file
+from nas.names import counted
 from nas.study import (StudyError, accuracy, front, load_study, objectives_of, open_storage, quiet_optuna,
                        storage_inputs, top_trials, trial_row)
 
@@ -258,10 +259,10 @@ def _export_figures(export: dict[str, Any], go: Any) -> list[tuple[str, str, Any
 def _header(summary: Summary, storage: str) -> str:
     best = summary.best
     counts = ", ".join(f"{n} {state}" for state, n in summary.counts.items())
-    return (f"<h1>Study {html.escape(summary.study)}</h1><p>{html.escape(storage)} · {sum(summary.counts.values())} "
-            f"trials ({html.escape(counts)}) · best validation accuracy <b>{best['val_accuracy']:.4f}</b> "
+    return (f"<h1>Study {html.escape(summary.study)}</h1><p>{html.escape(storage)} · "
+            f"{counted(sum(summary.counts.values()), 'trial')} ({html.escape(counts)}) · best validation accuracy <b>{best['val_accuracy']:.4f}</b> "
             f"(trial #{best['number']}: {html.escape(best['arch'] or '')})"
-            + (f" · a Pareto front of {len(summary.front)} nets for {html.escape(', '.join(summary.objectives))}"
+            + (f" · a Pareto front of {counted(len(summary.front), 'net')} for {html.escape(', '.join(summary.objectives))}"
                if summary.front is not None else "") + "</p>")
 
 
@@ -273,7 +274,7 @@ def _top_table(rows: list[dict[str, Any]]) -> str:
         f"<td class=arch>{html.escape(r['arch'] or '')}</td></tr>"
         for r in rows
     )
-    return f'<section id="top"><h2>Top {len(rows)} trials</h2><table>{head}{body}</table></section>'
+    return f'<section id="top"><h2>Top {counted(len(rows), "trial")}</h2><table>{head}{body}</table></section>'
 
 
 _PAGE = """<!DOCTYPE html>

@@ -17,7 +17,7 @@ from nas.export import ExportError, write_export
 from nas.files import check_export_target, check_not_input
 from nas.space import Space, load_space, sample
 from nas.spec import ArchSpec
-from nas.study import (StudyError, accuracy, front, load_study, objectives_of, quiet_optuna, storage_failure,
+from nas.study import (StudyError, accuracy, count_trials, front, load_study, objectives_of, quiet_optuna, storage_failure,
                        storage_inputs, top_trials, trained_trial, trial_row)
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class Best:
     reproduced: dict[str, Any] | None = None  # the best trial trained again as in the search
     export: dict[str, Any] | None = None
     objectives: tuple[str, ...] = ("accuracy",)  # several: `rows` is the Pareto front, most accurate first
+    tally: dict[str, int] = field(default_factory=dict)  # trained and rejected apart (`study.count_trials`)
 
 
 def best(
@@ -91,7 +92,8 @@ def best(
         trials = [trained_trial(study, trial)]
     else:
         trials = front(study)[:top] if len(objectives) > 1 else top_trials(study, top or 5)
-    result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials], objectives=objectives)
+    result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials], objectives=objectives,
+                  tally=count_trials(study.trials))
     if export is None and not retrain_epochs:
         return result
     if trial is None and len(objectives) > 1:
@@ -201,7 +203,7 @@ def _train_fixed(space_path: str | Path, epochs: int | None, dataset: str | None
     data = prepare_final_data(ds, dev)
     epochs = epochs or space.epochs
     on_event(TrainingStarted(None, 1, 1, epochs, spec.describe(), ds.name, len(data.train), len(data.test), str(dev)))
-    model, history = train_spec(spec, data, epochs, seed, dev, on_event)
+    model, history = train_spec(spec, data, epochs, seed, dev, on_event, on_batch=on_event)
     metrics = {"epochs": epochs, "seed": seed} | describe_model(model, spec, ds) | score_on_test(model, data.test, ds.classes)
     metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
     if export is not None:
@@ -241,7 +243,7 @@ def retrain_trial(
     if on_event:
         on_event(TrainingStarted(trial.number, index, count, epochs, spec.describe(), ds.name, len(data.train),
                                  len(data.held_out), str(device)))
-    model, history = train_spec(spec, data, epochs, seed, device, on_event, deadline)
+    model, history = train_spec(spec, data, epochs, seed, device, on_event, deadline, on_batch=on_event)
     test = data.test if retrain_epochs else test_split(ds).to(device)
     reproduced = {} if retrain_epochs else {"reproduced_val_accuracy": history[-1].val_acc}  # should equal the trial's
     metrics = reproduced | {

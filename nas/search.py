@@ -36,7 +36,7 @@ from nas.objective import Objective
 from nas.pipeline import prepare_search_data
 from nas.autospace import default_space
 from nas.space import Space, baseline_params, load_space, parse_space
-from nas.train import EpochRecord, TimeUp, pick_device
+from nas.train import BatchRecord, EpochRecord, TimeUp, pick_device
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -53,9 +53,10 @@ RECHECK = 10.0  # seconds between looks at the machine's load, before a trial
 class Interrupted(KeyboardInterrupt):
     """A search stopped by a signal; `status` is the conventional exit status, 128 + its number."""
 
-    def __init__(self, signum: int, n_done: int = 0):
+    def __init__(self, signum: int, n_done: int = 0, best: list[dict[str, Any]] | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.n_done = signum, n_done
+        self.best = best or []  # the study's best trials (or front) as it was left, for the table said at the end
 
     @property
     def status(self) -> int:
@@ -118,6 +119,15 @@ class EpochDone:
 
 
 @dataclass(frozen=True)
+class BatchDone:
+    """Event: a worker's trial is training; about one a second per worker (`train.fit`'s `batch_every`)."""
+
+    worker: int
+    trial: int
+    record: BatchRecord
+
+
+@dataclass(frozen=True)
 class TrialDone:
     """Event: a worker's trial ended (its row: state, value, reason, ...)."""
 
@@ -133,7 +143,7 @@ class WorkerFailed:
     message: str
 
 
-Event = Started | EpochDone | TrialDone | WorkerFailed
+Event = Started | EpochDone | BatchDone | TrialDone | WorkerFailed
 
 
 @dataclass
@@ -150,6 +160,7 @@ class Outcome:
     gave_up: str | None = None  # why the run stopped early: the space kept giving nets that cannot train
     objectives: tuple[str, ...] = ("accuracy",)  # several: `best` is the Pareto front
     built_in: bool = False  # the space searched is nas's own (no --space): advice must not send the user to edit it
+    tally: dict[str, int] = field(default_factory=dict)  # the study's trials, trained and rejected apart (`study.count_trials`)
     dataset: Dataset | None = field(default=None, repr=False)  # what was searched: `nas run` retrains on it
 
     @property
@@ -201,7 +212,7 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     studies.quiet_optuna()  # progress and each trial's fate arrive as events
     deadline = None if job.timeout is None else (job.started or time.monotonic()) + job.timeout  # so does reading the data
     rows: list[dict[str, Any]] = []
-    study = None
+    study = space = None
     with signals_interrupt():
         try:
             study, space, ds, job, devices = _open(job)
@@ -209,13 +220,13 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
         except Interrupted as e:
             if study is not None:
                 _record_interrupted(study)
-            raise Interrupted(e.signum, n_trained(rows)) from None
+            raise Interrupted(e.signum, n_trained(rows), _best_rows(study, space) if study is not None else None) from None
         except Exception as e:
             cause = studies.storage_failure(e)
             if cause is None:
                 raise
             raise studies.StudyError(
-                f"the study storage {job.storage} stopped accepting writes ({cause}) after {len(rows)} trials of "
+                f"the study storage {job.storage} stopped accepting writes ({cause}) after {names.counted(len(rows), 'trial')} of "
                 "this run; those are saved. Fix the storage (free space, permissions, the server) and run the same "
                 "command again to go on: a trial left running is failed then and its parameters run again."
             ) from e
@@ -290,13 +301,22 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     else:
         failed = _run_workers(study, space, ds, job, devices, threads.n, count, deadline)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
-    several = len(space.objectives) > 1
-    try:  # the completed trials, or while there are none those stopped at the time limit (`study.top_trials`)
-        best = [studies.trial_row(t) for t in (studies.front(study) if several else studies.top_trials(study, 5))]
-    except studies.StudyError:
-        best = []
-    return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))}, best, n_workers,
-                   rows, failed, gave_up, space.objectives, job.space is None, ds)
+    return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))},
+                   _best_rows(study, space), n_workers, rows, failed, gave_up, space.objectives, job.space is None,
+                   studies.count_trials(study.get_trials(deepcopy=False)), ds)
+
+
+def _best_rows(study: Study, space: Space | None) -> list[dict[str, Any]]:
+    """The study's front, or its 5 best completed trials (while there are none, those stopped at the time
+    limit: `study.top_trials`); none when there is nothing to rank or the storage cannot say."""
+    try:
+        if space is not None and len(space.objectives) > 1:
+            return [studies.trial_row(t) for t in studies.front(study)]
+        return [studies.trial_row(t) for t in studies.top_trials(study, 5)]
+    except Exception as e:  # after a signal the storage may be gone too: the table is a courtesy then
+        if isinstance(e, studies.StudyError) or studies.storage_failure(e) is not None:
+            return []
+        raise
 
 
 def resume_command(argv: list[str], n_left: int) -> str:
@@ -319,8 +339,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
     objective = Objective(space, prepared, job.epochs, device, job.seed,
                           on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
-                          pareto=job.pruner == "pareto", deadline=deadline,
-                          grace=job.trial_grace)
+                          pareto=job.pruner == "pareto", deadline=deadline, grace=job.trial_grace,
+                          on_batch=lambda number, record: (checkpoint(), on_event(BatchDone(worker, number, record))))
 
     def on_trial(row: dict[str, Any]) -> None:
         on_event(TrialDone(worker, row))

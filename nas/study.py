@@ -578,7 +578,19 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "arch": a.get("arch"),
         "reason": a.get("reason"),
         "rejected": bool(a.get("rejected")),
+        "baseline": "fixed_params" in t.system_attrs,  # enqueued from the space's `baselines:`
     }
+
+
+def count_trials(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """How many of `trials` were trained (then completed, pruned or failed), are running or waiting, and how
+    many nets were rejected before training (they use up trial numbers but never trained)."""
+    rejected = sum(bool(t.user_attrs.get("rejected")) for t in trials)
+    states = [t.state for t in trials if not t.user_attrs.get("rejected")]
+    counts = {"complete": states.count(State.COMPLETE), "pruned": states.count(State.PRUNED),
+              "failed": states.count(State.FAIL), "running": states.count(State.RUNNING),
+              "waiting": states.count(State.WAITING), "rejected": rejected}
+    return counts | {"trained": counts["complete"] + counts["pruned"] + counts["failed"]}
 
 
 def storage_failure(error: BaseException) -> str | None:

@@ -60,6 +60,17 @@ class EpochRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class BatchRecord:
+    """Progress inside an epoch: `batch` of its `n_batches` trained, at `images_per_s` since the epoch began
+    (timed on the host: no wait on the device is added for it)."""
+
+    epoch: int
+    batch: int
+    n_batches: int
+    images_per_s: float
+
+
 class DeviceError(NasError):
     """A device that this machine does not have."""
 
@@ -145,28 +156,28 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     deadline: float | None = None,
     shrink: bool = False,
+    on_batch: Callable[[BatchRecord], None] | None = None, batch_every: float = 1.0,
 ) -> list[EpochRecord]:
-    """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does).
+    """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does);
+    `on_batch` hears of the batches at most once every `batch_every` seconds, and after an epoch's last.
 
     `precision`: `auto` is bf16 autocast on CUDA and fp32 elsewhere; `bf16` or `fp32` force it.
     `deadline` (a `time.monotonic()` time): past it, between two batches, raise `TimeUp`. With `shrink`, the
     epochs are cut after the first to those that fit before it at its pace (`epochs_within`), the learning
-    rate schedule laid out again over them; the caller sees fewer records.
-    """
+    rate schedule laid out again over them; the caller sees fewer records."""
     device = next(model.parameters()).device
     dtype = _prepare(model, device, precision)
-    opt = make_optimizer(model, recipe)
-    per_epoch = math.ceil(len(train.y) / recipe.batch_size)
+    opt, per_epoch = make_optimizer(model, recipe), math.ceil(len(train.y) / recipe.batch_size)
     make_schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")
     schedule = make_schedule(opt, epochs * per_epoch)
     shuffle = torch.Generator(device=device).manual_seed(seed)
-    history: list[EpochRecord] = []
-    epoch = 0
+    history, epoch = [], 0  # the records so far, and the epoch in progress
     while epoch < epochs:
         epoch, start = epoch + 1, time.perf_counter()
         try:
+            batches = _batch_reporter(on_batch, batch_every, epoch, per_epoch, len(train.y))
             loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
-                                              schedule, recipe.label_smoothing, deadline)
+                                              schedule, recipe.label_smoothing, deadline, batches)
         except TimeUp:
             raise TimeUp(history) from None
         val_acc = evaluate(model, val, dtype)
@@ -183,6 +194,23 @@ def fit(
             if epoch < epochs and time.monotonic() >= deadline:
                 raise TimeUp(history)
     return history
+
+
+def _batch_reporter(on_batch: Callable[[BatchRecord], None] | None, every: float, epoch: int, n_batches: int,
+                    n_images: int) -> Callable[[int], None] | None:
+    """What `train_one_epoch` calls after each batch: a clock read, and `on_batch` once `every` seconds passed."""
+    if on_batch is None:
+        return None
+    start = last = time.monotonic()
+
+    def done(batch: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every or batch == n_batches:
+            last = now
+            on_batch(BatchRecord(epoch, batch, n_batches, n_images * batch / n_batches / max(now - start, 1e-9)))
+
+    return done
 
 
 def epochs_within(first_epoch: float, seconds_left: float, planned: int) -> int:
@@ -218,9 +246,11 @@ def train_one_epoch(
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     label_smoothing: float = 0.0,
     deadline: float | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over `data` in shuffled batches, stepping `schedule` after each; returns (mean loss,
-    accuracy) read once at the end. Past `deadline` (monotonic), raise `TimeUp` between two batches."""
+    accuracy) read once at the end. Past `deadline` (monotonic), raise `TimeUp` between two batches.
+    `on_batch(k)` is called after the k-th batch (1-based), with nothing read from the device."""
     model.train()
     n = len(data.y)
     order = torch.randperm(n, device=data.x.device, generator=shuffle)
@@ -242,6 +272,8 @@ def train_one_epoch(
             schedule.step()
         total_loss += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
+        if on_batch is not None:
+            on_batch(i // batch_size + 1)
     return total_loss.item() / n, correct.item() / n
 
 

@@ -1,6 +1,7 @@
 """Every command end to end through Typer's CliRunner, on tiny real-format data and a real SQLite study."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 import nas
 from nas.cli import app
 from nas.data import load_dataset
+from nas.names import counted
 from nas.space import baseline_params, load_space
 
 SPACES = Path(__file__).parent.parent / "nas" / "spaces"
@@ -71,9 +73,9 @@ def test_search_resume_best_export_load_and_train(tmp_path, tiny_space, idx_dir)
     db = f"sqlite:///{tmp_path}/nas.db"
     common = ["--storage", db, "--data-dir", idx_dir]
     out = squash(nas_cli("search", "--space", tiny_space, "--trials", 3, *common).output)
-    assert "3 trials in study 'tiny'" in out and "val acc" in out
+    assert "3 trained trials" in out and "in study 'tiny'" in out and "val acc" in out
     out = squash(nas_cli("search", "--space", tiny_space, "--trials", 2, *common).output)
-    assert "3 finished trials so far" in out and "5 trials in study 'tiny'" in out
+    assert "3 finished trials so far" in out and "5 trained trials" in out
     study = optuna.load_study(study_name="tiny", storage=db)
     assert len(study.trials) == 5 and len({t.number for t in study.trials}) == 5
 
@@ -165,7 +167,7 @@ def test_best_retrains_the_top_k_and_ranks_them_on_test(finished_study, idx_dir)
     for r in retrained:
         assert r["gap"] == pytest.approx(r["test_accuracy"] - r["val_accuracy"]) and r["epochs"] == 1
     text = squash(nas_cli("best", "--storage", db, "--top", 2, "--retrain-epochs", 1, "--data-dir", idx_dir).output)
-    assert "top 2 retrained on train+val for 1 epochs, ranked by test accuracy" in text and "test − val" in text
+    assert "top 2 retrained on train+val for 1 epoch, ranked by test accuracy" in text and "test − val" in text
 
 
 def test_an_image_folder_dataset_works_end_to_end(tmp_path, tiny_space):
@@ -262,7 +264,8 @@ def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_pat
     text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "30s", "--storage", db, "--export", out,
                           "--report", page, "--quiet").output)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert f"for {metrics['epochs']} epochs (measured" in text and metrics["retrained_on_train_and_val"]
+    assert f"for {counted(metrics['epochs'], 'epoch')} (measured" in text and metrics["retrained_on_train_and_val"]
+    assert re.search(r"best 1 of [1-9][0-9]* trained trials? .*in 'auto-fashion-mnist'", text), text
     assert page.stat().st_size > 0 and ("searched_arch" in metrics) == ("its width" in text or "augmentation" in text)
     assert nas.load_model(out)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
@@ -316,3 +319,49 @@ def test_the_banner_says_how_many_threads_and_why(tmp_path, idx_dir, monkeypatch
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and "1 torch thread (OMP_NUM_THREADS)" in " ".join(result.output.split())
     assert torch.get_num_threads() == 1
+
+
+def test_counts_say_one_in_the_singular_and_others_in_the_plural():
+    assert [counted(n, "trial") for n in (0, 1, 2, 1500)] == ["0 trials", "1 trial", "2 trials", "1,500 trials"]
+    assert counted(1, "class", "classes") == "1 class" and counted(3, "class", "classes") == "3 classes"
+
+
+def test_rejected_nets_are_counted_apart_from_trained_trials_and_baselines_are_marked():
+    from nas.cli import _tally
+    from nas.study import count_trials, trial_row
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"x": 0.5})
+    for i, (state, rejected) in enumerate([("complete", False), ("pruned", True), ("pruned", True),
+                                           ("pruned", False), ("complete", False)]):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("rejected", rejected)
+        study.tell(trial, 0.5 if state == "complete" else None,
+                   state=optuna.trial.TrialState.PRUNED if state == "pruned" else None)
+    tally = count_trials(study.trials)
+    assert tally == {"complete": 2, "pruned": 1, "failed": 0, "running": 0, "waiting": 0, "rejected": 2, "trained": 3}
+    assert _tally(tally) == "3 trained trials (1 pruned; 2 nets rejected before training)"
+    assert _tally(count_trials(study.trials[:1])) == "1 trained trial"
+    assert _tally(count_trials(study.trials[1:2])) == "0 trained trials (1 net rejected before training)"
+    assert [trial_row(t)["baseline"] for t in study.trials] == [True, False, False, False, False]
+
+
+def test_best_says_how_many_of_the_trained_trials_it_shows_and_the_nets_rejected(tmp_path, idx_dir):
+    space = tmp_path / "s.yaml"  # blocks 3 of 5×5 convs do not fit 28×28: some nets are rejected
+    space.write_text("name: s\nbudget: {epochs: 1}\narchitecture: {blocks: {int: [1, 3]}, block: {channels: 2}, "
+                     "head: {layers: 1, units: 8}}\n")
+    db = f"sqlite:///{tmp_path}/s.db"
+    nas_cli("search", "--space", space, "--trials", 4, "--storage", db, "--data-dir", idx_dir, "--quiet")
+    study = optuna.load_study(study_name="s", storage=db)
+    n_rejected = sum(bool(t.user_attrs.get("rejected")) for t in study.trials)
+    out = squash(nas_cli("best", "--storage", db, "--top", 2).output)
+    rejected = f" ({n_rejected} net{'s' * (n_rejected != 1)} rejected before training)" if n_rejected else ""
+    assert f"best 2 of 4 trained trials{rejected} in 's'" in out, out
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
+def test_a_bad_log_interval_is_one_clear_error_before_any_study(tmp_path, tiny_space, value):
+    result = runner.invoke(app, ["search", "--space", str(tiny_space), "--storage", f"sqlite:///{tmp_path}/s.db"],
+                           env={"NAS_LOG_EVERY": value})
+    assert result.exit_code == 2 and f"NAS_LOG_EVERY='{value}'" in squash(result.output), result.output
+    assert not (tmp_path / "s.db").exists()

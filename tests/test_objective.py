@@ -157,3 +157,12 @@ def test_a_net_too_large_for_memory_is_refused_from_its_spec(prepared):
         assert t.user_attrs["n_params"] == 17_902_129_162 and "curve" not in t.user_attrs
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 1 << 20  # KiB: grew by under 1 GiB
     assert time.monotonic() - started < 60
+
+
+def test_the_objective_passes_batch_progress_on_with_the_trials_number(tiny_space, prepared):
+    heard = []
+    study = _study()
+    study.optimize(Objective(sp.load_space(tiny_space), prepared, epochs=2, device=CPU,
+                             on_batch=lambda number, record: heard.append((number, record.epoch, record.batch))),
+                   n_trials=2)
+    assert {n for n, _, _ in heard} == {0, 1} and {e for _, e, _ in heard} == {1, 2}  # each epoch's last batch at least

@@ -200,7 +200,7 @@ def hostile(tmp_path_factory) -> Path:
 
 
 def test_study_and_path_names_that_look_like_markup_are_printed_as_they_are(hostile):
-    for args, shown in ((["best", "--study", HOSTILE], f"best of 1 trials in '{HOSTILE}'"),
+    for args, shown in ((["best", "--study", HOSTILE], f"best 1 of 1 trained trial in '{HOSTILE}'"),
                         (["studies"], HOSTILE),
                         (["report", "--study", HOSTILE, "--out", "[/2024]r.html"], f"wrote [/2024]r.html (")):
         r = nas_here(*args, "--storage", "sqlite:///s.db", cwd=hostile)

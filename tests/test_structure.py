@@ -35,7 +35,7 @@ ALLOWED = {
     "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "system", "train"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
     "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "space", "spec", "study", "train"},  # search, then retrain and export
-    "report": {"files", "study"},
+    "report": {"files", "names", "study"},
     "export": {"errors", "files", "formats", "latency", "model", "search", "space", "spec", "system"},  # no Optuna
     "retrain": {"data", "export", "files", "model", "pipeline", "search", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)

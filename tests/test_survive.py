@@ -193,6 +193,7 @@ def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_comman
     assert code == 128 + signum and "Traceback" not in err, out + err
     saved = f"{n_done} finished trial{'s' * (n_done != 1)} of this run saved"
     assert f"interrupted by {signal.Signals(signum).name}: {saved}" in " ".join(err.split())
+    assert ("best of the study so far (1 trial)" in out) == (n_done == 1), out  # the table of what finished
     trial = optuna.load_study(study_name="a b;c", storage=db).trials[stopped.number]
     assert trial.state == State.FAIL and trial.user_attrs["reason"] == "interrupted"
     args = hint_of(err)
@@ -644,3 +645,26 @@ def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx
     assert not [t for t in trials if t.state == State.RUNNING]
     assert all(t.state != State.PRUNED or t.user_attrs["reason"].startswith(("pruned at epoch", "stopped at the time limit"))
                for t in trials)
+
+
+def test_a_search_piped_to_a_file_prints_a_whole_line_at_least_every_interval(tmp_path, long_space, idx_dir):
+    """Acceptance (issue 22): in a log, a status line comes every NAS_LOG_EVERY seconds (30 by default) while a
+    slow trial trains, and no line is cut at 80 columns. The gaps get a generous slack: a behaviour, not a speed."""
+    every, slack = 0.5, 3.0
+    args = ["search", "--space", long_space, "--storage", f"sqlite:///{tmp_path}/nas.db", "--data-dir", idx_dir,
+            "--trials", 1, "--pruner", "none", "--timeout", 8]
+    proc = subprocess.Popen([sys.executable, "-m", "nas.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"NAS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "NAS_LOG_EVERY": str(every),
+                                              "COLUMNS": "80"})
+    arrived = [(time.monotonic(), line.rstrip("\n")) for line in proc.stdout]  # read as each line comes
+    code, _, err = finish(proc)
+    lines = [line for _, line in arrived]
+    assert code == 0 and "Traceback" not in err, "\n".join(lines) + err
+    status = [line for line in lines if " elapsed · " in line]
+    assert len(status) >= 4 and any(re.search(r"#0 epoch \d+/150 batch \d+/\d+ · [\d,]+ img/s", s) for s in status), lines
+    started = next(line for line in lines if line.startswith("study "))
+    trial = next(line for line in lines if line.startswith("#0 "))
+    times = [t for t, _ in arrived[lines.index(started): lines.index(trial) + 1]]  # while the trial ran
+    assert max(b - a for a, b in zip(times, times[1:])) <= every + slack, (times, lines)
+    assert len(started) > 80 and started.endswith("150 epochs per trial"), lines  # whole: not wrapped at 80
+    assert len(trial) > 80 and "conv5x5:4" in trial and "stopped at the time limit after epoch" in trial, lines

@@ -138,3 +138,16 @@ def test_fit_stops_between_batches_at_its_deadline(idx_dir):
     with pytest.raises(TimeUp, match="stopped at the time limit in epoch 1") as e:
         fit(build_model(spec, (1, 28, 28), 10), train, val, spec.training, epochs=3, deadline=time.monotonic())
     assert e.value.history == []
+
+
+def test_fit_tells_progress_inside_each_epoch_at_most_as_often_as_asked(idx_dir):
+    spec = sp.sample(sp.parse_space(SMALL))
+    train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
+    every, seldom = [], []
+    fit(build_model(spec, (1, 28, 28), 10), train, val, spec.training, epochs=2, on_batch=every.append, batch_every=0)
+    n = -(-len(train.y) // 32)
+    assert [(r.epoch, r.batch) for r in every] == [(e, b) for e in (1, 2) for b in range(1, n + 1)]
+    assert all(r.n_batches == n and r.images_per_s > 0 for r in every)
+    fit(build_model(spec, (1, 28, 28), 10), train, val, spec.training, epochs=2, on_batch=seldom.append,
+        batch_every=3600)
+    assert [(r.epoch, r.batch) for r in seldom] == [(1, n), (2, n)]  # throttled: only each epoch's last batch
