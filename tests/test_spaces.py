@@ -56,7 +56,7 @@ def test_a_search_runs_a_bundled_space_by_name_in_another_folder(tmp_path, monke
     result = CliRunner().invoke(app, ["search", "--space", "seed_network", "--trials", "1", "--epochs", "1",
                                       "--data-dir", str(idx_dir), "--storage", "sqlite:///s.db", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "1 trial" in result.output and (tmp_path / "s.db").is_file()
+    assert "1 trained trial in study" in result.output and (tmp_path / "s.db").is_file()
 
 
 @pytest.mark.slow
