@@ -797,9 +797,8 @@ def _show_outcome(outcome: Any, json_out: bool) -> None:
 
 
 def _show_best(result: Any, retrain_epochs: int | None, export: Path | None) -> None:
-    shown = "Pareto front" if len(result.objectives) > 1 else "best"
-    title = (f"{shown} ({', '.join(result.objectives)})" if len(result.objectives) > 1 else shown) + (
-        f" {len(result.rows)} of {_tally(result.tally)} in {result.study!r}")
+    shown = f"Pareto front ({', '.join(result.objectives)}):" if len(result.objectives) > 1 else "best"
+    title = f"{shown} {len(result.rows)} of {_tally(result.tally)} in {result.study!r}"
     console.print(_trials_table(result.rows, title=_text(title)))
     if result.retrained:
         table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",

@@ -515,6 +515,7 @@ class _Watch:
             self.ended.add(i)
             self.drain(0)  # its own last words first
             retried = studies.fail_dead_workers_trials(self.study, ownerless_after=OWNERLESS_AFTER_DEATH)
+            retried = retried or _failed_for(self.study, p.pid)  # another worker may have seen it die first
             if i not in self.said:
                 message = f"worker {i} (pid {p.pid}) {_how_it_ended(p.exitcode)}" + (
                     f"; its trial {', '.join(f'#{r}' for r in retried)} failed and was queued to run again"
@@ -566,6 +567,12 @@ def _is_stopped(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
     except (OSError, IndexError):
         return False
+
+
+def _failed_for(study: Study, pid: int) -> list[int]:
+    """The trials recorded as failed because worker `pid` of this machine died (`study.fail_dead_workers_trials`)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(studies.State.FAIL,))
+            if (t.user_attrs.get("reason") or "").endswith(f":{pid} died")]
 
 
 def _how_it_ended(exitcode: int) -> str:

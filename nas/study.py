@@ -470,8 +470,10 @@ def run_trials(
                 after(study, mine)
             if not rows[-1]["rejected"]:
                 break
-            if not redraw or n_rejected == MAX_REJECTED_IN_A_ROW or (deadline and time.monotonic() >= deadline):
+            if not redraw or n_rejected == MAX_REJECTED_IN_A_ROW:
                 raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw, built_in))
+            if deadline and time.monotonic() >= deadline:
+                return  # out of time while drawing: a few rejected nets say nothing of the space
 
 
 def _my_last_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
