@@ -36,9 +36,10 @@ SEARCH_SHARE = 0.5  # of the budget; the rest retrains the best net, exports it 
 WIDTHS = (2.0, 1.5)  # the final net's channels over its trial's, tried before 1 (built-in space only)
 MIN_WIDE_EPOCHS = 15  # a wider final net only when it still trains this many epochs
 RETRAIN_AUGMENT = "crop"  # for a final net whose trial had none: its many epochs overfit without it
-END_MARGIN = 0.9  # of the time left that the retrain plans to use: its timing and slack need the rest
-FINISH_RESERVE = 8.0  # seconds (at most FINISH_SHARE of the budget) kept for the export and the report: exporting a
-# small net took 10.7 s (the first ONNX export in a process), the report 0.7 s, on a busy 2-core machine
+END_MARGIN = 0.95  # of the time left after timing its pace that the retrain plans to use (it looks again after
+# its first epoch and cuts the rest if slow)
+FINISH_RESERVE = 5.0  # seconds (at most FINISH_SHARE of the budget) kept for the export and the report: 1-3 s for a
+# small net's export (the TorchScript-based ONNX exporter), the report 0.7 s, on a busy 2-core machine
 FINISH_SHARE = 0.3
 TRIAL_GRACE_SHARE = 0.15  # of the budget: while no trial has completed, one training at the search's end may
 # finish in it (a first trial pays for warming up; one cut short leaves nothing to retrain)
@@ -197,7 +198,9 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
     augment = RETRAIN_AUGMENT if built_in and spec.training.augment == "none" else None
     spec = replace(spec, training=replace(spec.training, augment=augment or spec.training.augment))
     sample = 512 if seconds < SHORT_RETRAIN else 2048  # a short retrain cannot pay seconds for a finer timing
+    began = time.monotonic()
     train_s, score_s = pipeline.epoch_pace(spec, final, device, sample)
+    seconds -= time.monotonic() - began  # the timing is paid from the same time
     per_epoch = train_s + score_s
     flops = pipeline.assess(spec, final.input_shape, final.n_classes, device)[0].flops
     for width in WIDTHS if built_in else ():
@@ -205,7 +208,9 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
         info, too_large, _ = pipeline.assess(wide, final.input_shape, final.n_classes, device)
         if too_large or per_epoch * info.flops / flops * MIN_WIDE_EPOCHS > 1.5 * seconds:
             continue  # more memory than the device has, or far too slow by its FLOPs: not worth timing
+        began = time.monotonic()
         wide_epoch = pipeline.seconds_per_epoch(wide, final, device, sample)
+        seconds -= time.monotonic() - began
         if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
             return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)
     fits = seconds / per_epoch
