@@ -38,8 +38,8 @@ MIN_WIDE_EPOCHS = 15  # a wider final net only when it still trains this many ep
 RETRAIN_AUGMENT = "crop"  # for a final net whose trial had none: its many epochs overfit without it
 END_MARGIN = 0.95  # of the time left after timing its pace that the retrain plans to use (it looks again after
 # its first epoch and cuts the rest if slow)
-FINISH_RESERVE = 5.0  # seconds (at most FINISH_SHARE of the budget) kept for the export and the report: 1-3 s for a
-# small net's export (the TorchScript-based ONNX exporter), the report 0.7 s, on a busy 2-core machine
+FINISH_RESERVE = 8.0  # seconds (at most FINISH_SHARE of the budget) kept for scoring the test set, the export and
+# the report: with 5, `--budget 2m` beside a 2-core load ran 13% over (docs/benchmarks.md); with 8, 3.5%
 FINISH_SHARE = 0.3
 TRIAL_GRACE_SHARE = 0.15  # of the budget: while no trial has completed, one training at the search's end may
 # finish in it (a first trial pays for warming up; one cut short leaves nothing to retrain)
