@@ -14,8 +14,8 @@ few seconds later (frozen, stopped) is stopped by the parent and its trial recor
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import select
 import shlex
 import signal
@@ -24,7 +24,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
@@ -47,6 +49,7 @@ STOP_GRACE = 30  # seconds a worker has to record its trial after a signal, befo
 DEADLINE_GRACE = 5  # seconds past --timeout a worker has to record its trial, then as many after a SIGTERM
 OWNERLESS_AFTER_DEATH = 1.0  # seconds: a running trial with no worker named, once a worker is known dead
 MAX_WORKERS_PER_CORE = 4
+MAX_TICKETS = 2**31 - 1  # a semaphore's largest count (Linux's SEM_VALUE_MAX): more trials than anyone runs
 RECHECK = 10.0  # seconds between looks at the machine's load, before a trial
 
 
@@ -372,11 +375,7 @@ def _fitting_threads(take: Callable[[], bool], job: SearchJob) -> Callable[[], b
 
 def _take(tickets: Any) -> bool:
     """Take one of the trials left to the workers; False when none is."""
-    with tickets.get_lock():
-        if tickets.value <= 0:
-            return False
-        tickets.value -= 1
-        return True
+    return tickets.acquire(block=False)
 
 
 def _record_interrupted(study: Study) -> None:
@@ -452,14 +451,18 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
         ctx.set_forkserver_preload([__name__, "torch._dynamo"])
     else:  # Windows
         ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
-    tickets = ctx.Value("i", job.trials)
-    procs = [ctx.Process(target=_worker, args=(replace(job, device=d, workers=len(devices)), space, i, threads, ds, events, os.getpid(),
-                                               tickets, deadline), name=f"nas-worker-{i}", daemon=True)
-             for i, d in enumerate(devices)]
-    for p in procs:
+    # Nothing the workers share may be held by one of them: a worker killed or stopped (SIGSTOP) while
+    # holding a lock would stall the others for ever. So each worker sends its events down its own pipe
+    # (one write per event, atomic at these sizes) and takes trials from a semaphore (one atomic step).
+    tickets = ctx.Semaphore(min(job.trials, MAX_TICKETS))
+    pipes = [ctx.Pipe(duplex=False) for _ in devices]
+    procs = [ctx.Process(target=_worker, args=(replace(job, device=d, workers=len(devices)), space, i, threads, ds, send,
+                                               os.getpid(), tickets, deadline), name=f"nas-worker-{i}", daemon=True)
+             for i, (d, (_, send)) in enumerate(zip(devices, pipes))]
+    for p, (_, send) in zip(procs, pipes):
         p.start()
-    watch = _Watch(study, procs, events, on_event)
+        send.close()  # the worker's end: once the worker is gone, its pipe reads as ended
+    watch = _Watch(study, procs, [receive for receive, _ in pipes], on_event)
     try:
         while any(p.is_alive() for p in procs):
             watch.drain(0.2)
@@ -487,24 +490,29 @@ def _run_workers(study: Study, space: Space, ds: Dataset, job: SearchJob, device
 class _Watch:
     """What the parent of the workers knows of them: their events, which ended early, and why."""
 
-    def __init__(self, study: Study, procs: list[Any], events: Any, on_event: Callable[[Event], None]):
-        self.study, self.procs, self.events, self.on_event = study, procs, events, on_event
+    def __init__(self, study: Study, procs: list[Any], pipes: list[Any], on_event: Callable[[Event], None]):
+        self.study, self.procs, self.pipes, self.on_event = study, procs, pipes, on_event
         self.failed: list[str] = []
         self.said: set[int] = set()  # workers that reported their own error
         self.ended: set[int] = set()  # workers whose end has been dealt with
         self.stopped: set[int] = set()  # workers seen stopped, and told of
 
     def drain(self, wait: float) -> None:
-        try:
-            event = self.events.get(timeout=wait)
-            while True:
+        """Pass on the events the workers have sent, waiting up to `wait` seconds for the first."""
+        ready = multiprocessing.connection.wait(self.pipes, timeout=wait)
+        while ready:
+            for pipe in ready:
+                try:
+                    event = pipe.recv()
+                except (EOFError, OSError):  # its worker is gone (a message cut short by a kill included)
+                    self.pipes.remove(pipe)
+                    pipe.close()
+                    continue
                 if isinstance(event, WorkerFailed):
                     self.said.add(event.worker)
                     self.failed.append(event.message)
                 self.on_event(event)
-                event = self.events.get_nowait()
-        except queue.Empty:
-            pass
+            ready = multiprocessing.connection.wait(self.pipes, timeout=0)
 
     def note_ended(self) -> None:
         """Fail and queue again at once the trial of a worker that died (its process is known to be gone:
@@ -583,13 +591,13 @@ def _how_it_ended(exitcode: int) -> str:
     return f"stopped with exit status {exitcode}"
 
 
-def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: Dataset, events: Any,
+def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: Dataset, events: Connection,
             parent: int, tickets: Any, deadline: float | None) -> None:
     """One worker process: join the study and run trials while any are left, sending events to the parent."""
     _die_with_parent(parent)
     if threads:
         torch.set_num_threads(threads)
-    put = events.put
+    put = partial(_send, events)
     study = None
     try:
         with signals_interrupt():
@@ -613,6 +621,14 @@ def _worker(job: SearchJob, space: Space, worker: int, threads: int | None, ds: 
                 "or end it)" if "locked" in cause else "")
         put(WorkerFailed(worker, f"worker {worker}: the study storage stopped accepting writes ({cause}){held}"))
         sys.exit(1)
+
+
+def _send(pipe: Connection, event: Event) -> None:
+    """Send `event` to the parent; if it is gone there is no one to tell (its SIGTERM follows: `_die_with_parent`)."""
+    try:
+        pipe.send(event)
+    except BrokenPipeError:
+        pass
 
 
 def _die_with_parent(parent: int) -> None:

@@ -285,7 +285,6 @@ def test_a_signal_to_the_parent_ends_every_worker_and_no_trial_is_left_running(t
     assert all(t.user_attrs["reason"] == "interrupted" for t in trials), said  # each worker recorded its own trial
 
 
-@pytest.mark.skip(reason="flaky in a fresh-clone CI on 2026-12-02 (1 of 5 full runs): the surviving worker slept with its trial unfinished (a lock left by the stopped or frozen worker?); see the stop note")
 def test_a_worker_stopped_by_sigterm_is_reported_and_the_other_finishes(tmp_path, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "medium.yaml"
@@ -522,7 +521,6 @@ def test_a_timeout_stops_a_trial_still_training_and_records_it_with_its_value(tm
     assert len(trials[0].user_attrs["curve"]) == int(trials[0].user_attrs["reason"].split()[-1])
 
 
-@pytest.mark.skip(reason="flaky in a fresh-clone CI on 2026-12-02 (1 of 5 full runs): the surviving worker slept with its trial unfinished (a lock left by the stopped or frozen worker?); see the stop note")
 def test_a_timeout_bounds_a_run_whose_worker_is_frozen(tmp_path, idx_dir):
     """A worker frozen by SIGSTOP (maybe holding SQLite's write lock) is stopped by the parent at the time
     limit; the other's trial stops there with its value: exit 0, nothing RUNNING, no traceback."""
