@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from nas import data, names, pipeline, report as reporting, retrain, search as searching, study as studies
+from nas.signals import Interrupted, checkpoint, signals_interrupt
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target, check_not_input
 from nas.space import load_space
@@ -60,7 +61,7 @@ class RunJob:
     report: Path | None = None
 
 
-class RunInterrupted(searching.Interrupted):
+class RunInterrupted(Interrupted):
     """`nas run` stopped by a signal after its search; `exported` is the export folder written in full before
     it came (None if none was), so that the user is told what is done and what is left."""
 
@@ -109,15 +110,15 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
         raise NasError(f"no trial of study {outcome.study!r} completed within the search's "
                        f"{_duration(SEARCH_SHARE * job.budget)} (half the --budget); give a larger --budget.")
     exported = None
-    with searching.signals_interrupt():  # a signal in the retrain ends it as one in the search does
+    with signals_interrupt():  # a signal in the retrain ends it as one in the search does
         try:
             best, plan, cut = _retrain(job, outcome, start + job.budget - min(FINISH_RESERVE, FINISH_SHARE * job.budget),
-                                       lambda e: (searching.checkpoint(), on_event(e)))
+                                       lambda e: (checkpoint(), on_event(e)))
             exported = job.export
-            searching.checkpoint()  # one that came while the export was recorded in the study stops here
+            checkpoint()  # one that came while the export was recorded in the study stops here
             summary = (reporting.write_report(outcome.study, job.search.storage, job.report, "--report")
                        if job.report else None)
-        except searching.Interrupted as e:
+        except Interrupted as e:
             raise RunInterrupted(e.signum, outcome.n_trained, outcome.study, exported) from None
     return RunOutcome(outcome, best, plan, summary, time.monotonic() - start, cut)
 

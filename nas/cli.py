@@ -194,8 +194,8 @@ def _interrupts(export: Path | None) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as e:
-        searching = sys.modules.get("nas.search")  # not imported (`nas best` that only lists): nothing to stop
-        if searching is None or not isinstance(e, searching.Interrupted):
+        signals = sys.modules.get("nas.signals")  # not imported (`nas best` that only lists): nothing to stop
+        if signals is None or not isinstance(e, signals.Interrupted):
             raise
         said = f"; nothing was written to {export}" if export is not None else ""
         err_console.print(escape(f"interrupted by {e}{said}."), highlight=False, soft_wrap=True)
@@ -225,6 +225,7 @@ def search(
     started = time.monotonic()  # --timeout counts from here: importing torch takes seconds too
     with _user_errors():
         from nas import search as searching
+        from nas.signals import Interrupted
         from nas.space import parse_objectives
 
         job = searching.SearchJob(
@@ -237,7 +238,7 @@ def search(
         try:
             with view.progress, view.ticker:
                 outcome = searching.run(job, view.show)
-        except searching.Interrupted as e:
+        except Interrupted as e:
             _show_interrupted(e, _given_options(ctx, "trials"), trials, json_out)
             raise typer.Exit(e.status) from None
         _show_outcome(outcome, json_out)
@@ -290,6 +291,7 @@ def run_cmd(
     started = time.monotonic()  # --budget counts from here: importing torch takes seconds too
     with _user_errors():
         from nas import autorun, search as searching
+        from nas.signals import Interrupted
 
         job = autorun.RunJob(searching.SearchJob(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
@@ -299,7 +301,7 @@ def run_cmd(
         try:
             with view.search.progress, view.ticker:
                 outcome = autorun.run(job, view.show)
-        except searching.Interrupted as e:
+        except Interrupted as e:
             err_console.print(escape(f"interrupted by {e}: {names.counted(e.n_done, 'finished trial')} of this run saved; "
                                      + _run_left(e, storage, report)), highlight=False, soft_wrap=True)
             raise typer.Exit(e.status) from None
@@ -589,9 +591,10 @@ class _SearchView:
 
     def show(self, event: Any) -> None:
         from nas import search as searching
+        from nas.workers import WorkerFailed
 
         handler = {searching.Started: self._started, searching.EpochDone: self._epoch, searching.BatchDone: self._batch,
-                   searching.TrialDone: self._trial, searching.WorkerFailed: self._worker_failed}[type(event)]
+                   searching.TrialDone: self._trial, WorkerFailed: self._worker_failed}[type(event)]
         handler(event)
 
     def _say(self, line: str) -> None:

@@ -54,7 +54,7 @@ def write_export(
     """
     import torch
 
-    from nas.search import checkpoint
+    from nas.signals import checkpoint
 
     check_export_target(out, force)
     tmp = new_folder_beside(out)

@@ -83,7 +83,7 @@ def best(
     """The study's top trials (`top`, default 5), or only trial number `trial`; with `retrain_epochs`,
     the top K (default 1) retrained on train+val and ranked by test accuracy; with `export`, the first of
     them (or the best trial trained again as in the search) written there. The export target, the
-    device and the dataset are checked before any training, which a signal stops (`search.Interrupted`). A study
+    device and the dataset are checked before any training, which a signal stops (`signals.Interrupted`). A study
     of several objectives has a Pareto front instead: its nets are listed (the first `top`), one exported by `trial`."""
     quiet_optuna()
     study = load_study(study_name, storage)
@@ -114,7 +114,7 @@ def _retrain_best(result: Best, study: optuna.Study, candidates: list[optuna.tri
                   force: bool, on_event: Callable[[Any], None] | None) -> None:
     """`best`'s training part: retrain `candidates`, rank them on test into `result`, export the first."""
     from nas.data import load_dataset
-    from nas.search import signals_interrupt
+    from nas.signals import signals_interrupt
     from nas.train import pick_device
 
     dev = pick_device(device)
@@ -145,8 +145,8 @@ def command_inputs(storage: str | None, space: Space | None, dataset: str | None
 
 
 def _stoppable(on_event: Callable[[Any], None] | None) -> Callable[[Any], None]:
-    """`on_event`, after raising a signal that came inside a storage transaction (see `search.checkpoint`)."""
-    from nas.search import checkpoint
+    """`on_event`, after raising a signal that came inside a storage transaction (see `signals.checkpoint`)."""
+    from nas.signals import checkpoint
 
     def event(e: Any) -> None:
         checkpoint()
@@ -176,7 +176,7 @@ def train_fixed(
     """Train the fixed architecture of a space file on the whole training set and score it on the test
     set (`nas train`); with `export`, write it there. Returns the metrics, with the per-epoch history.
     SIGINT, SIGTERM and SIGHUP stop it with `Interrupted`, nothing left behind."""
-    from nas.search import signals_interrupt
+    from nas.signals import signals_interrupt
 
     with signals_interrupt():
         return _train_fixed(space_path, epochs, dataset, data_dir, device, seed, export, force, _stoppable(on_event))

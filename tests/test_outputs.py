@@ -261,7 +261,7 @@ def test_a_signal_during_the_export_leaves_no_temporary_and_keeps_the_earlier_ex
 def test_an_error_that_a_signal_caused_inside_an_extension_is_the_signal(error, expected):
     """pybind11 turns an exception raised while a module initialises into `ImportError: initialization
     failed`: with a signal pending, that error is the signal; a NasError stays what it says."""
-    from nas.search import signals_interrupt
+    from nas.signals import signals_interrupt
 
     with pytest.raises(BaseException) as raised:
         with signals_interrupt():

@@ -32,12 +32,15 @@ ALLOWED = {
     "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
-    "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "space", "study", "system", "train"},
+    "signals": {"errors", "study"},  # signals -> Interrupted (study: whether a storage transaction is open)
+    "workers": {"errors", "signals", "study", "system", "train"},  # worker processes, whatever work they run
+    "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "signals", "space", "study", "system",
+               "train", "workers"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
-    "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "space", "spec", "study", "train"},  # search, then retrain and export
+    "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "signals", "space", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "names", "study"},
-    "export": {"errors", "files", "formats", "latency", "model", "search", "space", "spec", "system"},  # no Optuna
-    "retrain": {"data", "export", "files", "model", "pipeline", "search", "space", "spec", "study", "train"},
+    "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spec", "system"},  # no Optuna
+    "retrain": {"data", "export", "files", "model", "pipeline", "signals", "space", "spec", "study", "train"},
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
     "__init__": {"export"},
 }
@@ -46,7 +49,7 @@ HEAVY = {  # third-party libraries and the only modules that may import them
     "sqlalchemy": {"study"},
     "optuna_dashboard": {"report"},
     "plotly": {"report"},
-    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "preview", "export", "retrain",
+    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "workers", "preview", "export", "retrain",
               "autorun"},
     "onnxruntime": {"export", "latency"},
 }
