@@ -63,19 +63,18 @@ def check_count(n_workers: int | None) -> None:
 def run_workers(study: Study, devices: list[str], work: Work, n_trials: int, on_event: Callable[[Any], None],
                 late_after: float | None) -> list[str]:
     """Run `n_trials` trials of `study` in one worker process per device, each taking them one at a time
-    from a shared count; returns what stopped any of them early.
-
-    A worker that dies has its running trial failed and queued again at once; the others go on.
+    from a shared count; returns what stopped any of them early. A worker that dies has its running
+    trial failed and queued again at once; the others go on.
     A signal here stops every worker (each records its trial as interrupted) and re-raises. Each
     worker stops at its deadline by itself; one still there DEADLINE_GRACE past `late_after` (frozen,
     stopped) is stopped by this process, and its trial recorded as stopped at the time limit.
     """
     # A fork server that has imported torch once forks each worker, ready in a moment; a plain fork
     # would copy this process's torch and SQLite state, spawn would import torch again in every worker.
-    # torch's optimizers import torch._dynamo on first use (about a second): once, in the server.
+    # torch's optimizers import torch._dynamo on first use (about a second): once, in the server (and the work's module).
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([getattr(work, "func", work).__module__, "torch._dynamo"])  # the work's module
+        ctx.set_forkserver_preload([getattr(work, "func", work).__module__, "torch._dynamo"])
     else:  # Windows
         ctx = multiprocessing.get_context("spawn")
     # Nothing the workers share may be held by one of them: a worker killed or stopped (SIGSTOP) while
