@@ -57,8 +57,8 @@ def arm(name: str, tmp: str, args: argparse.Namespace, seed: int) -> dict:
         space = None if name == "default" else Path(tmp) / "cold.yaml"
         outcome, seconds = search(storage, args, seed, space=space, trials=1_000_000, timeout=args.minutes * 60,
                                   sampler="random" if name == "random" else "tpe")
-    best = retrain.best(outcome.study, storage, 1, None, args.retrain_epochs, device=args.device,
-                        dataset=args.dataset, data_dir=args.data_dir)
+    best = retrain.best(retrain.BestJob(outcome.study, storage, 1, retrain_epochs=args.retrain_epochs,
+                                        device=args.device, dataset=args.dataset, data_dir=args.data_dir))
     row = best.retrained[0]
     return {"arm": name, "seed": seed, "search_s": seconds, "trials": outcome.n_trained if name != "seeds" else 2,
             "val": row["val_accuracy"], "test": row["test_accuracy"], "params": row["n_params"], "arch": row["arch"]}

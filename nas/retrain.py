@@ -7,7 +7,7 @@ train, so `nas best` without --export or --retrain-epochs starts in a fraction o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -26,6 +26,36 @@ if TYPE_CHECKING:
 
     from nas.data import Dataset, Split
     from nas.train import EpochRecord
+
+
+@dataclass(frozen=True)
+class BestJob:
+    """What `nas best` was asked: which study and trials, and whether to retrain them, where, and export one."""
+
+    study: str | None  # None: the storage's newest
+    storage: str
+    top: int | None = None  # trials shown (default 5); with retrain_epochs, how many are retrained (default 1)
+    export: Path | None = None
+    retrain_epochs: int | None = None  # None: the best trial is trained again as in the search (for an export)
+    force: bool = False
+    dataset: str | None = None  # None: the study's own
+    data_dir: str | Path | None = None
+    device: str = "auto"
+    trial: int | None = None  # only this trial, by number
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What `nas train` was asked: a space file of constants, trained on the whole training set."""
+
+    space: Path
+    epochs: int | None = None  # None: the space's
+    dataset: str | None = None  # None: the space's
+    data_dir: str | Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    export: Path | None = None
+    force: bool = False
 
 
 @dataclass
@@ -67,68 +97,55 @@ class Best:
     tally: dict[str, int] = field(default_factory=dict)  # trained and rejected apart (`study.count_trials`)
 
 
-def best(
-    study_name: str | None,
-    storage: str,
-    top: int | None = None,
-    export: Path | None = None,
-    retrain_epochs: int | None = None,
-    force: bool = False,
-    dataset: str | None = None,
-    data_dir: str | Path | None = None,
-    device: str = "auto",
-    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
-    trial: int | None = None,
-) -> Best:
-    """The study's top trials (`top`, default 5), or only trial number `trial`; with `retrain_epochs`,
+def best(job: BestJob, on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None) -> Best:
+    """The study's top trials (`job.top`, default 5), or only trial number `job.trial`; with `retrain_epochs`,
     the top K (default 1) retrained on train+val and ranked by test accuracy; with `export`, the first of
     them (or the best trial trained again as in the search) written there. The export target, the
     device and the dataset are checked before any training, which a signal stops (`signals.Interrupted`). A study
     of several objectives has a Pareto front instead: its nets are listed (the first `top`), one exported by `trial`."""
     quiet_optuna()
-    study = load_study(study_name, storage)
+    study = load_study(job.study, job.storage)
     objectives = objectives_of(study)
-    if trial is not None:
-        trials = [trained_trial(study, trial)]
+    if job.trial is not None:
+        trials = [trained_trial(study, job.trial)]
     else:
-        trials = front(study)[:top] if len(objectives) > 1 else top_trials(study, top or 5)
+        trials = front(study)[:job.top] if len(objectives) > 1 else top_trials(study, job.top or 5)
     result = Best(study.study_name, len(study.trials), [trial_row(t) for t in trials], objectives=objectives,
                   tally=count_trials(study.trials))
-    if export is None and not retrain_epochs:
+    if job.export is None and not job.retrain_epochs:
         return result
-    if trial is None and len(objectives) > 1:
+    if job.trial is None and len(objectives) > 1:
         raise StudyError(f"study {study.study_name!r} was searched for {','.join(objectives)}, so it has a front of "
                          f"nets rather than one best: pick one with --trial N (its front: "
                          f"{', '.join(f'#{t.number}' for t in trials)}; `nas best` lists them).")
-    dataset = dataset or study.user_attrs["data"]["dataset"]
-    if export is not None:
-        check_export_target(export, force)
-        check_not_input(export, "--export", command_inputs(storage, None, dataset, data_dir))
-    candidates = trials[: top or 1] if retrain_epochs else trials[:1]
-    _retrain_best(result, study, candidates, dataset, data_dir, device, retrain_epochs, export, force, on_event)
+    job = replace(job, dataset=job.dataset or study.user_attrs["data"]["dataset"])
+    if job.export is not None:
+        check_export_target(job.export, job.force)
+        check_not_input(job.export, "--export", command_inputs(job.storage, None, job.dataset, job.data_dir))
+    candidates = trials[: job.top or 1] if job.retrain_epochs else trials[:1]
+    _retrain_best(result, study, candidates, job, on_event)
     return result
 
 
-def _retrain_best(result: Best, study: optuna.Study, candidates: list[optuna.trial.FrozenTrial], dataset: str,
-                  data_dir: str | Path | None, device: str, retrain_epochs: int | None, export: Path | None,
-                  force: bool, on_event: Callable[[Any], None] | None) -> None:
+def _retrain_best(result: Best, study: optuna.Study, candidates: list[optuna.trial.FrozenTrial], job: BestJob,
+                  on_event: Callable[[Any], None] | None) -> None:
     """`best`'s training part: retrain `candidates`, rank them on test into `result`, export the first."""
     from nas.data import load_dataset
     from nas.signals import signals_interrupt
     from nas.train import pick_device
 
-    dev = pick_device(device)
+    dev = pick_device(job.device)
     with signals_interrupt():
-        ds = load_dataset(dataset, data_dir)
-        trained = [retrain_trial(t, study, ds, dev, retrain_epochs, i, len(candidates), _stoppable(on_event))
+        ds = load_dataset(job.dataset, job.data_dir)
+        trained = [retrain_trial(t, study, ds, dev, job.retrain_epochs, i, len(candidates), _stoppable(on_event))
                    for i, t in enumerate(candidates, 1)]
         trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
-        if retrain_epochs:
+        if job.retrain_epochs:
             result.retrained = retrained_rows(trained)
         else:
             result.reproduced = trained[0].metrics
-        if export is not None:
-            result.export = export_trained(trained[0], export, study, force)
+        if job.export is not None:
+            result.export = export_trained(trained[0], job.export, study, job.force)
 
 
 def command_inputs(storage: str | None, space: Space | None, dataset: str | None,
@@ -162,52 +179,40 @@ def retrained_rows(trained: list[Trained]) -> list[dict[str, Any]]:
             for m in trained]
 
 
-def train_fixed(
-    space_path: str | Path,
-    epochs: int | None = None,
-    dataset: str | None = None,
-    data_dir: str | Path | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    export: Path | None = None,
-    force: bool = False,
-    on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
-) -> dict[str, Any]:
+def train_fixed(job: TrainJob, on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None) -> dict[str, Any]:
     """Train the fixed architecture of a space file on the whole training set and score it on the test
     set (`nas train`); with `export`, write it there. Returns the metrics, with the per-epoch history.
     SIGINT, SIGTERM and SIGHUP stop it with `Interrupted`, nothing left behind."""
     from nas.signals import signals_interrupt
 
     with signals_interrupt():
-        return _train_fixed(space_path, epochs, dataset, data_dir, device, seed, export, force, _stoppable(on_event))
+        return _train_fixed(job, _stoppable(on_event))
 
 
-def _train_fixed(space_path: str | Path, epochs: int | None, dataset: str | None, data_dir: str | Path | None,
-                 device: str, seed: int, export: Path | None, force: bool,
-                 on_event: Callable[[TrainingStarted | EpochRecord], None]) -> dict[str, Any]:
+def _train_fixed(job: TrainJob, on_event: Callable[[TrainingStarted | EpochRecord], None]) -> dict[str, Any]:
     from nas.data import load_dataset
     from nas.pipeline import assess, prepare_final_data, score_on_test, train_spec
     from nas.train import pick_device
 
-    space = load_space(space_path)
+    space = load_space(job.space)
     spec = sample(space)
-    dev = pick_device(device)
-    dataset = dataset or space.dataset
-    if export is not None:  # before the training, not after it
-        check_export_target(export, force)
-        check_not_input(export, "--export", command_inputs(None, space, dataset, data_dir))
-    ds = load_dataset(dataset, data_dir)
+    dev = pick_device(job.device)
+    dataset = job.dataset or space.dataset
+    if job.export is not None:  # before the training, not after it
+        check_export_target(job.export, job.force)
+        check_not_input(job.export, "--export", command_inputs(None, space, dataset, job.data_dir))
+    ds = load_dataset(dataset, job.data_dir)
     _, too_large, _ = assess(spec, ds.input_shape, ds.n_classes, dev, space.max_params, space.max_mflops)
     if too_large:
-        raise ExportError(f"{space_path}: the network is {too_large}; make it smaller (or raise the constraint).")
+        raise ExportError(f"{job.space}: the network is {too_large}; make it smaller (or raise the constraint).")
     data = prepare_final_data(ds, dev)
-    epochs = epochs or space.epochs
+    epochs = job.epochs or space.epochs
     on_event(TrainingStarted(None, 1, 1, epochs, spec.describe(), ds.name, len(data.train), len(data.test), str(dev)))
-    model, history = train_spec(spec, data, epochs, seed, dev, on_event, on_batch=on_event)
-    metrics = {"epochs": epochs, "seed": seed} | describe_model(model, spec, ds) | score_on_test(model, data.test, ds.classes)
+    model, history = train_spec(spec, data, epochs, job.seed, dev, on_event, on_batch=on_event)
+    metrics = {"epochs": epochs, "seed": job.seed} | describe_model(model, spec, ds) | score_on_test(model, data.test, ds.classes)
     metrics["seconds_per_epoch"] = sum(r.seconds for r in history) / len(history)
-    if export is not None:
-        metrics = write_export(export, model, spec, metrics | {"study": space.name}, data.test.x, force)
+    if job.export is not None:
+        metrics = write_export(job.export, model, spec, metrics | {"study": space.name}, data.test.x, job.force)
     return metrics | {"history": [r.to_dict() for r in history]}
 
 
