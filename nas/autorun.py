@@ -25,10 +25,10 @@ from typing import Any, Callable
 import torch
 
 from nas import data, names, pipeline, report as reporting, retrain, search as searching, study as studies
-from nas.signals import Interrupted, checkpoint, signals_interrupt
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target, check_not_input
-from nas.space import load_space
+from nas.signals import Interrupted, checkpoint, signals_interrupt
+from nas.space import Space, load_space
 from nas.spec import ArchSpec
 from nas.train import pick_device
 
@@ -98,9 +98,9 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     """Search for SEARCH_SHARE of the budget, retrain the best net in the time left, export it, write the report.
     Every target is checked before the search starts. A signal after the search raises `RunInterrupted`."""
     start = job.search.started or time.monotonic()  # the command's start: importing torch counts too
-    _check_targets(job)
+    space = _check_targets(job)
     outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget, started=start,
-                                    trial_grace=TRIAL_GRACE_SHARE * job.budget), on_event)
+                                    trial_grace=TRIAL_GRACE_SHARE * job.budget), on_event, space)
     if outcome.gave_up:  # the space gives no net that can be trained: more time would not help
         raise NasError(outcome.gave_up)
     if outcome.nothing_trained and not outcome.out_of_time:  # the budget is not what stopped them
@@ -127,9 +127,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
 
 
-def _check_targets(job: RunJob) -> None:
+def _check_targets(job: RunJob) -> Space | None:
     """Fail before the search if the space searches for a front, or if the export or the report cannot be
-    written where asked: not writable, or over what the run reads (the storage, the space, the dataset)."""
+    written where asked: not writable, or over what the run reads (the storage, the space, the dataset).
+    Returns the space file read (None: the built-in space), for the search to use as it is."""
     space = load_space(job.search.space) if job.search.space is not None else None
     if space is not None and len(space.objectives) > 1:
         where = job.search.space
@@ -145,25 +146,22 @@ def _check_targets(job: RunJob) -> None:
         export = [("the --export folder", job.export)] if job.export is not None else []
         check_file_target(job.report, "the report")
         check_not_input(job.report, "--report", inputs + export)
+    return space
 
 
 def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
              on_event: Callable[[Any], None]) -> tuple[retrain.Best, Plan, str | None]:
     """The search's best net, planned to end by `deadline` (monotonic), trained on the whole training set and
-    exported; and what was cut, if it ran slower than planned (its epochs are cut to end in time)."""
-    study = studies.load_study(outcome.study, job.search.storage)
+    exported; and what was cut, if it ran slower than planned (its epochs are cut to end in time). The study,
+    the space and the data are the search's own: the training set is copied to the device once."""
+    study, ds = outcome.opened, outcome.dataset
     trial = studies.top_trials(study, 1)[0]
     device = pick_device(job.search.device)
-    ds = outcome.dataset or data.load_dataset(study.user_attrs["data"]["dataset"] if job.search.dataset is None
-                                              else job.search.dataset, job.search.data_dir)
     final = pipeline.prepare_final_data(ds, device)
     plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), final, device,
-                        END_MARGIN * (deadline - time.monotonic()), built_in=job.search.space is None)
-    if plan.n_images:  # a seeded random part of the training set; the test set stays whole
-        keep = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:plan.n_images]
-        ds = replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+                        END_MARGIN * (deadline - time.monotonic()), built_in=outcome.built_in)
     trained = retrain.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
-                                    deadline=deadline)
+                                    deadline=deadline, prepared=_part(final, plan.n_images) if plan.n_images else final)
     if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
         raise NasError(f"the --budget left no time to retrain the best net (trial #{trial.number}, val accuracy "
                        f"{studies.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
@@ -178,6 +176,15 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
         cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images in each of its "
                f"{plan.epochs} epoch{'s' * (plan.epochs > 1)}, to fit the --budget" + (f"; {cut}" if cut else ""))
     return best, plan, cut
+
+
+def _part(final: pipeline.Prepared, n_images: int) -> pipeline.Prepared:
+    """A seeded random `n_images` of `final`'s training images, cut where they already are (on the device), with
+    their own normalisation; the test set stays whole."""
+    keep = torch.randperm(len(final.train), generator=torch.Generator().manual_seed(0))[:n_images]
+    train = data.Split(final.train.x[keep.to(final.train.x.device)], final.train.y[keep.to(final.train.y.device)])
+    mean, std = data.channel_stats(train.x)
+    return replace(final, train=train, mean=mean, std=std)
 
 
 def cut_message(ran: int, planned: int) -> str | None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from nas.data import Dataset, Split
+    from nas.pipeline import Prepared
     from nas.train import EpochRecord
 
 
@@ -227,12 +228,14 @@ def retrain_trial(
     on_event: Callable[[TrainingStarted | EpochRecord], None] | None = None,
     spec: ArchSpec | None = None,
     deadline: float | None = None,
+    prepared: Prepared | None = None,
 ) -> Trained:
     """Train `trial`'s network again and score it on the test set.
 
     With `retrain_epochs`, train on train+val for that many epochs, as `spec` if given (`nas run` may
     widen the trial's net), cut short to end by `deadline` (`train_spec`); without, repeat the trial's
-    own training (same split, seed and epochs) so the model is the one the search scored.
+    own training (same split, seed and epochs) so the model is the one the search scored. `prepared` is
+    the data for `retrain_epochs` already on `device` (`nas run` has it there to plan the retrain).
     """
     from nas.data import test_split
     from nas.pipeline import prepare_final_data, prepare_search_data, score_on_test, train_spec
@@ -241,7 +244,7 @@ def retrain_trial(
     spec = spec if spec is not None and retrain_epochs else searched
     seed, data_attrs = trial.user_attrs["seed"], study.user_attrs["data"]
     if retrain_epochs:
-        epochs, data = retrain_epochs, prepare_final_data(ds, device)
+        epochs, data = retrain_epochs, prepared or prepare_final_data(ds, device)
     else:
         epochs = trial.user_attrs["epochs"]
         data = prepare_search_data(ds, data_attrs["val_fraction"], data_attrs["split_seed"], device, data_attrs["subset"])

@@ -127,6 +127,8 @@ class Outcome:
     built_in: bool = False  # the space searched is nas's own (no --space): advice must not send the user to edit it
     tally: dict[str, int] = field(default_factory=dict)  # the study's trials, trained and rejected apart (`study.count_trials`)
     dataset: Dataset | None = field(default=None, repr=False)  # what was searched: `nas run` retrains on it
+    space: Space | None = field(default=None, repr=False)  # and in what space
+    opened: Study | None = field(default=None, repr=False)  # the study itself, still open: `nas run` reads its best
 
     @property
     def n_trained(self) -> int:
@@ -167,8 +169,9 @@ def n_trained(rows: list[dict[str, Any]]) -> int:
     return sum(not r["rejected"] for r in rows)
 
 
-def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
+def run(job: SearchJob, on_event: Callable[[Event], None], space: Space | None = None) -> Outcome:
     """Run `job.trials` more trials of the job's study (creating or resuming it); see the module doc.
+    `space` is `job.space` already loaded, if the caller has read it (`nas run` checks it first).
 
     Everything that can be refused is checked before the study is touched or any work starts: the
     space's baselines, the device, the storage's folder, the dataset. A signal at any point, reading
@@ -177,10 +180,10 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
     studies.quiet_optuna()  # progress and each trial's fate arrive as events
     deadline = None if job.timeout is None else (job.started or time.monotonic()) + job.timeout  # so does reading the data
     rows: list[dict[str, Any]] = []
-    study = space = None
+    study = None
     with signals_interrupt():
         try:
-            study, space, ds, job, devices = _open(job)
+            study, space, ds, job, devices = _open(job, space)
             return _search(study, space, ds, job, devices, rows, on_event, deadline)
         except Interrupted as e:
             if study is not None:
@@ -197,16 +200,16 @@ def run(job: SearchJob, on_event: Callable[[Event], None]) -> Outcome:
             ) from e
 
 
-def _open(job: SearchJob) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
-    """Read the space and the dataset, check the device and the storage, then create or resume the study.
-    Without a space file, the built-in space for the dataset (`autospace`) is searched."""
+def _open(job: SearchJob, space: Space | None) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
+    """Read the space (unless given) and the dataset, check the device and the storage, then create or resume
+    the study. Without a space file, the built-in space for the dataset (`autospace`) is searched."""
     workers.check_count(job.workers)
     devices = workers.worker_devices(job.device, min(job.workers or workers.auto_workers(job.device), job.trials))
     ds = None
     if job.space is None:
         ds = data.load_dataset(job.dataset or names.DEFAULT_DATASET, job.data_dir)
         space = dataset_space(job.dataset or names.DEFAULT_DATASET, ds, devices[0])
-    else:
+    elif space is None:
         space = load_space(job.space)
     space = replace(space, objectives=job.objectives or space.objectives)
     job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
@@ -267,7 +270,7 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))},
                    _best_rows(study, space), n_workers, rows, failed, gave_up, space.objectives, job.space is None,
-                   studies.count_trials(study.get_trials(deepcopy=False)), ds)
+                   studies.count_trials(study.get_trials(deepcopy=False)), ds, space, study)
 
 
 def _best_rows(study: Study, space: Space | None) -> list[dict[str, Any]]:

@@ -119,6 +119,32 @@ training:
 """
 
 
+class Calls(dict):
+    """How many times real functions were called (they still run): `calls.count("data", (data, "load_dataset"))`
+    counts under "data" the function bound as `load_dataset` in `data`; give each module that binds it (a name
+    imported with `from` is bound in each module that imports it)."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.monkeypatch = monkeypatch
+
+    def count(self, name: str, *where: tuple[object, str]) -> None:
+        fn = getattr(*where[0])
+
+        def counted(*args, **kwargs):
+            self[name] += 1
+            return fn(*args, **kwargs)
+
+        self[name] = 0
+        for owner, attr in where:
+            self.monkeypatch.setattr(owner, attr, counted)
+
+
+@pytest.fixture
+def calls(monkeypatch) -> Calls:
+    return Calls(monkeypatch)
+
+
 @pytest.fixture
 def tiny_space(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"

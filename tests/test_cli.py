@@ -196,21 +196,13 @@ def test_an_image_folder_dataset_works_end_to_end(tmp_path, tiny_space):
 
 
 def test_a_search_reads_its_space_and_dataset_once_and_its_parent_builds_no_objective(tmp_path, tiny_space, idx_dir,
-                                                                                     monkeypatch):
+                                                                                     calls):
     """Counted through the real functions (they still run): once each, with one worker or two."""
-    from nas import objective, search as searching
+    from nas import data, objective, search as searching
 
-    calls = {"space": 0, "data": 0, "objective": 0}
-
-    def counting(name, fn):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
-        return wrapper
-
-    monkeypatch.setattr(searching, "load_space", counting("space", searching.load_space))
-    monkeypatch.setattr(searching.data, "load_dataset", counting("data", searching.data.load_dataset))
-    monkeypatch.setattr(objective.Objective, "__init__", counting("objective", objective.Objective.__init__))
+    calls.count("space", (searching, "load_space"))
+    calls.count("data", (data, "load_dataset"))
+    calls.count("objective", (objective.Objective, "__init__"))
     db = f"sqlite:///{tmp_path}/nas.db"
     nas_cli("search", "--space", tiny_space, "--trials", 2, "--storage", db, "--data-dir", idx_dir)
     assert calls == {"space": 1, "data": 1, "objective": 1}
@@ -265,7 +257,12 @@ def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_pat
     assert len(warm) == 2 and [t.params for t in trials[:2]] == warm  # and the search ran it first
 
 
-def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir):
+def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir, calls):
+    """The retrain reuses what the search read: the dataset is read once, the training set copied to the device once."""
+    from nas import data, pipeline
+
+    calls.count("data", (data, "load_dataset"))
+    calls.count("to device", (pipeline, "prepare_final_data"))
     db, out, page = f"sqlite:///{tmp_path}/s.db", tmp_path / "model", tmp_path / "report.html"
     text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "30s", "--storage", db, "--export", out,
                           "--report", page, "--quiet").output)
@@ -274,6 +271,7 @@ def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_pat
     assert re.search(r"best 1 of [1-9][0-9]* trained trials? .*in 'auto-fashion-mnist'", text), text
     assert page.stat().st_size > 0 and ("searched_arch" in metrics) == ("its width" in text or "augmentation" in text)
     assert nas.load_model(out)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert calls == {"data": 1, "to device": 1}
 
 
 def test_a_run_widens_a_builtin_spaces_net_only_as_far_as_its_time_allows(idx_dir):

@@ -627,11 +627,16 @@ def test_a_retrain_that_cannot_fit_an_epoch_plans_one_pass_over_part_of_the_data
     assert long.n_images is None and long.epochs > 1
 
 
-def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx_dir, tiny_space):
-    """No timing is asserted (CI machines are busy): what ran is what the summary says ran."""
+def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx_dir, tiny_space, calls):
+    """No timing is asserted (CI machines are busy): what ran is what the summary says ran. The space file is
+    read once: the search uses the one `nas run` read to check it."""
+    from nas import autorun, search as searching
+
+    calls.count("space", (autorun, "load_space"), (searching, "load_space"))
     code, out, err = here("run", "--space", tiny_space, "--data-dir", idx_dir, "--budget", "10s", "--storage",
                           f"sqlite:///{tmp_path}/s.db", "--export", tmp_path / "out")
     said = " ".join((out + err).split())
+    assert calls == {"space": 1}
     if code == 2:  # a machine too busy to train one trial, or to retrain it, in 10 s says so, and exports nothing
         assert ("no trial of study 'tiny' completed within the search's 5 s" in said
                 or "the --budget left no time to retrain the best net" in said), said
