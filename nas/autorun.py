@@ -181,8 +181,8 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
 def _part(final: pipeline.Prepared, n_images: int) -> pipeline.Prepared:
     """A seeded random `n_images` of `final`'s training images, cut where they already are (on the device), with
     their own normalisation; the test set stays whole."""
-    keep = torch.randperm(len(final.train), generator=torch.Generator().manual_seed(0))[:n_images]
-    train = data.Split(final.train.x[keep.to(final.train.x.device)], final.train.y[keep.to(final.train.y.device)])
+    keep = torch.randperm(len(final.train), generator=torch.Generator().manual_seed(0))[:n_images].to(final.train.x.device)
+    train = data.Split(final.train.x[keep], final.train.y[keep])
     mean, std = data.channel_stats(train.x)
     return replace(final, train=train, mean=mean, std=std)
 
