@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tarfile
 import urllib.request
 from dataclasses import dataclass
@@ -279,8 +278,7 @@ def _download(name: str, data_dir: str | Path | None) -> Path:
 
 def _fetch(name: str, url: str, target: Path) -> None:
     """Download into a temporary folder beside `target`, then rename, so nothing is half-written."""
-    tmp = new_folder_beside(target)
-    try:
+    with new_folder_beside(target) as tmp:
         if name == "cifar10":
             archive = tmp / "cifar.tar.gz"
             _get(url, archive)
@@ -291,8 +289,6 @@ def _fetch(name: str, url: str, target: Path) -> None:
         for f in IDX_FILES:
             _get(url + f + ".gz", tmp / (f + ".gz"))
         tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _get(url: str, dest: Path) -> None:

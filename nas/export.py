@@ -14,7 +14,6 @@ import contextlib
 import copy
 import io
 import json
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,21 +56,19 @@ def write_export(
     from nas.signals import checkpoint
 
     check_export_target(out, force)
-    tmp = new_folder_beside(out)
     try:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / "model.pt")
-        metrics = metrics | write_portable(tmp, model, images)
-        arch = fixed_space_dict(spec, name=f"{metrics.get('study', 'model')}-export", dataset=metrics["dataset"],
-                                epochs=metrics["epochs"])
-        (tmp / "arch.yaml").write_text(yaml.safe_dump(arch, sort_keys=False))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        checkpoint()  # a signal that torch's exporters swallowed stops it here, before it is put in place
-        replace_folder(tmp, out)
+        with new_folder_beside(out) as tmp:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            torch.save(state, tmp / "model.pt")
+            metrics = metrics | write_portable(tmp, model, images)
+            arch = fixed_space_dict(spec, name=f"{metrics.get('study', 'model')}-export", dataset=metrics["dataset"],
+                                    epochs=metrics["epochs"])
+            (tmp / "arch.yaml").write_text(yaml.safe_dump(arch, sort_keys=False))
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            checkpoint()  # a signal that torch's exporters swallowed stops it here, before it is put in place
+            replace_folder(tmp, out)
     except OSError as e:
         raise ExportError(f"cannot write the export to {out}: {e.strerror or e}; nothing was changed there.") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return metrics
 
 

@@ -12,25 +12,27 @@ killed `nas` left behind is recognised and removed by the next check in its fold
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
 import stat
-import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from nas.errors import NasError
 
 EXPORT_FILES = ("model.pt", "arch.yaml", "metrics.json", "model.onnx", "model.ts")
 MIN_FREE = 16 << 20  # bytes a target's disk must have free beyond what is written: SQLite and temp files need room
 NAME_KEPT = 200  # characters of a target's name its temporaries keep: with the owner, a name must stay under 255
-# what `_temp_prefix` makes: .NAME-KIND-PID.HOST-XXXXXXXX (the last part is tempfile's random name)
+# what `_temp_prefix` makes: .NAME-KIND-PID.HOST-XXXXXXXX (the last part is random, from _TEMP_CHARS)
 _LEFTOVER = re.compile(r"\..*-(new|old|tmp|probe)-(\d+)\.([0-9a-f]{8})-[a-z0-9_]{8}", re.DOTALL)
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)",
             stat.S_IFSOCK: "a socket"}
 
@@ -118,13 +120,12 @@ def write_file(path: Path, data: str | bytes) -> None:
     real = Path(os.path.realpath(path))
     _check_regular(path, "this file")
     real.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(real.name, "tmp"), dir=real.parent)
+    tmp = _temp_name(real.parent, _temp_prefix(real.name, "tmp"))
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # the mode open() gives: the umask applies
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the mode open() would
         _check_regular(path, "this file")  # again: a FIFO may have been made there since
         os.replace(tmp, real)
     except OSError as e:
@@ -133,16 +134,28 @@ def write_file(path: Path, data: str | bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def new_folder_beside(out: Path) -> Path:
-    """An empty temporary folder on the same file system as `out`, to fill and then `replace_folder` with."""
+@contextlib.contextmanager
+def new_folder_beside(out: Path) -> Iterator[Path]:
+    """An empty temporary folder on the same file system as `out`, to fill and then `replace_folder` with;
+    deleted on leaving, whatever happens (once moved into place, nothing is left to delete)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "new"), dir=out.parent))
+    folder = _temp_name(out.parent, _temp_prefix(out.name, "new"))
     try:
-        folder.chmod(0o777 & ~_umask())  # mkdtemp makes it private; it becomes the user's folder, made as mkdir would
-    except BaseException:  # a signal, too: the caller never got the folder to delete
-        folder.rmdir()
-        raise
-    return folder
+        os.mkdir(folder)  # as mkdir would: the umask applies
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _temp_name(parent: Path, prefix: str) -> Path:
+    """A free name for a temporary in `parent`: `prefix` (which holds our pid) and 8 random characters.
+
+    Named before it is made, unlike `tempfile.mkdtemp`, whose name is lost to a signal that lands just
+    after its mkdir: the caller makes it inside a `try` whose `finally` deletes it, so nothing is left."""
+    while True:
+        path = parent / (prefix + "".join(random.choices(_TEMP_CHARS, k=8)))
+        if not os.path.lexists(path):  # and no other process can make it: the name holds our pid
+            return path
 
 
 def replace_folder(new: Path, out: Path) -> None:
@@ -157,12 +170,13 @@ def replace_folder(new: Path, out: Path) -> None:
     if not is_export(out):  # checked before the work too; this guards against a change since
         raise WriteError(f"{out} now holds files that are not an export of nas (put there during the export); "
                          "nothing was changed there. Choose a new folder.")
-    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "old"), dir=out.parent))
+    old = _temp_name(out.parent, _temp_prefix(out.name, "old"))
     try:
+        os.mkdir(old)
         os.rename(out, old / out.name)
         os.rename(new, out)
     finally:  # on an error or a signal too
-        if not os.path.lexists(out):  # the new one did not get there: the old one goes back
+        if not os.path.lexists(out) and os.path.lexists(old / out.name):  # the new one did not get there
             os.rename(old / out.name, out)
         shutil.rmtree(old, ignore_errors=True)
 
@@ -254,12 +268,6 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it, so set it straight back
-    os.umask(mask)
-    return mask
-
-
 def _check_folder_writable(folder: Path, what: str, need: int) -> None:
     """The nearest existing ancestor of `folder` must be a folder we can create files in, with room."""
     existing = folder
@@ -271,13 +279,14 @@ def _check_folder_writable(folder: Path, what: str, need: int) -> None:
         raise WriteError(f"cannot write {what} under {folder}: {existing} is a file, not a folder.")
     clean_leftovers(existing)
     try:
-        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("nas", "probe"), dir=existing)
+        probe = _temp_name(existing, _temp_prefix("nas", "probe"))
         try:
-            os.write(fd, b"\0" * 4096)  # a full disk may still create an empty file, but not store a block
-            os.fsync(fd)
+            with open(probe, "xb") as f:
+                f.write(b"\0" * 4096)  # a full disk may still create an empty file, but not store a block
+                f.flush()
+                os.fsync(f.fileno())
         finally:
-            os.close(fd)
-            os.unlink(probe)
+            probe.unlink(missing_ok=True)
         free = shutil.disk_usage(existing).free
     except OSError as e:
         fix = "Free some space, or choose another place." if e.errno == errno.ENOSPC else "Choose a writable place."

@@ -55,10 +55,10 @@ def test_a_replace_that_fails_half_way_keeps_the_earlier_export(tmp_path, idx_di
     elsewhere = tmp_path / "other-disk"
     mount_tmpfs(elsewhere, "size=8m")
     try:
-        new = new_folder_beside(elsewhere / "x")
-        (new / "metrics.json").write_text(json.dumps({"input_shape": [1, 28, 28], "classes": ["a", "b"]}))
-        with pytest.raises(OSError):
-            replace_folder(new, out)
+        with new_folder_beside(elsewhere / "x") as new:
+            (new / "metrics.json").write_text(json.dumps({"input_shape": [1, 28, 28], "classes": ["a", "b"]}))
+            with pytest.raises(OSError):
+                replace_folder(new, out)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.yaml", "other-disk", "out"]
     finally:
@@ -69,8 +69,7 @@ def test_replace_refuses_a_folder_that_changed_into_the_users_since_the_check(tm
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    new = new_folder_beside(out)
-    with pytest.raises(WriteError, match="now holds files that are not an export of nas"):
+    with new_folder_beside(out) as new, pytest.raises(WriteError, match="now holds files that are not an export"):
         replace_folder(new, out)
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -99,15 +98,30 @@ def test_an_export_from_a_study_on_a_read_only_disk_is_written_and_says_it_was_n
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_what_nas_writes_gets_the_mode_the_users_umask_gives_not_a_private_one(tmp_path, umask):
-    """Temporary files and folders are made private (0600, 0700); once in place they are the user's."""
+    """Temporary files and folders get the modes open() and mkdir give; once in place they are the user's."""
     before = os.umask(umask)
     try:
         write_file(tmp_path / "report.html", "<p>")
         out = tmp_path / "export"
-        new = new_folder_beside(out)
-        (new / "metrics.json").write_text("{}")
-        replace_folder(new, out)
+        with new_folder_beside(out) as new:
+            (new / "metrics.json").write_text("{}")
+            replace_folder(new, out)
     finally:
         os.umask(before)
     assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_signal_just_after_the_temporary_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """The window that tempfile.mkdtemp leaves open: its mkdir done, its name not yet returned."""
+    real_mkdir = os.mkdir
+
+    def mkdir_then_signal(path, *args):
+        real_mkdir(path, *args)
+        raise KeyboardInterrupt  # as a signal handler's exception lands at the next bytecode
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        with new_folder_beside(tmp_path / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == []
