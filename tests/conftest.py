@@ -152,38 +152,30 @@ def tiny_space(tmp_path) -> Path:
     return path
 
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
-    """A throw-away PostgreSQL server on 127.0.0.1 and a free port, stopped after the session."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1 and a free port, stopped after the session (`pg_server`)."""
+    import pg_server
 
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN}")
-    base = Path(tempfile.mkdtemp(prefix="nas-pg-"))
-    as_postgres = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as `postgres` in a folder it owns
-        shutil.chown(base, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = lambda *cmd: subprocess.run([*as_postgres, *map(str, cmd)], check=True, capture_output=True)
-    run(PG_BIN / "initdb", "-D", base / "data", "-A", "trust", "-U", "nas", "--no-sync")
-    run(PG_BIN / "pg_ctl", "-D", base / "data", "-l", base / "log", "-w", "start",
-        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
-    try:
-        run(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "nas", "nas")
-        yield f"postgresql://nas@127.0.0.1:{port}/nas"
-    finally:
-        run(PG_BIN / "pg_ctl", "-D", base / "data", "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+    if not pg_server.available():
+        pytest.skip(f"no PostgreSQL server binaries in {pg_server.PG_BIN}")
+    with pg_server.postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def slurm():
+    """A real one-node Slurm cluster on this machine (`slurm_cluster`), stopped after the test. Without Slurm
+    the test is skipped, or fails where NAS_REQUIRE_CLUSTER=1 says it must run (CI)."""
+    import slurm_cluster
+
+    if not slurm_cluster.available():
+        why = "needs slurm-wlm and munge installed and root (apt-get install slurm-wlm munge)"
+        if os.environ.get("NAS_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"NAS_REQUIRE_CLUSTER=1 but this test {why}")
+        pytest.skip(why)
+    with slurm_cluster.slurm_cluster() as cluster:
+        yield cluster
 
 
 def made_once(tmp_path_factory, name: str, runs: Callable[[Path], list[list]]) -> Path:
