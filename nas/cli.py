@@ -110,6 +110,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print machine
 ForceOpt = Annotated[bool, typer.Option("--force", metavar="", help="Replace an earlier export of nas in that folder.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress output; only the result.")]
 TrialsOpt = Annotated[int, typer.Option("--trials", min=1, help="Trials to run now (added to the study).")]
+StudyTrialsOpt = Annotated[Optional[int], typer.Option(
+    "--study-trials", min=1, help="Run until the study holds N trials in all, counted in its storage: workers on any "
+    "number of machines (a Slurm array, a Kubernetes Job) together run exactly N.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop after this many seconds.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per trial (default: the space's).")]
 SubsetOpt = Annotated[Optional[int], typer.Option("--subset", min=10, help="Search on N training images.")]
@@ -178,7 +181,7 @@ def search(
     subset: SubsetOpt = None, study: StudyOpt = None, storage: StorageOpt = DEFAULT_STORAGE, dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None, device: DeviceOpt = "auto", seed: SeedOpt = 0, sampler: SamplerOpt = "tpe",
     pruner: PrunerOpt = None, heartbeat: HeartbeatOpt = 10, workers: WorkersOpt = "1", quiet: QuietOpt = False,
-    json_out: JsonOpt = False, objectives: ObjectivesOpt = None, threads: ThreadsOpt = None,
+    json_out: JsonOpt = False, objectives: ObjectivesOpt = None, threads: ThreadsOpt = None, study_trials: StudyTrialsOpt = None,
 ) -> None:
     """Run a study, or continue it: trials are added to what the study already has.
 
@@ -196,18 +199,19 @@ def search(
         from nas.signals import Interrupted
         from nas.space import parse_objectives
 
+        trials = _run_trials(ctx, trials, study_trials)
         job = searching.SearchJob(
             space=space, study=study, storage=storage, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             device=device, epochs=epochs, subset=subset, sampler=sampler, pruner=pruner, seed=seed,
             heartbeat=heartbeat, trials=trials, timeout=timeout, workers=None if workers == "auto" else int(workers),
-            threads=threads, started=started,
+            threads=threads, started=started, study_trials=study_trials,
             objectives=None if objectives is None else parse_objectives(objectives))
-        view = SearchView(trials, quiet or json_out, timeout)
+        view = SearchView(min(trials, study_trials or trials), quiet or json_out, timeout)
         try:
             with view.progress, view.ticker:
                 outcome = searching.run(job, view.show)
         except Interrupted as e:
-            views.show_interrupted(e, _given_options(ctx, "trials"), trials, json_out)
+            _show_interrupted(ctx, e, trials, study_trials, json_out)
             raise typer.Exit(e.status) from None
         status = views.show_outcome(outcome, json_out)
         if status:
@@ -389,6 +393,22 @@ def _newest(study: str | None, storage: str, quiet: bool) -> str | None:
     if note and not quiet:
         views.show_note(note)
     return name or None
+
+
+def _show_interrupted(ctx: typer.Context, e: Any, trials: int, study_trials: int | None, json_out: bool) -> None:
+    """A search stopped by a signal; with --study-trials, the same command goes on where the study's count stands."""
+    if study_trials:
+        views.show_interrupted(e, _given_options(ctx), e.n_done, json_out, again=True)
+    else:
+        views.show_interrupted(e, _given_options(ctx, "trials"), trials, json_out)
+
+
+def _run_trials(ctx: typer.Context, trials: int, study_trials: int | None) -> int:
+    """The trials this run may make: with --study-trials, the study's count bounds it, not --trials' default."""
+    from nas.workers import MAX_TICKETS
+
+    source = ctx.get_parameter_source("trials")
+    return MAX_TICKETS if study_trials and (source is None or source.name != "COMMANDLINE") else trials
 
 
 def _given_options(ctx: typer.Context, *leave_out: str) -> list[str]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from nas import data, names, study as studies, system, workers
+from nas import claims, data, names, study as studies, system, workers
 from nas.data import Dataset
 from nas.errors import NasError
 from nas.objective import Objective
@@ -54,6 +54,7 @@ class SearchJob:
     seed: int = 0
     heartbeat: int = 10
     trials: int = 1
+    study_trials: int | None = None  # the study's total, counted in its storage across every process and machine
     timeout: float | None = None
     trial_grace: float = 0.0  # seconds past the timeout a trial may go on while none has completed (`nas run`)
     workers: int | None = 1  # None: as many as pay on this machine (`auto_workers`)
@@ -316,6 +317,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     if take is None:
         granted = iter(range(job.trials))
         take = lambda: next(granted, None) is not None  # noqa: E731
+    if job.study_trials:  # and while the study, counted in its storage, has fewer than asked
+        take = claims.claimer(study, job.study_trials, take)
     studies.run_trials(study, objective, _fitting_threads(take, job), deadline, on_trial, redraw=bool(space.dimensions()),
                        built_in=job.space is None)
 

@@ -126,15 +126,17 @@ def show_outcome(outcome: Any, json_out: bool) -> int:
     return 1 if outcome.failed_workers or reasons or outcome.gave_up else 0
 
 
-def show_interrupted(e: Any, argv: list[str], trials: int, json_out: bool) -> None:
-    """A search stopped by a signal: the table of the study's best as it was left, what was saved, how to resume."""
+def show_interrupted(e: Any, argv: list[str], trials: int, json_out: bool, again: bool = False) -> None:
+    """A search stopped by a signal: the table of the study's best as it was left, what was saved, how to resume
+    (`again`: the same command, which counts what is left itself: --study-trials)."""
     from nas import search as searching
 
     if e.best and not json_out:
         console.print(_trials_table(e.best, title=_text(f"best of the study so far ({names.counted(len(e.best), 'trial')})")))
     left = trials - e.n_done
     said = (f"the running ones marked failed (interrupted). Resume with: "
-            f"{plain(searching.resume_command(argv, left))}" if left > 0 else "none was left to run.")
+            f"{plain(shlex.join(['nas', 'search', *argv]) if again else searching.resume_command(argv, left))}"
+            if left > 0 or again else "none was left to run.")
     err_console.print(f"interrupted by {e}: {names.counted(e.n_done, 'finished trial')} of this run saved, " + said,
                       highlight=False, soft_wrap=True)
 

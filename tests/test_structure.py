@@ -31,10 +31,11 @@ ALLOWED = {
     "latency": set(),  # torch and ONNX Runtime only
     "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
+    "claims": {"study"},  # the study-wide trial count, in the storage beside Optuna's tables
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
     "signals": {"errors", "study"},  # signals -> Interrupted (study: whether a storage transaction is open)
     "workers": {"errors", "signals", "study", "system", "train"},  # worker processes, whatever work they run
-    "search": {"autospace", "data", "errors", "names", "objective", "pipeline", "signals", "space", "study", "system",
+    "search": {"autospace", "claims", "data", "errors", "names", "objective", "pipeline", "signals", "space", "study", "system",
                "train", "workers"},
     "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
     "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "signals", "space", "spec", "study", "train"},  # search, then retrain and export
@@ -49,7 +50,7 @@ ALLOWED = {
 EDGE = ("views", "progress", "cli")  # what the user sees: imported by nothing else, the library only lazily
 HEAVY = {  # third-party libraries and the only modules that may import them
     "optuna": {"objective", "study", "report", "retrain"},
-    "sqlalchemy": {"study"},
+    "sqlalchemy": {"study", "claims"},
     "optuna_dashboard": {"report"},
     "plotly": {"report"},
     "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "workers", "preview", "export", "retrain",
