@@ -3,11 +3,13 @@ storage (real processes, real SQLite files and a real PostgreSQL server)."""
 
 from __future__ import annotations
 
+import signal
+
 import optuna
 import pytest
 
 from nas import claims
-from test_survive import QUICK_TRIALS, finish, here, start
+from test_survive import LONG_TRIALS, QUICK_TRIALS, finish, here, hint_of, start, wait_for_running
 
 State = optuna.trial.TrialState
 
@@ -32,7 +34,8 @@ def test_three_processes_run_exactly_the_study_trials_asked_for(storage, tmp_pat
     space = tmp_path / "quick.yaml"
     space.write_text(QUICK_TRIALS)
     procs = [start("search", "--space", space, "--study", name, "--storage", storage, "--data-dir", idx_dir,
-                   "--study-trials", 7, "--pruner", "none", "--seed", i, "--quiet") for i in range(3)]
+                   "--study-trials", 7, "--pruner", "none", "--seed", i, "--quiet", *(["--workers", 2] if i == 0 else []))
+             for i in range(3)]  # the first with two worker processes: they claim from the same count
     for p in procs:
         code, out, err = finish(p)
         assert code == 0, out + err
@@ -60,6 +63,24 @@ def test_the_count_includes_earlier_trials_and_lost_ones_are_run_again(tmp_path,
     code, out, err = here(*base, "--study-trials", 4)  # a requeued task: the count is reached, nothing runs
     assert code == 0, out + err
     assert counted(storage, "quick")[1] == 5
+
+
+def test_a_search_stopped_by_sigterm_resumes_with_the_same_command_and_ends_at_the_count(tmp_path, idx_dir):
+    storage = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "medium.yaml"
+    space.write_text(LONG_TRIALS.replace("name: long", "name: medium").replace("epochs: 150", "epochs: 20"))
+    proc = start("search", "--space", space, "--storage", storage, "--data-dir", idx_dir, "--study-trials", 3,
+                 "--pruner", "none")
+    victim = wait_for_running(storage, "medium", 0, proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc)
+    hint = hint_of(err)
+    assert code == 128 + signal.SIGTERM and "--study-trials" in hint and "--trials" not in hint, out + err
+    assert optuna.load_study(study_name="medium", storage=storage).trials[victim.number].user_attrs["reason"] == "interrupted"
+    code, out, err = here(*hint[1:])
+    assert code == 0, out + err
+    kept, n_all = counted(storage, "medium")
+    assert len(kept) == 3 and n_all == 4 and all(t.state == State.COMPLETE for t in kept)
 
 
 def test_lost_reasons_are_told_from_trained_failures():
