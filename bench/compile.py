@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from nas import data, pipeline, space
+from nas import data, pipeline, space, spacefile
 from nas.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path)
     args = p.parse_args()
     device = torch.device(args.device)
-    spec = space.sample(space.load_space(ROOT / "nas/spaces/seed_lenet.yaml"))
+    spec = space.sample(spacefile.load_space(ROOT / "nas/spaces/seed_lenet.yaml"))
     prepared = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", args.data_dir), device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs")
     results = {}

@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def _spec(net: str):
     """`seed_lenet` (the tutorial's LeNet) or `warm` (the built-in space's first warm-start net)."""
-    from nas import autospace, space
+    from nas import autospace, space, spacefile
 
     if net == "seed_lenet":
-        return space.sample(space.load_space("seed_lenet"))
-    return space.sample(space.parse_space({"name": "warm", **autospace.warm_start(2)[0]}))
+        return space.sample(spacefile.load_space("seed_lenet"))
+    return space.sample(spacefile.parse_space({"name": "warm", **autospace.warm_start(2)[0]}))
 
 
 def arm(choice: str, net: str, sample: int) -> dict:

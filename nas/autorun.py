@@ -28,7 +28,8 @@ from nas import data, names, pipeline, report as reporting, retrain, search as s
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target, check_not_input
 from nas.signals import Interrupted, checkpoint, signals_interrupt
-from nas.space import Space, load_space
+from nas.space import Space
+from nas.spacefile import load_space
 from nas.spec import ArchSpec
 from nas.train import pick_device
 

@@ -197,7 +197,7 @@ def search(
         from nas import search as searching
         from nas.progress import SearchView
         from nas.signals import Interrupted
-        from nas.space import parse_objectives
+        from nas.spacefile import parse_objectives
 
         trials = _run_trials(ctx, trials, study_trials)
         job = searching.SearchJob(
@@ -369,7 +369,7 @@ def dashboard(
 def spaces_cmd(json_out: JsonOpt = False) -> None:
     """List the search spaces shipped with nas: pass a name to --space from any folder (`--space lenet`)."""
     with _user_errors():
-        from nas.space import list_bundled
+        from nas.spacefile import list_bundled
 
         views.show_spaces(list_bundled(), json_out)
 

@@ -25,7 +25,8 @@ import yaml
 from nas.errors import NasError
 from nas.files import EXPORT_FILES, check_export_target, check_readable_file, new_folder_beside, replace_folder
 from nas.formats import CHANNELS, MAX_PIXELS, read_images
-from nas.space import SpaceError, fixed_space_dict, load_space, sample
+from nas.space import SpaceError, sample
+from nas.spacefile import fixed_space_dict, load_space
 from nas.spec import ArchSpec
 from nas.system import available_memory
 

@@ -15,7 +15,8 @@ import optuna
 
 from nas.export import ExportError, write_export
 from nas.files import check_export_target, check_not_input
-from nas.space import Space, load_space, sample
+from nas.space import Space, sample
+from nas.spacefile import load_space
 from nas.spec import ArchSpec
 from nas.study import (StudyError, accuracy, count_trials, front, load_study, objectives_of, quiet_optuna, storage_failure,
                        storage_inputs, top_trials, trained_trial, trial_row)

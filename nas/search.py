@@ -25,7 +25,8 @@ from nas.objective import Objective
 from nas.pipeline import prepare_search_data
 from nas.autospace import default_space
 from nas.signals import Interrupted, checkpoint, signals_interrupt
-from nas.space import Space, baseline_params, load_space, parse_space
+from nas.space import Space
+from nas.spacefile import baseline_params, load_space, parse_space
 from nas.train import BatchRecord, EpochRecord, TimeUp
 from nas.workers import WorkerFailed
 

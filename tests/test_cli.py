@@ -16,7 +16,7 @@ import nas
 from nas.cli import app
 from nas.data import load_dataset
 from nas.names import counted
-from nas.space import baseline_params, load_space
+from nas.spacefile import baseline_params, load_space
 
 SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 runner = CliRunner()
@@ -230,7 +230,8 @@ def small_colour_npz(path: Path, side: int) -> Path:
 def test_the_builtin_space_is_scaled_to_the_images(shape, blocks):
     from nas.autospace import default_space
     from nas.pipeline import assess
-    from nas.space import IntRange, parse_space, sample
+    from nas.space import IntRange, sample
+    from nas.spacefile import parse_space
 
     space = parse_space(default_space("x.npz", "x", shape, 60_000, gpu=False))
     most = space.n_blocks.high if isinstance(space.n_blocks, IntRange) else space.n_blocks.value

@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from nas.data import load_dataset, split_sizes
 from nas.errors import NasError
 from nas.model import spec_info
-from nas.space import _TRAINING, load_space, sample
+from nas.space import sample
+from nas.spacefile import _TRAINING, load_space
 
 SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 SEEDS = [p.read_text() for p in sorted(SPACES.glob("*.yaml"))]

@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from nas import space as sp
+from nas import spacefile as sf
 from nas.model import Normalize, ShapeError, build_model, model_info
 
 SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 
 
 def fixed(name: str) -> sp.ArchSpec:
-    return sp.sample(sp.load_space(SPACES / name))
+    return sp.sample(sf.load_space(SPACES / name))
 
 
 def test_tutorial_lenet_has_its_known_shapes_params_and_flops():
@@ -33,7 +34,7 @@ def test_tutorial_network_flattens_to_192():
 
 def _spec(**block) -> sp.ArchSpec:
     raw = {"architecture": {"blocks": 3, "block": block, "head": {"layers": 1, "units": 8}}}
-    return sp.sample(sp.parse_space(raw))
+    return sp.sample(sf.parse_space(raw))
 
 
 def test_same_padding_keeps_size_so_deeper_nets_fit():
@@ -71,7 +72,7 @@ def test_normalisation_travels_in_the_state_dict_and_building_leaves_batchnorm_u
 def test_modern_blocks_keep_the_size_and_count_their_nested_flops(conv, expected_flops):
     raw = {"architecture": {"blocks": 1, "block": {"conv": conv, "channels": 8, "padding": "same", "pool": "none"},
                             "head": {"layers": 0}, "readout": "gap"}}
-    spec = sp.sample(sp.parse_space(raw))
+    spec = sp.sample(sf.parse_space(raw))
     m = build_model(spec, (4, 8, 8), 10)
     info = model_info(m, (4, 8, 8))
     assert info.flops == expected_flops + 2 * 8 * 10  # the head: global average pool, then 8 -> 10
@@ -81,7 +82,7 @@ def test_modern_blocks_keep_the_size_and_count_their_nested_flops(conv, expected
 
 def test_a_residual_block_adds_its_input_when_the_width_is_kept():
     raw = {"architecture": {"blocks": 1, "block": {"conv": "residual", "channels": 3, "pool": "none"}, "head": {"layers": 0}}}
-    block = build_model(sp.sample(sp.parse_space(raw)), (3, 6, 6), 2)[1]
+    block = build_model(sp.sample(sf.parse_space(raw)), (3, 6, 6), 2)[1]
     torch.nn.init.zeros_(block.body[-1].weight)  # the body adds nothing: the output is relu(input)
     torch.nn.init.zeros_(block.body[-1].bias)
     x = torch.randn(1, 3, 6, 6)
@@ -91,7 +92,7 @@ def test_a_residual_block_adds_its_input_when_the_width_is_kept():
 def test_a_widened_spec_scales_every_width_to_a_multiple_of_8_and_still_builds():
     raw = {"architecture": {"blocks": 2, "block": {"conv": "sepconv", "channels": 12, "padding": "same"},
                             "head": {"layers": 1, "units": 20}}}
-    spec = sp.sample(sp.parse_space(raw))
+    spec = sp.sample(sf.parse_space(raw))
     wide = spec.widened(1.5)
     assert [b.channels for b in wide.blocks] == [16, 16] and [h.units for h in wide.head] == [32]
     assert spec.widened(1) == spec and spec.widened(0.1).blocks[0].channels == 8

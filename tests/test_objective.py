@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nas import space as sp
+from nas import spacefile as sf
 from nas.data import load_dataset
 from nas.objective import Objective
 from nas.pipeline import prepare_search_data, train_spec
@@ -22,7 +23,7 @@ def _study(pruner=None):
 
 
 def test_a_trial_stores_what_report_and_export_need(tiny_space, prepared):
-    space = sp.load_space(tiny_space)
+    space = sf.load_space(tiny_space)
     study = _study()
     study.optimize(Objective(space, prepared, epochs=2, device=CPU), n_trials=1)
     t = study.trials[0]
@@ -37,7 +38,7 @@ def test_a_trial_stores_what_report_and_export_need(tiny_space, prepared):
 
 def test_the_trial_can_be_rebuilt_and_retrained_to_the_same_score(tiny_space, prepared):
     study = _study()
-    study.optimize(Objective(sp.load_space(tiny_space), prepared, epochs=2, device=CPU, seed=5), n_trials=2)
+    study.optimize(Objective(sf.load_space(tiny_space), prepared, epochs=2, device=CPU, seed=5), n_trials=2)
     t = study.trials[1]
     spec = sp.ArchSpec.from_dict(t.user_attrs["spec"])
     _, history = train_spec(spec, prepared, 2, t.user_attrs["seed"], CPU)
@@ -45,7 +46,7 @@ def test_the_trial_can_be_rebuilt_and_retrained_to_the_same_score(tiny_space, pr
 
 
 def _fixed(raw_arch, **training):
-    return sp.parse_space({"architecture": raw_arch, "training": {"batch_size": 32} | training})
+    return sf.parse_space({"architecture": raw_arch, "training": {"batch_size": 32} | training})
 
 
 def _run_one(space, prepared, pruner=None, prior=None):
@@ -65,7 +66,7 @@ def test_an_architecture_that_does_not_fit_the_input_is_pruned_before_training(p
 
 
 def test_max_params_prunes_before_training(prepared):
-    space = sp.parse_space({"constraints": {"max_params": 1000}, "architecture": {"blocks": 1}})
+    space = sf.parse_space({"constraints": {"max_params": 1000}, "architecture": {"blocks": 1}})
     t = _run_one(space, prepared)
     assert t.state == optuna.trial.TrialState.PRUNED and "max_params 1,000" in t.user_attrs["reason"]
     assert t.user_attrs["rejected"] and t.constraints["max_params"] == pytest.approx(t.user_attrs["n_params"] / 1000 - 1)
@@ -76,7 +77,7 @@ def test_rejected_nets_do_not_count_against_the_trials_and_tpe_steers_away_from_
     (constraint-aware) draws fewer infeasible nets once it has seen some."""
     from nas import study as studies
 
-    space = sp.parse_space({"architecture": {"blocks": {"int": [1, 5]}, "block": {"channels": {"choice": [2, 4]}},
+    space = sf.parse_space({"architecture": {"blocks": {"int": [1, 5]}, "block": {"channels": {"choice": [2, 4]}},
                                              "head": {"layers": 1, "units": 8}}, "budget": {"epochs": 1}})
     study = optuna.create_study(direction="maximize", sampler=studies.make_sampler("tpe", 0))
     granted = iter(range(20))
@@ -136,7 +137,7 @@ def test_no_network_outlives_its_trial(tiny_space, prepared):
     before = live_models()
     counts = []
     study = _study(optuna.pruners.MedianPruner(n_startup_trials=2))
-    study.optimize(Objective(sp.load_space(tiny_space), prepared, epochs=2, device=CPU), n_trials=8,
+    study.optimize(Objective(sf.load_space(tiny_space), prepared, epochs=2, device=CPU), n_trials=8,
                    callbacks=[lambda *_: counts.append(live_models())])
     assert counts == [before] * 8
 
@@ -152,7 +153,7 @@ def test_a_net_too_large_for_memory_is_refused_from_its_spec(prepared):
     started = time.monotonic()
     for constraints, reason in (({"max_params": 1_000_000}, "too large: 17,902,129,162 parameters > max_params 1,000,000"),
                                 ({}, "too large: training needs about")):
-        t = _run_one(sp.parse_space(raw | {"constraints": constraints}), prepared)
+        t = _run_one(sf.parse_space(raw | {"constraints": constraints}), prepared)
         assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["reason"].startswith(reason)
         assert t.user_attrs["n_params"] == 17_902_129_162 and "curve" not in t.user_attrs
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 1 << 20  # KiB: grew by under 1 GiB
@@ -162,7 +163,7 @@ def test_a_net_too_large_for_memory_is_refused_from_its_spec(prepared):
 def test_the_objective_passes_batch_progress_on_with_the_trials_number(tiny_space, prepared):
     heard = []
     study = _study()
-    study.optimize(Objective(sp.load_space(tiny_space), prepared, epochs=2, device=CPU,
+    study.optimize(Objective(sf.load_space(tiny_space), prepared, epochs=2, device=CPU,
                              on_batch=lambda number, record: heard.append((number, record.epoch, record.batch))),
                    n_trials=2)
     assert {n for n, _, _ in heard} == {0, 1} and {e for _, e, _ in heard} == {1, 2}  # each epoch's last batch at least

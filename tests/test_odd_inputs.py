@@ -134,7 +134,7 @@ def test_images_to_classify_that_are_pipes_or_devices_are_refused(tmp_path):
 
 
 def test_space_and_baseline_files_that_are_pipes_are_refused(tmp_path):
-    from nas.space import load_space
+    from nas.spacefile import load_space
 
     fifo(tmp_path / "net.yaml")
     (tmp_path / "s.yaml").write_text("baselines: [net.yaml]\n")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from nas import latency, study as studies
 from nas.cli import app
 from nas.objective import Objective
-from nas.space import parse_space
+from nas.spacefile import parse_space
 from nas.train import EpochRecord
 
 State = optuna.trial.TrialState

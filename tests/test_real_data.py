@@ -14,7 +14,8 @@ from nas.data import load_dataset
 from nas.export import write_export
 from nas.retrain import describe_model
 from nas.pipeline import new_model, prepare_final_data, score_on_test, train_spec
-from nas.space import load_space, sample
+from nas.space import sample
+from nas.spacefile import load_space
 from nas.train import fit
 
 REAL = Path("/usr/share/datasets/fashion-mnist")

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nas.cli import app
-from nas.space import BUNDLED, find_space, load_space
+from nas.spacefile import BUNDLED, find_space, load_space
 
 ROOT = Path(__file__).parent.parent
 

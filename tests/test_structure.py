@@ -21,7 +21,8 @@ ALLOWED = {
     "files": {"errors"},  # every write nas makes
     "spec": set(),  # the plain data of one network
     "system": set(),  # cores, load and threads: the standard library only
-    "space": {"errors", "files", "names", "spec"},
+    "space": {"errors", "spec"},  # the Space model and sampling: plain data
+    "spacefile": {"files", "names", "space", "spec"},  # space files (YAML) -> a validated Space
     "system": set(),  # the machine: cores, threads, memory (no torch)
     "formats": {"errors", "files", "names", "system"},  # file readers -> numpy arrays: `nas predict` reads with no torch
     "data": {"files", "formats", "names"},
@@ -35,13 +36,12 @@ ALLOWED = {
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
     "signals": {"errors", "study"},  # signals -> Interrupted (study: whether a storage transaction is open)
     "workers": {"errors", "signals", "study", "system", "train"},  # worker processes, whatever work they run
-    "search": {"autospace", "claims", "data", "errors", "names", "objective", "pipeline", "signals", "space", "study", "system",
-               "train", "workers"},
-    "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space"},
-    "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "signals", "space", "spec", "study", "train"},  # search, then retrain and export
+    "search": {"autospace", "claims", "data", "errors", "names", "objective", "pipeline", "signals", "space", "spacefile", "study", "system", "train", "workers"},
+    "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space", "spacefile"},
+    "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "signals", "space", "spacefile", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "names", "study"},
-    "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spec", "system"},  # no Optuna
-    "retrain": {"data", "export", "files", "model", "pipeline", "signals", "space", "spec", "study", "train"},
+    "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spacefile", "spec", "system"},  # no Optuna
+    "retrain": {"data", "export", "files", "model", "pipeline", "signals", "space", "spacefile", "spec", "study", "train"},
     "views": {"autorun", "errors", "names", "search"},  # results as text: the library inside its functions only
     "progress": {"errors", "names", "retrain", "search", "train", "views", "workers"},  # events, routed by type
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)

@@ -615,7 +615,8 @@ def test_a_retrain_that_cannot_fit_an_epoch_plans_one_pass_over_part_of_the_data
     gives whole epochs."""
     from nas import data, pipeline
     from nas.autorun import plan_retrain
-    from nas.space import load_space, sample
+    from nas.space import sample
+    from nas.spacefile import load_space
 
     spec = sample(load_space("seed_network"))
     final = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", idx_dir), torch.device("cpu"))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nas import space as sp
+from nas import spacefile as sf
 from nas.data import load_dataset, split_train_val
 from nas.model import build_model
 from nas.train import CROP_PAD, SCHEDULES, Diverged, TimeUp, augment_batch, epochs_within, fit, pick_device
@@ -15,7 +16,7 @@ SMALL = {"architecture": {"blocks": 1, "block": {"conv": "conv5x5", "channels": 
 def _run(idx_dir, seed=0, activation="relu", **training):
     arch = SMALL["architecture"] | {"block": SMALL["architecture"]["block"] | {"activation": activation}}
     raw = {"architecture": arch, "training": SMALL["training"] | training}
-    spec = sp.sample(sp.parse_space(raw))
+    spec = sp.sample(sf.parse_space(raw))
     train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
     torch.manual_seed(seed)
     model = build_model(spec, (1, 28, 28), 10)
@@ -86,7 +87,7 @@ def test_augmented_and_bf16_training_still_learn(idx_dir):
     assert history[-1].val_acc >= 0.5
     plain, _ = _run(idx_dir)
     assert [r.loss for r in history] != [r.loss for r in plain]  # the augmentation did something
-    spec = sp.sample(sp.parse_space(SMALL))
+    spec = sp.sample(sf.parse_space(SMALL))
     train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
     model = build_model(spec, (1, 28, 28), 10)
     bf16 = fit(model, train, val, spec.training, epochs=3, precision="bf16")  # the GPU's autocast path, on CPU
@@ -96,7 +97,7 @@ def test_augmented_and_bf16_training_still_learn(idx_dir):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_training_matches_cpu_accuracy_and_leaks_no_memory(idx_dir):
-    spec = sp.sample(sp.parse_space(SMALL))
+    spec = sp.sample(sf.parse_space(SMALL))
     train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
     train, val = train.to("cuda"), val.to("cuda")
     allocated = []
@@ -133,7 +134,7 @@ def test_epochs_within_cuts_the_epochs_to_what_the_first_ones_pace_fits():
 
 
 def test_fit_stops_between_batches_at_its_deadline(idx_dir):
-    spec = sp.sample(sp.parse_space(SMALL))
+    spec = sp.sample(sf.parse_space(SMALL))
     train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
     with pytest.raises(TimeUp, match="stopped at the time limit in epoch 1") as e:
         fit(build_model(spec, (1, 28, 28), 10), train, val, spec.training, epochs=3, deadline=time.monotonic())
@@ -141,7 +142,7 @@ def test_fit_stops_between_batches_at_its_deadline(idx_dir):
 
 
 def test_fit_tells_progress_inside_each_epoch_at_most_as_often_as_asked(idx_dir):
-    spec = sp.sample(sp.parse_space(SMALL))
+    spec = sp.sample(sf.parse_space(SMALL))
     train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
     every, seldom = [], []
     fit(build_model(spec, (1, 28, 28), 10), train, val, spec.training, epochs=2, on_batch=every.append, batch_every=0)
