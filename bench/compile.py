@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from nas import data, pipeline, space, spacefile
+from nas import data, space, spacefile
+from nas.model import new_model
 from nas.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,11 +29,11 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     spec = space.sample(spacefile.load_space(ROOT / "nas/spaces/seed_lenet.yaml"))
-    prepared = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", args.data_dir), device)
+    prepared = data.prepare_final_data(data.load_dataset("fashion-mnist", args.data_dir), device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs")
     results = {}
     for mode in ("eager", "torch.compile"):
-        model = pipeline.new_model(spec, prepared, 0, device)
+        model = new_model(spec, prepared, 0, device)
         start = time.perf_counter()
         if mode == "torch.compile":
             model = torch.compile(model)

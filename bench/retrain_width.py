@@ -33,27 +33,27 @@ def _spec(args: argparse.Namespace, arm: str):
 
 def _data(args: argparse.Namespace):
     import torch
-    from nas import data, pipeline
+    from nas import data
 
     torch.set_num_threads(1)
-    return pipeline.prepare_final_data(data.load_dataset(args.dataset, args.data_dir), torch.device("cpu"))
+    return data.prepare_final_data(data.load_dataset(args.dataset, args.data_dir), torch.device("cpu"))
 
 
 def pace(args: argparse.Namespace, arm: str) -> float:
     """Seconds per epoch of the arm's net on one thread."""
     import torch
-    from nas import pipeline
+    from nas.train import seconds_per_epoch
 
-    return pipeline.seconds_per_epoch(_spec(args, arm), _data(args), torch.device("cpu"))
+    return seconds_per_epoch(_spec(args, arm), _data(args), torch.device("cpu"))
 
 
 def train(args: argparse.Namespace, arm: str, epochs: int) -> dict:
     """The arm's net trained `epochs` on train+val; its test accuracy."""
     import torch
-    from nas import pipeline
+    from nas.train import train_spec
 
     spec = _spec(args, arm)
-    _, history = pipeline.train_spec(spec, _data(args), epochs, 0, torch.device("cpu"))
+    _, history = train_spec(spec, _data(args), epochs, 0, torch.device("cpu"))
     return {"arm": arm, "epochs": epochs, "test": history[-1].val_acc, "arch": spec.describe(),
             "seconds": sum(r.seconds for r in history)}
 

@@ -6,7 +6,7 @@ machine and beside a competing load (bench/load.py), timing one training epoch.
 Each arm is a fresh process (its own thread pool) that picks its threads (`auto`: what `nas` picks,
 `nas.system.pick_threads`; `N`: N threads), then times an epoch of the whole Fashion-MNIST training
 set (extrapolated from --sample images after a warm-up batch, plus scoring the test set) with
-`pipeline.seconds_per_epoch`, what `nas run` plans with. Arms are interleaved, in a rotated order
+`train.seconds_per_epoch`, what `nas run` plans with. Arms are interleaved, in a rotated order
 each repetition; the table gives each arm's median and the default's ratio to the best fixed count.
 """
 
@@ -38,7 +38,7 @@ def arm(choice: str, net: str, sample: int) -> dict:
     """In this process: pick the threads, time one epoch; returns what was picked and the seconds."""
     import torch
 
-    from nas import data, pipeline, system
+    from nas import data, system, train
 
     threads = system.pick_threads() if choice == "auto" else system.Threads(int(choice), "fixed")
     torch.set_num_threads(threads.n)
@@ -49,8 +49,8 @@ def arm(choice: str, net: str, sample: int) -> dict:
         x = torch.randint(0, 256, (70000, 1, 28, 28), dtype=torch.uint8, generator=g)
         y = torch.randint(0, 10, (70000,), generator=g)
         ds = data.Dataset("random", x[:60000], y[:60000], x[60000:], y[60000:], tuple("0123456789"))
-    prepared = pipeline.prepare_final_data(ds, torch.device("cpu"))
-    seconds = pipeline.seconds_per_epoch(_spec(net), prepared, torch.device("cpu"), sample=sample)
+    prepared = data.prepare_final_data(ds, torch.device("cpu"))
+    seconds = train.seconds_per_epoch(_spec(net), prepared, torch.device("cpu"), sample=sample)
     return {"threads": threads.n, "why": threads.why, "seconds": seconds}
 
 

@@ -24,14 +24,15 @@ from typing import Any, Callable
 
 import torch
 
-from nas import data, names, pipeline, report as reporting, retrain, search as searching, study as studies
+from nas import data, names, report as reporting, retrain, search as searching, study as studies
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target, check_not_input
 from nas.signals import Interrupted, checkpoint, signals_interrupt
 from nas.space import Space
 from nas.spacefile import load_space
 from nas.spec import ArchSpec
-from nas.train import pick_device
+from nas.model import assess
+from nas.train import epoch_pace, pick_device, seconds_per_epoch
 
 SEARCH_SHARE = 0.5  # of the budget; the rest retrains the best net, exports it and writes the report: the 24-min
 # search of docs/benchmarks.md found its winner at 16 min, and val 0.885 within 2 (the rest is within its noise)
@@ -158,7 +159,7 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     study, ds = outcome.opened, outcome.dataset
     trial = studies.top_trials(study, 1)[0]
     device = pick_device(job.search.device)
-    final = pipeline.prepare_final_data(ds, device)
+    final = data.prepare_final_data(ds, device)
     plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), final, device,
                         END_MARGIN * (deadline - time.monotonic()), built_in=outcome.built_in)
     trained = retrain.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
@@ -179,7 +180,7 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     return best, plan, cut
 
 
-def _part(final: pipeline.Prepared, n_images: int) -> pipeline.Prepared:
+def _part(final: data.Prepared, n_images: int) -> data.Prepared:
     """A seeded random `n_images` of `final`'s training images, cut where they already are (on the device), with
     their own normalisation; the test set stays whole."""
     keep = torch.randperm(len(final.train), generator=torch.Generator().manual_seed(0))[:n_images].to(final.train.x.device)
@@ -196,7 +197,7 @@ def cut_message(ran: int, planned: int) -> str | None:
             "to keep the --budget" + (" (the learning rate schedule laid out again over them)" if ran > 1 else ""))
 
 
-def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device, seconds: float,
+def plan_retrain(spec: ArchSpec, final: data.Prepared, device: torch.device, seconds: float,
                  built_in: bool = True) -> Plan:
     """How many epochs of `final` the searched net trains within `seconds`, at its pace measured here.
 
@@ -208,19 +209,19 @@ def plan_retrain(spec: ArchSpec, final: pipeline.Prepared, device: torch.device,
     spec = replace(spec, training=replace(spec.training, augment=augment or spec.training.augment))
     sample = 512 if seconds < SHORT_RETRAIN else 2048  # a short retrain cannot pay seconds for a finer timing
     began = time.monotonic()
-    train_s, score_s = pipeline.epoch_pace(spec, final, device, sample)
+    train_s, score_s = epoch_pace(spec, final, device, sample)
     # the timing is paid from the same time, and so is the final scoring of the test set after training (as
     # long as one scoring inside an epoch); measured beside a 2-core load, it was most of an overrun of 12%
     seconds -= time.monotonic() - began + score_s
     per_epoch = train_s + score_s
-    flops = pipeline.assess(spec, final.input_shape, final.n_classes, device)[0].flops
+    flops = assess(spec, final.input_shape, final.n_classes, device)[0].flops
     for width in WIDTHS if built_in else ():
         wide = spec.widened(width)
-        info, too_large, _ = pipeline.assess(wide, final.input_shape, final.n_classes, device)
+        info, too_large, _ = assess(wide, final.input_shape, final.n_classes, device)
         if too_large or per_epoch * info.flops / flops * MIN_WIDE_EPOCHS > 1.5 * seconds:
             continue  # more memory than the device has, or far too slow by its FLOPs: not worth timing
         began = time.monotonic()
-        wide_epoch = pipeline.seconds_per_epoch(wide, final, device, sample)
+        wide_epoch = seconds_per_epoch(wide, final, device, sample)
         seconds -= time.monotonic() - began
         if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
             return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)

@@ -1,4 +1,5 @@
-"""Datasets -> uint8 tensors (N×C×H×W) and int64 labels; seeded stratified splits; subsets.
+"""Datasets -> uint8 tensors (N×C×H×W) and int64 labels; seeded stratified splits and subsets, put on the
+training device (`Prepared`).
 
 Named datasets are looked up in order: `data_dir`, `$NAS_DATA_DIR`, the user cache, the system
 locations where distributions install them (Debian's `dataset-fashion-mnist` puts the IDX gz files
@@ -225,6 +226,42 @@ def test_split(ds: Dataset) -> Split:
     """The test set: scored only by final models, never by the search."""
     return Split(ds.x_test, ds.y_test)
 
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset cut for training, already on the training device, with its normalisation.
+
+    A search scores on `val` (taken from the training set) and never sees the test set; a final
+    model trains on the whole training set and is scored on `test`."""
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    input_shape: tuple[int, int, int]
+    n_classes: int
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def held_out(self) -> Split:
+        """What training scores after every epoch: the validation split, or the test set of a final model."""
+        return self.val if self.val is not None else self.test
+
+
+def prepare_search_data(
+    ds: Dataset, val_fraction: float, seed: int, device: torch.device, subset: int | None = None
+) -> Prepared:
+    """The seeded stratified train/val split the search scores on; the test set stays out of it."""
+    train, val = split_train_val(ds, val_fraction, seed, subset)
+    return Prepared(train.to(device), val.to(device), None, ds.input_shape, ds.n_classes, *channel_stats(train.x))
+
+
+def prepare_final_data(ds: Dataset, device: torch.device) -> Prepared:
+    """The whole training set to train on and the test set to score: for `train` and export."""
+    train = full_train(ds)
+    return Prepared(train.to(device), None, test_split(ds).to(device), ds.input_shape, ds.n_classes,
+                    *channel_stats(train.x))
 
 # ---------------------------------------------------------------------------------------------
 # Finding and downloading

@@ -28,7 +28,7 @@ from nas.formats import CHANNELS, MAX_PIXELS, read_images
 from nas.space import SpaceError, sample
 from nas.spacefile import fixed_space_dict, load_space
 from nas.spec import ArchSpec
-from nas.system import available_memory
+from nas.system import ASSUMED_MEMORY, UNKNOWN_MEMORY, available_memory
 
 if TYPE_CHECKING:  # torch is imported where a model is written or loaded, not where one only classifies
     import torch
@@ -130,9 +130,11 @@ def open_export(path: str | Path) -> Export:
         raise ExportError(f"{path / 'arch.yaml'} is not a fixed architecture: {e}") from e
     except ShapeError as e:
         raise ExportError(f"{path / 'arch.yaml'} does not fit the input {shape} of metrics.json: {e}") from e
-    if 4 * info.n_params > available_memory():
+    available = available_memory()
+    if 4 * info.n_params > (ASSUMED_MEMORY if available is None else available):
+        unknown = "" if available is not None else f" ({UNKNOWN_MEMORY})"
         raise ExportError(f"{path / 'arch.yaml'}: a network of {info.n_params:,} parameters does not fit in this "
-                          "machine's memory.")
+                          f"machine's memory{unknown}.")
     model = build_model(spec, shape, len(classes))
     try:
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)

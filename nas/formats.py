@@ -22,7 +22,7 @@ import numpy as np
 from nas.errors import NasError
 from nas.files import check_readable_file, name_text
 from nas.names import DATASETS, counted
-from nas.system import available_memory
+from nas.system import ASSUMED_MEMORY, UNKNOWN_MEMORY, available_memory
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
@@ -363,6 +363,9 @@ def _npz_images(path: Path) -> np.ndarray:
 def _check_fits(n_bytes: int, what: str) -> None:
     """Refuse data that would not fit in this machine's available memory, before reading it."""
     available = available_memory()
-    if n_bytes > available:
+    if available is None and n_bytes > ASSUMED_MEMORY:
+        raise DataError(f"{what} would take {n_bytes / 2**30:.3g} GiB in memory, but {UNKNOWN_MEMORY}; the file is "
+                        "corrupt or too large for this machine.")
+    if available is not None and n_bytes > available:
         raise DataError(f"{what} would take {n_bytes / 2**30:.3g} GiB in memory, but only {available / 2**30:.3g} "
                         "GiB are available; the file is corrupt or too large for this machine.")

@@ -1,4 +1,5 @@
-"""ArchSpec -> `nn.Sequential`; shapes come from running the layers, never from hand-worked sizes.
+"""ArchSpec -> `nn.Sequential`, and whether it may be trained here: shapes come from running the layers,
+never from hand-worked sizes; parameters, FLOPs and training memory are worked out before any tensor exists.
 
 The model starts with its own input normalisation, so it takes float images in [0, 1], N×C×H×W,
 as torchvision's `ToTensor` gives them.
@@ -10,7 +11,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +19,12 @@ from torch import nn
 from nas.errors import NasError
 from nas import names
 from nas.spec import ArchSpec, BlockSpec
+from nas.system import ASSUMED_MEMORY, UNKNOWN_MEMORY, available_memory
+
+if TYPE_CHECKING:
+    from nas.data import Prepared
+
+MEMORY_SHARE = 0.8  # of a device's free memory that training one net may plan to use
 
 # One registry per kind of name a space may use; a test checks they match the space's names.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -213,6 +220,49 @@ def training_bytes(info: ModelInfo, batch_size: int) -> int:
     moments, plus every layer's output for one batch kept for the backward pass, and its gradient."""
     activations = sum(math.prod(shape) for _, shape in info.layers)
     return 4 * (4 * info.n_params + 2 * batch_size * activations)
+
+
+def new_model(spec: ArchSpec, data: Prepared, seed: int, device: torch.device) -> nn.Sequential:
+    """The seeded, freshly initialised network of `spec` on `device`, normalising as `data` needs."""
+    torch.manual_seed(seed)
+    return build_model(spec, data.input_shape, data.n_classes, data.mean, data.std).to(device)
+
+
+def assess(
+    spec: ArchSpec,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    device: torch.device,
+    max_params: int | None = None,
+    max_mflops: float | None = None,
+) -> tuple[ModelInfo, str | None, dict[str, float]]:
+    """The size of `spec`'s network, worked out without allocating it; why it must not be trained (over
+    `max_params` / `max_mflops`, or more memory than `device` has free), or None; and how far it is over
+    each limit as a fraction, > 0 over and <= 0 within (what a search gives Optuna as constraints).
+    Raises ShapeError for a net that does not fit the input."""
+    info = spec_info(spec, input_shape, n_classes)
+    need, free = training_bytes(info, spec.training.batch_size), device_memory(device)
+    known = free is not None
+    free = free if known else ASSUMED_MEMORY
+    over = {"max_params": info.n_params / max_params - 1 if max_params else -1.0,
+            "max_mflops": info.flops / 1e6 / max_mflops - 1 if max_mflops else -1.0,
+            "memory": need / (MEMORY_SHARE * free) - 1 if free else 1.0}
+    for value, limit, what, key in ((info.n_params, max_params, "parameters", "max_params"),
+                                    (info.flops / 1e6, max_mflops, "MFLOPs", "max_mflops")):
+        if over[key] > 0:
+            return info, f"too large: {value:,.0f} {what} > {key} {limit:,}", over
+    if over["memory"] > 0:
+        return info, (f"too large: training needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device}"
+                      + ("" if known else f" ({UNKNOWN_MEMORY})")), over
+    return info, None, over
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes free on `device`: the GPU's free memory, or the machine's available memory for the CPU (None where
+    the machine does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
 
 
 def _block(block: BlockSpec, in_channels: int) -> list[nn.Module]:

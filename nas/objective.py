@@ -26,9 +26,9 @@ import optuna
 import torch
 
 from nas import study as studies
+from nas.data import Prepared
 from nas.latency import onnx_latency, torch_latency
-from nas.model import ShapeError
-from nas.pipeline import Prepared, assess, new_model
+from nas.model import ShapeError, assess, new_model
 from nas.space import Space, sample
 from nas.train import BatchRecord, Diverged, EpochRecord, TimeUp, fit
 

@@ -14,8 +14,7 @@ from nas import names
 from nas.autospace import default_space, space_text
 from nas.data import dataset_inputs, dataset_shape, load_dataset
 from nas.files import WriteError, check_file_target, check_not_input, name_text, write_file
-from nas.model import ShapeError
-from nas.pipeline import assess
+from nas.model import ShapeError, assess
 from nas.space import RandomTrial, dim_text, n_combinations, sample
 from nas.spacefile import baseline_params, load_space, parse_space
 

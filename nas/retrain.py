@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from nas.data import Dataset, Split
-    from nas.pipeline import Prepared
+    from nas.data import Dataset, Prepared, Split
     from nas.train import EpochRecord
 
 
@@ -192,9 +191,9 @@ def train_fixed(job: TrainJob, on_event: Callable[[TrainingStarted | EpochRecord
 
 
 def _train_fixed(job: TrainJob, on_event: Callable[[TrainingStarted | EpochRecord], None]) -> dict[str, Any]:
-    from nas.data import load_dataset
-    from nas.pipeline import assess, prepare_final_data, score_on_test, train_spec
-    from nas.train import pick_device
+    from nas.data import load_dataset, prepare_final_data
+    from nas.model import assess
+    from nas.train import pick_device, train_spec
 
     space = load_space(job.space)
     spec = sample(space)
@@ -238,8 +237,8 @@ def retrain_trial(
     own training (same split, seed and epochs) so the model is the one the search scored. `prepared` is
     the data for `retrain_epochs` already on `device` (`nas run` has it there to plan the retrain).
     """
-    from nas.data import test_split
-    from nas.pipeline import prepare_final_data, prepare_search_data, score_on_test, train_spec
+    from nas.data import prepare_final_data, prepare_search_data, test_split
+    from nas.train import train_spec
 
     searched = ArchSpec.from_dict(trial.user_attrs["spec"])
     spec = spec if spec is not None and retrain_epochs else searched
@@ -298,4 +297,20 @@ def describe_model(model: nn.Module, spec: ArchSpec, ds: Dataset) -> dict[str, A
         "classes": list(ds.classes),
         "n_params": info.n_params,
         "flops": info.flops,
+    }
+
+
+def score_on_test(model: nn.Module, test: Split, classes: tuple[str, ...]) -> dict:
+    """Accuracy, per-class accuracy (by class name) and the confusion matrix on the test set."""
+    import torch
+
+    from nas.train import predict
+
+    pred = predict(model, test.x)
+    n = len(classes)
+    confusion = torch.bincount(test.y * n + pred, minlength=n * n).reshape(n, n)  # rows: true, columns: predicted
+    return {
+        "test_accuracy": (pred == test.y).float().mean().item(),
+        "per_class_accuracy": dict(zip(classes, (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist())),
+        "confusion": confusion.tolist(),
     }

@@ -22,7 +22,6 @@ from nas import claims, data, names, study as studies, system, workers
 from nas.data import Dataset
 from nas.errors import NasError
 from nas.objective import Objective
-from nas.pipeline import prepare_search_data
 from nas.autospace import default_space
 from nas.signals import Interrupted, checkpoint, signals_interrupt
 from nas.space import Space
@@ -305,7 +304,7 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     rejected before training do not count (`study.run_trials`)."""
     device = torch.device(device)
     split = study.user_attrs["data"]
-    prepared = prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
+    prepared = data.prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
     objective = Objective(space, prepared, job.epochs, device, job.seed,
                           on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
                           pareto=job.pruner == "pareto", deadline=deadline, grace=job.trial_grace,

@@ -32,7 +32,7 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """How the network is trained (`train.Recipe`)."""
+    """How the network is trained (what `train.fit` reads)."""
 
     optimizer: str
     lr: float

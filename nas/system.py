@@ -89,12 +89,21 @@ def pick_threads(n_workers: int = 1, requested: int | None = None) -> Threads:
     return Threads(n, why)
 
 
-def available_memory() -> int:
-    """Bytes of memory this machine can still give (MemAvailable on Linux)."""
+ASSUMED_MEMORY = 4 << 30  # what nas plans with where a machine does not say how much memory it has: a modest machine's
+UNKNOWN_MEMORY = "this machine does not say how much memory it has, so nas assumes 4 GiB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable on Linux, else its physical memory), or None
+    where it does not say: a caller then plans with ASSUMED_MEMORY and says so (UNKNOWN_MEMORY), since a
+    guard fed a made-up large figure would let everything pass."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 40
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or a name this system lacks
+        return None

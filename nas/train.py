@@ -1,4 +1,5 @@
-"""The training loop: `fit` trains a model on tensors already on its device; no Optuna here.
+"""The training loop: `fit` trains a model on tensors already on its device (`train_spec`: a spec's seeded
+network, from scratch; `epoch_pace`: how long that takes here); no Optuna here.
 
 Batches are cut from the uint8 dataset on the training device by a shuffled index; loss and correct
 counts accumulate on the device and are read once per epoch, so the loop never waits on the host.
@@ -11,14 +12,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nas import names
+from nas.data import Prepared, Split
 from nas.errors import NasError
+from nas.model import new_model
+from nas.spec import ArchSpec, TrainSpec
+from nas.system import pick_threads
 
 EVAL_BATCH = 4096
 CROP_PAD = 2  # random crop: shift by up to this many pixels, zero-filled (RandomCrop(28, padding=2))
@@ -93,26 +98,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-class Split(Protocol):
-    """Images (uint8, N×C×H×W) and their labels, on the training device (`data.Split` is one)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-class Recipe(Protocol):
-    """How to train: what `fit` reads of a spec's training part (`space.TrainSpec` is one)."""
-
-    optimizer: str
-    lr: float
-    batch_size: int
-    weight_decay: float
-    momentum: float
-    augment: str
-    schedule: str
-    label_smoothing: float
-
-
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda params, r: torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay),
     "adamw": lambda params, r: torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay),
@@ -139,7 +124,7 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_sched
 names.check_registry(SCHEDULES, names.SCHEDULES, "schedule")
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: TrainSpec) -> torch.optim.Optimizer:
     """The recipe's optimizer over the model's parameters."""
     return names.lookup(OPTIMIZERS, recipe.optimizer, "optimizer")(model.parameters(), recipe)
 
@@ -148,7 +133,7 @@ def fit(
     model: nn.Module,
     train: Split,
     val: Split,
-    recipe: Recipe,
+    recipe: TrainSpec,
     *,
     epochs: int,
     seed: int = 0,
@@ -217,6 +202,64 @@ def epochs_within(first_epoch: float, seconds_left: float, planned: int) -> int:
     """How many of `planned` epochs fit when the first took `first_epoch` seconds and `seconds_left`
     remain after it (at least the one done)."""
     return max(1, min(planned, 1 + int(max(0.0, seconds_left) / max(first_epoch, 1e-9))))
+
+
+def train_spec(
+    spec: ArchSpec,
+    data: Prepared,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    deadline: float | None = None,
+    on_batch: Callable[[BatchRecord], None] | None = None,
+) -> tuple[nn.Sequential, list[EpochRecord]]:
+    """Build `spec`'s seeded network and train it on `data.train`, scoring `data.held_out` every epoch.
+    With a `deadline` (monotonic), the epochs are cut to fit it (`fit`'s shrink) and training stops at it:
+    fewer records than `epochs` say so. `on_batch` hears of progress inside an epoch about once a second."""
+    model = new_model(spec, data, seed, device)
+    fit_threads()
+    try:
+        return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch,
+                          deadline=deadline, shrink=True, on_batch=on_batch)
+    except TimeUp as e:
+        return model, e.history
+    except Diverged as e:
+        lr = spec.training.lr
+        raise DivergedError(f"training {spec.describe()} diverged: its loss became NaN or infinite in epoch {e.epoch} "
+                       f"(learning rate {lr:g}, {spec.training.optimizer}). Lower the learning rate (training.lr, say "
+                       f"to {lr / 10:g}) and train it again; of a searched study, `nas best --trial N --export DIR` "
+                       "exports another trial.") from None
+
+
+def fit_threads() -> None:
+    """Train with the threads that other processes leave free now (or OMP_NUM_THREADS): more would make a small
+    net's training several times slower, not a little (`system`)."""
+    torch.set_num_threads(pick_threads().n)
+
+
+def seconds_per_epoch(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 2048) -> float:
+    """How long one epoch of `train_spec` on `data` takes here (`epoch_pace`'s two parts together)."""
+    return sum(epoch_pace(spec, data, device, sample))
+
+
+def epoch_pace(spec: ArchSpec, data: Prepared, device: torch.device, sample: int = 2048) -> tuple[float, float]:
+    """Seconds to train one epoch of `data.train` here and to score `data.held_out` once, timed on `sample`
+    images of each (after a warm-up batch) and scaled: what plans a retrain to fit a time budget. Kept
+    short (seconds on a busy CPU), since the budget pays for it; the retrain checks its own pace after
+    its first epoch anyway."""
+    model = new_model(spec, data, 0, device)
+    fit_threads()
+    n, none = min(sample, len(data.train)), Split(data.train.x[:0], data.train.y[:0])
+    fit(model, Split(data.train.x[: spec.training.batch_size], data.train.y[: spec.training.batch_size]), none,
+        spec.training, epochs=1)  # the first steps allocate and pick kernels: not part of an epoch's pace
+    start = time.perf_counter()
+    fit(model, Split(data.train.x[:n], data.train.y[:n]), none, spec.training, epochs=1)
+    train = (time.perf_counter() - start) * len(data.train) / n
+    held_out, m = data.held_out, min(sample, len(data.held_out))
+    start = time.perf_counter()
+    evaluate(model, Split(held_out.x[:m], held_out.y[:m]))
+    return train, (time.perf_counter() - start) * len(held_out) / max(m, 1)
 
 
 def _prepare(model: nn.Module, device: torch.device, precision: str) -> torch.dtype | None:

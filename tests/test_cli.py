@@ -229,7 +229,7 @@ def small_colour_npz(path: Path, side: int) -> Path:
 @pytest.mark.parametrize("shape, blocks", [((1, 28, 28), 3), ((3, 32, 32), 3), ((3, 8, 8), 2), ((1, 4, 4), 1)])
 def test_the_builtin_space_is_scaled_to_the_images(shape, blocks):
     from nas.autospace import default_space
-    from nas.pipeline import assess
+    from nas.model import assess
     from nas.space import IntRange, sample
     from nas.spacefile import parse_space
 
@@ -260,10 +260,10 @@ def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_pat
 
 def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir, calls):
     """The retrain reuses what the search read: the dataset is read once, the training set copied to the device once."""
-    from nas import data, pipeline
+    from nas import data
 
     calls.count("data", (data, "load_dataset"))
-    calls.count("to device", (pipeline, "prepare_final_data"))
+    calls.count("to device", (data, "prepare_final_data"))
     db, out, page = f"sqlite:///{tmp_path}/s.db", tmp_path / "model", tmp_path / "report.html"
     text = squash(nas_cli("run", "--data-dir", idx_dir, "--budget", "30s", "--storage", db, "--export", out,
                           "--report", page, "--quiet").output)
@@ -276,12 +276,12 @@ def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_pat
 
 
 def test_a_run_widens_a_builtin_spaces_net_only_as_far_as_its_time_allows(idx_dir):
-    from nas import autorun, data, pipeline
+    from nas import autorun, data
     from nas.spec import ArchSpec, BlockSpec, LayerSpec, TrainSpec
 
     spec = ArchSpec((BlockSpec("conv3x3x2", 8, "relu", True, "max", "same", 0.0),), (LayerSpec(16, "relu", 0.0),),
                     "default", TrainSpec("adamw", 0.01, 32, 0.0, 0.0))
-    final = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", idx_dir), torch.device("cpu"))
+    final = data.prepare_final_data(data.load_dataset("fashion-mnist", idx_dir), torch.device("cpu"))
     plenty, none, own = (autorun.plan_retrain(spec, final, torch.device("cpu"), s, built_in=b)
                          for s, b in ((1e6, True), (0.0, True), (1e6, False)))
     assert plenty.width == max(autorun.WIDTHS) and plenty.spec.blocks[0].channels == 16

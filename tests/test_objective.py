@@ -8,7 +8,8 @@ from nas import space as sp
 from nas import spacefile as sf
 from nas.data import load_dataset
 from nas.objective import Objective
-from nas.pipeline import prepare_search_data, train_spec
+from nas.data import prepare_search_data
+from nas.train import train_spec
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,10 @@ from nas.cli import app
 from nas.data import load_dataset
 from nas.export import write_export
 from nas.retrain import describe_model
-from nas.pipeline import new_model, prepare_final_data, score_on_test, train_spec
+from nas.data import prepare_final_data
+from nas.model import new_model
+from nas.retrain import score_on_test
+from nas.train import train_spec
 from nas.space import sample
 from nas.spacefile import load_space
 from nas.train import fit

@@ -26,22 +26,21 @@ ALLOWED = {
     "system": set(),  # the machine: cores, threads, memory (no torch)
     "formats": {"errors", "files", "names", "system"},  # file readers -> numpy arrays: `nas predict` reads with no torch
     "data": {"files", "formats", "names"},
-    "model": {"errors", "names", "spec"},  # space's types, not its YAML parser
-    "train": {"errors", "names"},  # torch only
-    "pipeline": {"data", "model", "spec", "system", "train"},
+    "model": {"errors", "names", "spec", "system"},  # a spec's net: built, sized, and whether it fits (system: memory)
+    "train": {"data", "errors", "model", "names", "spec", "system"},  # the loop; a spec's seeded net trained on prepared data
     "latency": set(),  # torch and ONNX Runtime only
-    "objective": {"latency", "model", "pipeline", "space", "spec", "study", "train"},
+    "objective": {"data", "latency", "model", "space", "spec", "study", "train"},
     "study": {"errors", "files", "names", "space"},
     "claims": {"study"},  # the study-wide trial count, in the storage beside Optuna's tables
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
     "signals": {"errors", "study"},  # signals -> Interrupted (study: whether a storage transaction is open)
     "workers": {"errors", "signals", "study", "system", "train"},  # worker processes, whatever work they run
-    "search": {"autospace", "claims", "data", "errors", "names", "objective", "pipeline", "signals", "space", "spacefile", "study", "system", "train", "workers"},
-    "preview": {"autospace", "data", "files", "model", "names", "pipeline", "space", "spacefile"},
-    "autorun": {"data", "errors", "files", "names", "pipeline", "report", "retrain", "search", "signals", "space", "spacefile", "spec", "study", "train"},  # search, then retrain and export
+    "search": {"autospace", "claims", "data", "errors", "names", "objective", "signals", "space", "spacefile", "study", "system", "train", "workers"},
+    "preview": {"autospace", "data", "files", "model", "names", "space", "spacefile"},
+    "autorun": {"data", "errors", "files", "model", "names", "report", "retrain", "search", "signals", "space", "spacefile", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "names", "study"},
     "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spacefile", "spec", "system"},  # no Optuna
-    "retrain": {"data", "export", "files", "model", "pipeline", "signals", "space", "spacefile", "spec", "study", "train"},
+    "retrain": {"data", "export", "files", "model", "signals", "space", "spacefile", "spec", "study", "train"},
     "views": {"autorun", "errors", "names", "search"},  # results as text: the library inside its functions only
     "progress": {"errors", "names", "retrain", "search", "train", "views", "workers"},  # events, routed by type
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
@@ -53,7 +52,7 @@ HEAVY = {  # third-party libraries and the only modules that may import them
     "sqlalchemy": {"study", "claims"},
     "optuna_dashboard": {"report"},
     "plotly": {"report"},
-    "torch": {"data", "model", "train", "pipeline", "latency", "objective", "search", "workers", "preview", "export", "retrain",
+    "torch": {"data", "model", "train", "latency", "objective", "search", "workers", "preview", "export", "retrain",
               "autorun"},
     "onnxruntime": {"export", "latency"},
     "rich": {"views", "progress"},

@@ -613,13 +613,13 @@ def test_a_retrain_cut_to_keep_the_budget_says_how_much_ran():
 def test_a_retrain_that_cannot_fit_an_epoch_plans_one_pass_over_part_of_the_data(idx_dir):
     """Whatever this machine's pace: far too little time gives one pass over a batch's worth of images, plenty
     gives whole epochs."""
-    from nas import data, pipeline
+    from nas import data
     from nas.autorun import plan_retrain
     from nas.space import sample
     from nas.spacefile import load_space
 
     spec = sample(load_space("seed_network"))
-    final = pipeline.prepare_final_data(data.load_dataset("fashion-mnist", idx_dir), torch.device("cpu"))
+    final = data.prepare_final_data(data.load_dataset("fashion-mnist", idx_dir), torch.device("cpu"))
     short = plan_retrain(spec, final, torch.device("cpu"), 1e-6, built_in=False)
     assert (short.epochs, short.n_images) == (1, spec.training.batch_size)
     long = plan_retrain(spec, final, torch.device("cpu"), 1e6, built_in=False)
