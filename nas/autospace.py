@@ -1,4 +1,5 @@
-"""The built-in space for a dataset, used when `nas search` is given no `--space`.
+"""The built-in space for a dataset and device, used when `nas search` is given no `--space`: the one place
+that decides which space that is (`nas validate --write` writes the same one).
 
 It is scaled to the data: as many conv blocks as halvings the image allows (at most three), a FLOP
 budget in proportion to the image's area, and per-trial epochs and a training subset that keep one
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from nas.files import name_text
+
+if TYPE_CHECKING:
+    from nas.data import Dataset
 
 CPU_MFLOPS_AT_28 = 12.0  # a 28×28 net this size trains an epoch of 60k images in about 20 s on 2 CPU cores
 GPU_SCALE = 20  # a GPU affords nets this much larger in the same time
@@ -24,6 +28,13 @@ CPU_SUBSET, GPU_SUBSET = 15_000, 60_000  # images per trial (train + validation)
 SUBSET_VAL_FRACTION = 0.3  # of a subset: 4,500 validation images score a net to about ±0.5 points (1 s.d.); a
 # tenth of 12,000 gave ±0.9, more than the gap between the top trials, so the best was mostly luck
 CPU_EPOCHS, GPU_EPOCHS = 4, 8
+
+
+def builtin_space(dataset: str, ds: Dataset, device: str) -> dict[str, Any]:
+    """The built-in space for `ds` (named `dataset` on the command line) searched on `device`, a device that
+    was picked already (`cuda:0`, `cpu`, `mps`): a GPU's is larger than a CPU's. `nas search` and
+    `nas validate` both ask here, so one machine and one --device give one space."""
+    return default_space(dataset, ds.name, ds.input_shape, len(ds.y_train), gpu=device.startswith("cuda"))
 
 
 def default_space(dataset: str, name: str, input_shape: tuple[int, int, int], n_train: int, gpu: bool) -> dict[str, Any]:

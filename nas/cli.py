@@ -51,7 +51,7 @@ DEFAULT_STORAGE = "sqlite:///studies/nas.db"
 
 def _check_device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", value):
-        raise typer.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+        raise typer.BadParameter(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
     return value
 
 
@@ -103,7 +103,7 @@ StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", help="fashion-mnist, mnist, kmnist, cifar10, an .npz file or an image folder (default: the space's).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", callback=_check_device)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (Apple).", callback=_check_device)]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1,  # Optuna's samplers take 32-bit seeds, plus offsets
                                       help="Seed of the split, sampler and training.")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON instead of tables.")]
@@ -317,9 +317,9 @@ def predict(
 def validate(
     space: AnySpaceOpt = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Sampled architectures to show.")] = 3,
-    dataset: DatasetOpt = None, data_dir: DataDirOpt = None, seed: SeedOpt = 0,
+    dataset: DatasetOpt = None, data_dir: DataDirOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
     write: Annotated[Optional[Path], typer.Option(
-        "--write", help="Write the built-in space for --dataset to this file, to start a space from.",
+        "--write", help="Write the built-in space for --dataset (and --device) to this file, to start a space from.",
         dir_okay=False)] = None,
 ) -> None:
     """Check a space file (or the built-in space for --dataset); show its dimensions, its size and a few
@@ -330,8 +330,8 @@ def validate(
         if write and space:
             raise NasError("--write writes the built-in space for --dataset; leave out --space.")
         if write:
-            previews.write_builtin_space(write, dataset, data_dir)
-        views.show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed),
+            previews.write_builtin_space(write, dataset, data_dir, device)
+        views.show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed, device),
                            str(space or "the built-in space"))
         if write:
             views.show_space_written(write)

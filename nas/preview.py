@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
-from nas import names
-from nas.autospace import default_space, space_text
+from nas import autospace, names
+from nas.autospace import space_text
 from nas.data import dataset_inputs, dataset_shape, load_dataset
 from nas.files import WriteError, check_file_target, check_not_input, name_text, write_file
 from nas.model import ShapeError, assess
 from nas.space import RandomTrial, dim_text, n_combinations, sample
 from nas.spacefile import baseline_params, load_space, parse_space
+from nas.train import pick_device
 
 
 @dataclass(frozen=True)
@@ -45,29 +46,29 @@ class SpacePreview:
     samples: list[SampledNet]
 
 
-def builtin_space(dataset: str | None, data_dir: str | None = None) -> dict[str, Any]:
-    """The built-in space `nas search` uses for `dataset` without a space file, for this machine's device."""
+def builtin_space(dataset: str | None, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """The built-in space `nas search --device DEVICE` uses for `dataset` without a space file (`autospace`)."""
     name = dataset or names.DEFAULT_DATASET
-    ds = load_dataset(name, data_dir)
-    return default_space(name, ds.name, ds.input_shape, len(ds.y_train), torch.cuda.is_available())
+    return autospace.builtin_space(name, load_dataset(name, data_dir), str(pick_device(device)))
 
 
-def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = None) -> None:
+def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = None, device: str = "auto") -> None:
     """Write the built-in space for `dataset` to `out` as a space file to start from (never over the dataset)."""
     check_file_target(out, "the space file")
     check_not_input(out, "--write", dataset_inputs(dataset or names.DEFAULT_DATASET, data_dir))
     if dataset and name_text(dataset) != dataset:
         raise WriteError(f"{name_text(dataset)}: the dataset's path is not UTF-8, so a space file (UTF-8 YAML) "
                          "cannot name it; rename it with UTF-8 characters, or search it without a space file.")
-    write_file(out, space_text(builtin_space(dataset, data_dir)))
+    write_file(out, space_text(builtin_space(dataset, data_dir, device)))
 
 
 def preview_space(path: str | None, dataset: str | None = None, data_dir: str | None = None, n_samples: int = 3,
-                  seed: int = 0) -> SpacePreview:
+                  seed: int = 0, device: str = "auto") -> SpacePreview:
     """Check a space file (and its baselines), or the built-in space of `dataset` when `path` is None, and
-    draw `n_samples` nets from it (one from a fixed architecture), each sized on the meta device;
+    draw `n_samples` nets from it (one from a fixed architecture), each sized on the meta device (`device`
+    picks the built-in space, as `nas search --device` does);
     nothing is trained or allocated."""
-    space = load_space(path) if path else parse_space(builtin_space(dataset, data_dir))
+    space = load_space(path) if path else parse_space(builtin_space(dataset, data_dir, device))
     baselines = baseline_params(space)
     shape, n_classes = dataset_shape(dataset or space.dataset, data_dir)
     dims = space.dimensions()

@@ -22,7 +22,7 @@ from nas import claims, data, names, study as studies, system, workers
 from nas.data import Dataset
 from nas.errors import NasError
 from nas.objective import Objective
-from nas.autospace import default_space
+from nas.autospace import builtin_space
 from nas.signals import Interrupted, checkpoint, signals_interrupt
 from nas.space import Space
 from nas.spacefile import baseline_params, load_space, parse_space
@@ -209,7 +209,7 @@ def _open(job: SearchJob, space: Space | None) -> tuple[Study, Space, Dataset, S
     ds = None
     if job.space is None:
         ds = data.load_dataset(job.dataset or names.DEFAULT_DATASET, job.data_dir)
-        space = dataset_space(job.dataset or names.DEFAULT_DATASET, ds, devices[0])
+        space = parse_space(builtin_space(job.dataset or names.DEFAULT_DATASET, ds, devices[0]))
     elif space is None:
         space = load_space(job.space)
     space = replace(space, objectives=job.objectives or space.objectives)
@@ -234,11 +234,6 @@ def _pruner(name: str | None, objectives: tuple[str, ...]) -> str:
         raise NasError(f"--pruner {name} cannot stop trials of a search for {','.join(objectives)}: Optuna prunes "
                        "single-objective studies only. Use --pruner pareto (the default there) or none.")
     return name or "pareto"
-
-
-def dataset_space(dataset: str, ds: Dataset, device: str) -> Space:
-    """The built-in space for `ds` (given as `dataset` on the command line), sized for `device`."""
-    return parse_space(default_space(dataset, ds.name, ds.input_shape, len(ds.y_train), device.startswith("cuda")))
 
 
 def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str], rows: list[dict[str, Any]],

@@ -243,6 +243,23 @@ def test_the_builtin_space_is_scaled_to_the_images(shape, blocks):
         assert len(spec.blocks) == min(2, blocks) and assess(spec, shape, 10, torch.device("cpu"), None, space.max_mflops)[1] is None
 
 
+@pytest.mark.parametrize("device", ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_validate_writes_the_builtin_space_that_search_uses_on_this_machine(tmp_path, device):
+    """One decision (`autospace.builtin_space`): `nas validate --write` and `nas search` with the same --device
+    build the same space (a GPU's is larger; `--device cpu` on a GPU machine asks for a CPU's)."""
+    from dataclasses import replace
+
+    from nas import search as searching
+
+    data = small_colour_npz(tmp_path / "c.npz", 8)
+    nas_cli("validate", "--dataset", data, "--device", device, "--write", tmp_path / "auto.yaml")
+    written = load_space(tmp_path / "auto.yaml")
+    job = searching.SearchJob(None, dataset=str(data), storage=f"sqlite:///{tmp_path}/s.db", device=device, epochs=1)
+    searched = searching.run(job, lambda event: None).space
+    assert replace(searched, baselines=(), path=None) == replace(written, baselines=(), path=None)
+    assert baseline_params(searched) == baseline_params(written)
+
+
 @pytest.mark.parametrize("side", [8, 32])
 def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_path, side):
     data = small_colour_npz(tmp_path / f"c{side}.npz", side)

@@ -36,7 +36,7 @@ ALLOWED = {
     "signals": {"errors", "study"},  # signals -> Interrupted (study: whether a storage transaction is open)
     "workers": {"errors", "signals", "study", "system", "train"},  # worker processes, whatever work they run
     "search": {"autospace", "claims", "data", "errors", "names", "objective", "signals", "space", "spacefile", "study", "system", "train", "workers"},
-    "preview": {"autospace", "data", "files", "model", "names", "space", "spacefile"},
+    "preview": {"autospace", "data", "files", "model", "names", "space", "spacefile", "train"},
     "autorun": {"data", "errors", "files", "model", "names", "report", "retrain", "search", "signals", "space", "spacefile", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "names", "study"},
     "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spacefile", "spec", "system"},  # no Optuna
