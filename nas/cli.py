@@ -51,7 +51,7 @@ DEFAULT_STORAGE = "sqlite:///studies/nas.db"
 
 def _check_device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", value):
-        raise typer.BadParameter(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        raise typer.BadParameter(f"expected auto, cpu, mps or cuda[:N], got {value!r}")
     return value
 
 
@@ -103,7 +103,7 @@ StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", help="fashion-mnist, mnist, kmnist, cifar10, an .npz file or an image folder (default: the space's).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset's files.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (Apple).", callback=_check_device)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, mps (Apple) or cuda[:N].", callback=_check_device)]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1,  # Optuna's samplers take 32-bit seeds, plus offsets
                                       help="Seed of the split, sampler and training.")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON instead of tables.")]

@@ -135,7 +135,7 @@ CASES = [
      "top level: expected a mapping, got list"),
     ("space: searched space given to train", lambda t: ["train", "--space", SPACES / "lenet.yaml"], 2,
      "is searched, so this space is not a fixed architecture"),
-    ("cli: unknown device", lambda t: search(t, GOOD, "--device", "gpu"), 2, "expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("cli: unknown device", lambda t: search(t, GOOD, "--device", "gpu"), 2, "expected auto, cpu, mps or cuda[:N], got 'gpu'"),
     ("cli: unknown sampler", lambda t: search(t, GOOD, "--sampler", "cma"), 2, "expected one of tpe, random, got 'cma'"),
     ("cli: unknown pruner", lambda t: search(t, GOOD, "--pruner", "always"), 2, "expected one of median, hyperband, pareto"),
     ("space: objectives without accuracy first", lambda t: ["validate", "--space", space(t, "objectives: [latency, accuracy]")],

@@ -157,7 +157,7 @@ def test_missing_data_and_unknown_study_are_clear_errors(tmp_path, tiny_space):
 
 
 def test_bad_option_values_are_usage_errors(tiny_space):
-    assert "expected auto, cpu, cuda" in squash(nas_cli("train", "--space", tiny_space, "--device", "gpu", code=2).output)
+    assert "expected auto, cpu, mps or cuda" in squash(nas_cli("train", "--space", tiny_space, "--device", "gpu", code=2).output)
     assert "expected one of tpe, random" in squash(nas_cli("search", "--space", tiny_space, "--sampler", "cma", code=2).output)
 
 
