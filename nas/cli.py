@@ -359,9 +359,9 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard on the study's storage until Ctrl-C."""
     with _user_errors():
-        from nas import report as reporting
+        from nas import dashboard as dashboards
 
-        reporting.serve_dashboard(storage, study, host, port, on_ready=lambda url: views.show_dashboard(storage, url))
+        dashboards.serve_dashboard(storage, study, host, port, on_ready=lambda url: views.show_dashboard(storage, url))
         views.show_dashboard(storage, None)
 
 

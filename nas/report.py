@@ -10,10 +10,8 @@ Plotly's JavaScript is inlined once, so the file opens offline.
 from __future__ import annotations
 
 import html
-import signal
-import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,8 +20,8 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from nas.files import check_file_target, check_not_input, write_file
 from nas.names import counted
-from nas.study import (StudyError, accuracy, front, load_study, objectives_of, open_storage, quiet_optuna,
-                       storage_inputs, top_trials, trial_row)
+from nas.study import (accuracy, front, load_study, objectives_of, quiet_optuna, storage_inputs, top_trials,
+                       trial_row)
 
 N_SLICES = 4  # slice plots of the most important parameters
 N_PARALLEL = 8  # parameters on the parallel-coordinates plot
@@ -45,6 +43,7 @@ class Summary:
     export: dict[str, Any] | None  # what `nas best --export` recorded
     objectives: tuple[str, ...] = ("accuracy",)
     front: list[int] | None = None  # with several objectives: the numbers of the trials on their Pareto front
+    not_drawn: list[tuple[str, str]] = field(default_factory=list)  # (figure, why it is not in the report)
 
 
 def summarize(study: optuna.Study, top: int = 10) -> Summary:
@@ -59,6 +58,8 @@ def summarize(study: optuna.Study, top: int = 10) -> Summary:
     sized = [t for t in done if t.user_attrs.get("n_params") is not None]
     costs = ["n_params", "flops"] + (["latency_ms"] if any("latency_ms" in t.user_attrs for t in sized) else [])
     objectives = objectives_of(study)
+    ranked, unranked = importances(study, len(done))
+    export = study.user_attrs.get("export")
     return Summary(
         study=study.study_name,
         counts={s: states.count(s) for s in sorted(set(states))},
@@ -69,24 +70,34 @@ def summarize(study: optuna.Study, top: int = 10) -> Summary:
              "epochs": [r["epoch"] for r in t.user_attrs["curve"]], "val_acc": [r["val_acc"] for r in t.user_attrs["curve"]]}
             for t in trials if t.user_attrs.get("curve")
         ],
-        importances=importances(study) if len(done) >= 2 else {},
+        importances=ranked,
         size=[{"number": t.number, "value": accuracy(t), "arch": t.user_attrs.get("arch", "")}
               | {c: t.user_attrs.get(c) for c in costs} for t in sized],
         pareto={cost: pareto_front([t for t in sized if cost in t.user_attrs], cost) for cost in costs},
         top=[trial_row(t) for t in top_trials(study, top)],
-        export=study.user_attrs.get("export"),
+        export=export,
         objectives=objectives,
         front=[t.number for t in front(study)] if len(objectives) > 1 else None,
+        not_drawn=[(title, unranked) for title in _RANKED if unranked] + ([] if export else [(
+            _EXPORTED, "no model of this study is exported yet; `nas best --export DIR` exports one and records it")]),
     )
 
 
-def importances(study: optuna.Study) -> dict[str, float]:
-    """Parameter importances by PED-ANOVA (Optuna's, and it needs no scikit-learn)."""
+_RANKED = ("Parameter importances", "Parallel coordinates", "Slices of the most important parameters")  # need importances
+_EXPORTED = "Test confusion matrix and accuracy per class"
+
+
+def importances(study: optuna.Study, n_done: int) -> tuple[dict[str, float], str | None]:
+    """Parameter importances by PED-ANOVA (Optuna's, and it needs no scikit-learn) of a study with `n_done`
+    completed trials; when there are none, why not (the report says it under "Not drawn")."""
+    if n_done < 2:
+        return {}, f"only {counted(n_done, 'completed trial')}; ranking the parameters needs at least 2"
     try:
         target = _importance_target(study).get("target")
-        return _quiet(get_param_importances, study, evaluator=PedAnovaImportanceEvaluator(), target=target)
-    except (ValueError, RuntimeError):  # too few or too uniform trials to say anything
-        return {}
+        ranked = _quiet(get_param_importances, study, evaluator=PedAnovaImportanceEvaluator(), target=target)
+    except (ValueError, RuntimeError) as e:  # too few or too uniform trials to say anything
+        return {}, f"Optuna's PED-ANOVA could not rank the parameters ({e})"
+    return ranked, None if ranked else "the completed trials share one set of parameters (nothing was searched)"
 
 
 def pareto_front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[int]:
@@ -167,45 +178,10 @@ def write_report(study_name: str | None, storage: str, out: Path, option: str = 
         header=_header(summary, storage),
         top=_top_table(summary.top),
         figures="\n".join(sections),
+        not_drawn=_not_drawn(summary.not_drawn),
     )
     write_file(out, page)
     return summary
-
-
-def serve_dashboard(storage: str, study_name: str | None, host: str, port: int, on_ready: Callable[[str], None]) -> None:
-    """Serve optuna-dashboard on the storage until Ctrl-C; `on_ready` gets the URL (of the study, when there
-    is one to show) once the port is bound. Any Optuna study is shown, not only those nas made."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    import optuna_dashboard
-
-    quiet_optuna()
-    rdb = open_storage(storage)
-    page = "dashboard/"
-    if study_name is not None or len(optuna.get_all_study_names(rdb)) == 1:
-        study = load_study(study_name, storage, nas_only=False)
-        page = f"dashboard/studies/{rdb.get_study_id_from_name(study.study_name)}"
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, *args: Any) -> None:  # no line per request
-            pass
-
-    try:
-        server = make_server(host, port, optuna_dashboard.wsgi(rdb), handler_class=Quiet)
-    except OSError as e:
-        raise StudyError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or 0 for any free one.") from e
-    # A shell starts a background job with SIGINT ignored; Ctrl-C must stop the dashboard anyway, as it does a search.
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
-    try:
-        on_ready(f"http://{host}:{server.server_port}/{page}")
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +242,11 @@ def _header(summary: Summary, storage: str) -> str:
                if summary.front is not None else "") + "</p>")
 
 
+def _not_drawn(missing: list[tuple[str, str]]) -> str:
+    items = "".join(f"<li>{html.escape(title)} — {html.escape(why)}</li>" for title, why in missing)
+    return f'<section id="not-drawn"><h2>Not drawn</h2><ul>{items}</ul></section>' if missing else ""
+
+
 def _top_table(rows: list[dict[str, Any]]) -> str:
     head = "<tr><th>#</th><th>val acc</th><th>params</th><th>MFLOPs</th><th>epochs</th><th>seconds</th><th>architecture</th></tr>"
     body = "".join(
@@ -289,5 +270,6 @@ section {{ margin-top: 2em; }}
 {header}
 {top}
 {figures}
+{not_drawn}
 </body></html>
 """

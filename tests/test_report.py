@@ -61,3 +61,29 @@ def test_report_of_a_study_without_completed_trials_says_so(tmp_path):
     result = CliRunner().invoke(app, ["report", "--storage", db, "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 2 and "no completed trial yet" in result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_report_says_which_figures_it_could_not_draw_and_why(tmp_path, tiny_space, idx_dir):
+    """One completed trial: no importances, so no importance, parallel or slice plot, and no export yet; the
+    report lists each under "Not drawn" with its reason instead of leaving it out unexplained."""
+    db, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "r.html"
+    runner = CliRunner()
+    searched = runner.invoke(app, ["search", "--space", str(tiny_space), "--data-dir", str(idx_dir), "--trials", "1",
+                                   "--storage", db, "--quiet"])
+    assert searched.exit_code == 0, searched.output
+    summary = summarize(optuna.load_study(study_name="tiny", storage=db))
+    why = "only 1 completed trial; ranking the parameters needs at least 2"
+    assert summary.importances == {} and dict(summary.not_drawn) == {
+        "Parameter importances": why, "Parallel coordinates": why, "Slices of the most important parameters": why,
+        "Test confusion matrix and accuracy per class":
+            "no model of this study is exported yet; `nas best --export DIR` exports one and records it"}
+    result = runner.invoke(app, ["report", "--storage", db, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert 'id="not-drawn"' in page and 'id="importances"' not in page and 'id="history"' in page
+    assert f"<li>Slices of the most important parameters — {why}</li>" in page
+
+
+def test_a_report_with_everything_drawn_lists_nothing_as_not_drawn(finished_study):
+    db, _ = finished_study
+    assert summarize(optuna.load_study(study_name="tiny", storage=db)).not_drawn == []

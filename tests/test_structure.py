@@ -39,6 +39,7 @@ ALLOWED = {
     "preview": {"autospace", "data", "files", "model", "names", "space", "spacefile", "train"},
     "autorun": {"data", "errors", "files", "model", "names", "report", "retrain", "search", "signals", "space", "spacefile", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "names", "study"},
+    "dashboard": {"study"},  # optuna-dashboard on a storage
     "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spacefile", "spec", "system"},  # no Optuna
     "retrain": {"data", "export", "files", "model", "signals", "space", "spacefile", "spec", "study", "train"},
     "views": {"autorun", "errors", "names", "search"},  # results as text: the library inside its functions only
@@ -48,9 +49,9 @@ ALLOWED = {
 }
 EDGE = ("views", "progress", "cli")  # what the user sees: imported by nothing else, the library only lazily
 HEAVY = {  # third-party libraries and the only modules that may import them
-    "optuna": {"objective", "study", "report", "retrain"},
-    "sqlalchemy": {"study", "claims"},
-    "optuna_dashboard": {"report"},
+    "optuna": {"objective", "study", "report", "dashboard", "retrain"},
+    "sqlalchemy": {"study"},
+    "optuna_dashboard": {"dashboard"},
     "plotly": {"report"},
     "torch": {"data", "model", "train", "latency", "objective", "search", "workers", "preview", "export", "retrain",
               "autorun"},
