@@ -50,7 +50,7 @@ ALLOWED = {
 EDGE = ("views", "progress", "cli")  # what the user sees: imported by nothing else, the library only lazily
 HEAVY = {  # third-party libraries and the only modules that may import them
     "optuna": {"objective", "study", "report", "dashboard", "retrain"},
-    "sqlalchemy": {"study"},
+    "sqlalchemy": {"study", "claims"},
     "optuna_dashboard": {"dashboard"},
     "plotly": {"report"},
     "torch": {"data", "model", "train", "latency", "objective", "search", "workers", "preview", "export", "retrain",
