@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from nas import data, names, report as reporting, retrain, search as searching, study as studies
+from nas import data, names, record, report as reporting, retrain, search as searching, study as studies
 from nas.errors import NasError
 from nas.files import check_export_target, check_file_target, check_not_input
 from nas.signals import Interrupted, checkpoint, signals_interrupt
@@ -160,17 +160,17 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     trial = studies.top_trials(study, 1)[0]
     device = pick_device(job.search.device)
     final = data.prepare_final_data(ds, device)
-    plan = plan_retrain(ArchSpec.from_dict(trial.user_attrs["spec"]), final, device,
+    plan = plan_retrain(ArchSpec.from_dict(record.TrialRecord(trial).spec), final, device,
                         END_MARGIN * (deadline - time.monotonic()), built_in=outcome.built_in)
     trained = retrain.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
                                     deadline=deadline, prepared=_part(final, plan.n_images) if plan.n_images else final)
     if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
         raise NasError(f"the --budget left no time to retrain the best net (trial #{trial.number}, val accuracy "
-                       f"{studies.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
+                       f"{record.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
                        "searched with `" + shlex.join(["nas", "best", "--storage", job.search.storage, "--study",
                                                       study.study_name, "--trial", str(trial.number)]) + " --export DIR`.")
-    best = retrain.Best(study.study_name, len(study.trials), [studies.trial_row(trial)],
-                        retrained=retrain.retrained_rows([trained]), tally=studies.count_trials(study.trials))
+    best = retrain.Best(study.study_name, len(study.trials), [record.trial_row(trial)],
+                        retrained=retrain.retrained_rows([trained]), tally=record.count_trials(study.trials))
     if job.export is not None:
         best.export = retrain.export_trained(trained, job.export, study, job.force)
     cut = cut_message(trained.metrics["epochs"], plan.epochs)

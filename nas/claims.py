@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Callable
 
 import sqlalchemy
 
-from nas import study as studies
+from nas.record import State, TrialRecord
 
 if TYPE_CHECKING:
     from optuna import Study
 
 TABLE = "nas_trial_claims"
-COUNTED = (studies.State.COMPLETE, studies.State.PRUNED, studies.State.FAIL, studies.State.RUNNING)
+COUNTED = (State.COMPLETE, State.PRUNED, State.FAIL, State.RUNNING)
 _TAKEN = "CASE WHEN taken > :seen THEN taken ELSE :seen END"  # the larger of the claims and the trials seen
 
 
@@ -38,10 +38,10 @@ def tally(study: Study) -> tuple[int, int]:
     """(trials that count or ran, those of them lost): rejected nets and queued trials left out."""
     seen = lost = 0
     for t in study.get_trials(deepcopy=False, states=COUNTED):
-        if t.user_attrs.get("rejected"):
+        if TrialRecord(t).rejected:
             continue
         seen += 1
-        lost += t.state == studies.State.FAIL and is_lost(t.user_attrs.get("reason"))
+        lost += t.state == State.FAIL and is_lost(TrialRecord(t).reason)
     return seen, lost
 
 

@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from nas import names, views
-from nas.errors import NasError
+from nas.errors import NasBug, NasError
 
 
 
@@ -152,6 +152,9 @@ def _user_errors() -> Iterator[None]:
     except NasError as e:
         views.show_error(e)
         raise typer.Exit(2) from None
+    except NasBug as e:  # a bug in nas: the message asks for a report (exit 1: not the user's input)
+        views.show_error(e)
+        raise typer.Exit(1) from None
     except OSError as e:  # a path the checks could not even look at (too long a name, a folder we may not enter)
         if e.filename is None:
             raise

@@ -10,6 +10,7 @@ this module checks the whole and makes the tensors.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tarfile
@@ -81,6 +82,16 @@ class Dataset:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """A hash of the images, labels and class names (train and test): equal data, equal fingerprint,
+        wherever it was read from. A study records it, so a resume on changed data is refused."""
+        h = hashlib.blake2b(digest_size=16)
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        h.update("\n".join(self.classes).encode())
+        return f"blake2b:{h.hexdigest()}"
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,19 @@ from typing import Callable, NoReturn
 import optuna
 import torch
 
-from nas import study as studies
+from nas import pareto, record
 from nas.data import Prepared
+from nas.errors import NasBug, NasError
 from nas.latency import onnx_latency, torch_latency
 from nas.model import ShapeError, assess, new_model
 from nas.space import Space, sample
+from nas.spec import ArchSpec
+from nas.storage import storage_failure
+from nas.study import TrialFailed
 from nas.train import BatchRecord, Diverged, EpochRecord, TimeUp, fit
+
+
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory")  # torch's words, CPU and GPU
 
 
 class Objective:
@@ -56,71 +63,87 @@ class Objective:
         self.grace = grace  # seconds more for a trial while none has completed: one cut short leaves nothing to keep
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        try:  # the trial already names its process: the storage recorded it as it began (`study.OwnedTrialsStorage`)
+        """Run one trial. Only what a trial may legitimately meet (out of memory) fails it alone (`TrialFailed`);
+        bad input stops the search with its own message, and anything else is a bug in nas (`NasBug`)."""
+        try:  # the trial already names its process: the storage recorded it as it began (`storage.OwnedTrialsStorage`)
             return self._run(trial)
         except KeyboardInterrupt:  # a signal: Optuna then marks the trial failed and the search stops
-            trial.set_user_attr("reason", "interrupted")
+            record.write(trial, reason="interrupted")
             raise
+        except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
+            raise  # pruned; or failed meanwhile by another process (`study.run_trials` reports it as it was left)
+        except Exception as e:
+            if storage_failure(e) is not None:
+                raise  # the storage itself: the search says so, and a trial's reason could not be written anyway
+            record.write(trial, reason=f"failed: {type(e).__name__}: {e}"[:500])  # then Optuna marks it failed
+            if isinstance(e, NasError):
+                raise
+            if out_of_memory(e):
+                raise TrialFailed(str(e)) from e
+            raise NasBug(f"trial #{trial.number}", e) from e
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         spec = sample(self.space, trial)
         seed = self.seed + trial.number
-        for key, value in {"spec": spec.to_dict(), "arch": spec.describe(), "seed": seed, "epochs": self.epochs}.items():
-            trial.set_user_attr(key, value)
+        record.write(trial, spec=spec.to_dict(), arch=spec.describe(), seed=seed, epochs=self.epochs)
+        model = self._admit(trial, spec, seed)
+        history = self._train(trial, spec, model, seed)
+        if len(self.objectives) == 1:
+            return history[-1].val_acc
+        return (history[-1].val_acc, *self._costs(trial))
+
+    def _admit(self, trial: optuna.Trial, spec: ArchSpec, seed: int) -> torch.nn.Module:
+        """The seeded net of `spec`, once it is known to fit the input, the constraints and the memory (else the
+        trial is rejected); Optuna is given how far it is from each limit."""
         try:
             info, too_large, over = assess(spec, self.data.input_shape, self.data.n_classes, self.device,
                                            self.space.max_params, self.space.max_mflops)
         except ShapeError as e:
             _reject(trial, f"invalid: {e}", {"fits_input": 1.0, "max_params": 0.0, "max_mflops": 0.0, "memory": 0.0}
                     | self._untimed)
-        trial.set_user_attr("n_params", info.n_params)
-        trial.set_user_attr("flops", info.flops)
+        record.write(trial, n_params=info.n_params, flops=info.flops)
         if too_large:
             _reject(trial, too_large, {"fits_input": -1.0} | over | self._untimed)
         model = new_model(spec, self.data, seed, self.device)
         if self.space.needs_latency:
             over["max_latency_ms"] = self._latency(trial, model)
             if over["max_latency_ms"] > 0:
-                _reject(trial, f"too slow: {trial.user_attrs['latency_ms']:.3f} ms per image > max_latency_ms "
+                _reject(trial, f"too slow: {record.TrialRecord(trial).latency_ms:.3f} ms per image > max_latency_ms "
                                f"{self.space.max_latency_ms}", {"fits_input": -1.0} | over)
         _constrain(trial, {"fits_input": -1.0} | over)
+        return model
 
+    def _train(self, trial: optuna.Trial, spec: ArchSpec, model: torch.nn.Module, seed: int) -> list[EpochRecord]:
+        """Train `model` on the search split, reporting each epoch to the pruner; a net stopped at the time limit
+        or whose loss diverged is pruned (the epochs it trained keep their value)."""
         curve: list[dict] = []
 
-        def report(record: EpochRecord) -> None:
-            curve.append(record.to_dict())
-            trial.set_user_attr("curve", curve)
+        def report(epoch: EpochRecord) -> None:
+            curve.append(epoch.to_dict())
+            record.write(trial, curve=curve)
             if len(self.objectives) == 1:  # Optuna's pruners see single-objective studies only
-                trial.report(record.val_acc, record.epoch)
+                trial.report(epoch.val_acc, epoch.epoch)
             if self.on_epoch:
-                self.on_epoch(trial.number, record)
+                self.on_epoch(trial.number, epoch)
             if self.pareto:
-                self._pareto_prune(trial, record)
+                self._pareto_prune(trial, epoch)
             elif len(self.objectives) == 1 and trial.should_prune():
-                _prune(trial, f"pruned at epoch {record.epoch}: val accuracy {record.val_acc:.4f} lags the others")
+                _prune(trial, f"pruned at epoch {epoch.epoch}: val accuracy {epoch.val_acc:.4f} lags the others")
 
         start = time.perf_counter()
         try:
-            history = fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
-                          on_epoch=report, deadline=self._deadline(trial), on_batch=self._batches(trial))
-        except (TimeUp, Diverged) as e:  # pruned: the epochs a trial stopped at the time limit trained keep their value
+            return fit(model, self.data.train, self.data.val, spec.training, epochs=self.epochs, seed=seed,
+                       on_epoch=report, deadline=self._deadline(trial), on_batch=self._batches(trial))
+        except (TimeUp, Diverged) as e:
             _prune(trial, str(e) if isinstance(e, TimeUp) else f"diverged: {e}")
-        except optuna.TrialPruned:
-            raise
-        except Exception as e:  # recorded, then Optuna marks the trial failed and the study goes on
-            trial.set_user_attr("reason", f"failed: {type(e).__name__}: {e}"[:500])
-            raise
         finally:
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-        if len(self.objectives) == 1:
-            return history[-1].val_acc
-        return (history[-1].val_acc, *self._costs(trial))
+            record.write(trial, seconds=round(time.perf_counter() - start, 3))
 
     def _batches(self, trial: optuna.Trial) -> Callable[[BatchRecord], None] | None:
-        return None if self.on_batch is None else lambda record: self.on_batch(trial.number, record)
+        return None if self.on_batch is None else lambda batch: self.on_batch(trial.number, batch)
 
     def _deadline(self, trial: optuna.Trial) -> float | None:
-        if self.deadline is None or not self.grace or trial.study.get_trials(deepcopy=False, states=(studies.State.COMPLETE,)):
+        if self.deadline is None or not self.grace or trial.study.get_trials(deepcopy=False, states=(record.State.COMPLETE,)):
             return self.deadline
         return self.deadline + self.grace
 
@@ -130,7 +153,7 @@ class Objective:
         return {"max_latency_ms": 0.0} if self.space.needs_latency else {}
 
     def _costs(self, trial: optuna.Trial) -> list[float]:
-        return [trial.user_attrs[studies.OBJECTIVES[o]] for o in self.objectives[1:]]
+        return [record.TrialRecord(trial).cost(o) for o in self.objectives[1:]]
 
     def _latency(self, trial: optuna.Trial, model: torch.nn.Module) -> float:
         """Time the net (weights do not change its time) and record it; returns how far it is over
@@ -138,20 +161,25 @@ class Objective:
         times = onnx_latency(model, self.data.input_shape)
         if self.device.type == "cuda":
             times |= torch_latency(model, self.data.input_shape, self.device)
-        for key, value in times.items():
-            trial.set_user_attr(key, value)
+        record.write_measured(trial, times)
         limit = self.space.max_latency_ms
         return times["latency_ms"] / limit - 1 if limit else -1.0
 
-    def _pareto_prune(self, trial: optuna.Trial, record: EpochRecord) -> None:
+    def _pareto_prune(self, trial: optuna.Trial, epoch: EpochRecord) -> None:
         """The pareto pruner (see the module doc), at epochs 1, 2, 4, 8, ... before the last."""
-        e = record.epoch
-        if e >= self.epochs or e & (e - 1):
+        if not pareto.is_rung(epoch.epoch, self.epochs):
             return
-        me = (record.val_acc, *self._costs(trial))
-        n = studies.dominators(me, studies.points_at(trial.study, e, self.objectives, trial.number))
-        if n >= self.space.dominated_by:
-            _prune(trial, f"pruned at epoch {e}: {n} trials were at least as accurate and as cheap there")
+        me = (epoch.val_acc, *self._costs(trial))
+        why = pareto.prune_reason(trial.study, trial.number, epoch.epoch, me, self.objectives, self.space.dominated_by)
+        if why:
+            _prune(trial, why)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says a net did not fit in memory: a trial may meet that (the estimate before training is an
+    estimate, and other processes share the device), so it fails that trial alone."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and any(words in str(e) for words in OUT_OF_MEMORY))
 
 
 def _constrain(trial: optuna.Trial, values: dict[str, float]) -> None:
@@ -164,10 +192,10 @@ def _constrain(trial: optuna.Trial, values: dict[str, float]) -> None:
 def _reject(trial: optuna.Trial, reason: str, constraints: dict[str, float]) -> NoReturn:
     """Refuse the net before training: it does not count against the run's trials (see study.run_trials)."""
     _constrain(trial, constraints)
-    trial.set_user_attr("rejected", True)
+    record.write(trial, rejected=True)
     _prune(trial, reason)
 
 
 def _prune(trial: optuna.Trial, reason: str) -> NoReturn:
-    trial.set_user_attr("reason", reason)
+    record.write(trial, reason=reason)
     raise optuna.TrialPruned(reason)

@@ -18,8 +18,10 @@ from nas.files import check_export_target, check_not_input
 from nas.space import Space, sample
 from nas.spacefile import load_space
 from nas.spec import ArchSpec
-from nas.study import (StudyError, accuracy, count_trials, front, load_study, objectives_of, quiet_optuna, storage_failure,
-                       storage_inputs, top_trials, trained_trial, trial_row)
+from nas.record import TrialRecord, accuracy, count_trials, trial_row
+from nas.storage import StudyError, storage_failure, storage_inputs
+from nas.study import (check_fingerprint, front, load_study, objectives_of, quiet_optuna, read_record, record_export,
+                       top_trials, trained_trial)
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +121,7 @@ def best(job: BestJob, on_event: Callable[[TrainingStarted | EpochRecord], None]
         raise StudyError(f"study {study.study_name!r} was searched for {','.join(objectives)}, so it has a front of "
                          f"nets rather than one best: pick one with --trial N (its front: "
                          f"{', '.join(f'#{t.number}' for t in trials)}; `nas best` lists them).")
-    job = replace(job, dataset=job.dataset or study.user_attrs["data"]["dataset"])
+    job = replace(job, dataset=job.dataset or read_record(study).dataset)
     if job.export is not None:
         check_export_target(job.export, job.force)
         check_not_input(job.export, "--export", command_inputs(job.storage, None, job.dataset, job.data_dir))
@@ -138,6 +140,7 @@ def _retrain_best(result: Best, study: optuna.Study, candidates: list[optuna.tri
     dev = pick_device(job.device)
     with signals_interrupt():
         ds = load_dataset(job.dataset, job.data_dir)
+        check_fingerprint(study, read_record(study), ds.fingerprint(), job.storage)
         trained = [retrain_trial(t, study, ds, dev, job.retrain_epochs, i, len(candidates), _stoppable(on_event))
                    for i, t in enumerate(candidates, 1)]
         trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)
@@ -240,14 +243,14 @@ def retrain_trial(
     from nas.data import prepare_final_data, prepare_search_data, test_split
     from nas.train import train_spec
 
-    searched = ArchSpec.from_dict(trial.user_attrs["spec"])
+    recorded, split = TrialRecord(trial), read_record(study)
+    searched, seed = ArchSpec.from_dict(recorded.spec), recorded.seed
     spec = spec if spec is not None and retrain_epochs else searched
-    seed, data_attrs = trial.user_attrs["seed"], study.user_attrs["data"]
     if retrain_epochs:
         epochs, data = retrain_epochs, prepared or prepare_final_data(ds, device)
     else:
-        epochs = trial.user_attrs["epochs"]
-        data = prepare_search_data(ds, data_attrs["val_fraction"], data_attrs["split_seed"], device, data_attrs["subset"])
+        epochs = recorded.epochs
+        data = prepare_search_data(ds, split.val_fraction, split.split_seed, device, split.subset)
     if on_event:
         on_event(TrainingStarted(trial.number, index, count, epochs, spec.describe(), ds.name, len(data.train),
                                  len(data.held_out), str(device)))
@@ -262,8 +265,8 @@ def retrain_trial(
         "epochs": len(history),
         "seed": seed,
     } | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
-    if "latency_ms" in trial.user_attrs:  # what the search measured, beside what the export measures again
-        metrics["search_latency_ms"] = trial.user_attrs["latency_ms"]
+    if recorded.has("latency_ms"):  # what the search measured, beside what the export measures again
+        metrics["search_latency_ms"] = recorded.latency_ms
     if spec != searched:
         metrics["searched_arch"] = searched.describe()
     return Trained(model, spec, metrics, test)
@@ -277,7 +280,7 @@ def export_trained(trained: Trained, out: Path, study: optuna.Study | None = Non
     metrics = write_export(out, trained.model, trained.spec, trained.metrics, trained.test.x, force)
     if study is not None:
         try:
-            study.set_user_attr("export", metrics | {"path": str(out.resolve())})
+            record_export(study, metrics | {"path": str(out.resolve())})
         except Exception as e:
             if storage_failure(e) is None:
                 raise

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+import yaml
 
-from nas import claims, data, names, study as studies, system, workers
+from nas import claims, data, names, record, storage, study as studies, system, workers
 from nas.data import Dataset
 from nas.errors import NasError
 from nas.objective import Objective
@@ -191,10 +192,10 @@ def run(job: SearchJob, on_event: Callable[[Event], None], space: Space | None =
                 _record_interrupted(study)
             raise Interrupted(e.signum, n_trained(rows), _best_rows(study, space) if study is not None else None) from None
         except Exception as e:
-            cause = studies.storage_failure(e)
+            cause = storage.storage_failure(e)
             if cause is None:
                 raise
-            raise studies.StudyError(
+            raise storage.StudyError(
                 f"the study storage {job.storage} stopped accepting writes ({cause}) after {names.counted(len(rows), 'trial')} of "
                 "this run; those are saved. Fix the storage (free space, permissions, the server) and run the same "
                 "command again to go on: a trial left running is failed then and its parameters run again."
@@ -203,27 +204,45 @@ def run(job: SearchJob, on_event: Callable[[Event], None], space: Space | None =
 
 def _open(job: SearchJob, space: Space | None) -> tuple[Study, Space, Dataset, SearchJob, list[str]]:
     """Read the space (unless given) and the dataset, check the device and the storage, then create or resume
-    the study. Without a space file, the built-in space for the dataset (`autospace`) is searched."""
+    the study. Without a space file, an existing study's recorded space is searched, else the built-in space
+    for the dataset (`autospace`)."""
     workers.check_count(job.workers)
     devices = workers.worker_devices(job.device, min(job.workers or workers.auto_workers(job.device), job.trials))
-    ds = None
-    if job.space is None:
-        ds = data.load_dataset(job.dataset or names.DEFAULT_DATASET, job.data_dir)
-        space = parse_space(builtin_space(job.dataset or names.DEFAULT_DATASET, ds, devices[0]))
-    elif space is None:
-        space = load_space(job.space)
-    space = replace(space, objectives=job.objectives or space.objectives)
-    job = replace(job, study=job.study or space.name, dataset=job.dataset or space.dataset,
-                  epochs=job.epochs or space.epochs, subset=job.subset or space.subset,
+    space, text, ds, known = _space_of(job, space, devices[0])
+    space = replace(space, objectives=job.objectives or (known.objectives if known else space.objectives))
+    job = replace(job, study=job.study or space.name, dataset=job.dataset or (known.dataset if known else space.dataset),
+                  epochs=job.epochs or (known and known.epochs) or space.epochs,
+                  subset=job.subset or (known.subset if known else space.subset),
                   pruner=_pruner(job.pruner, space.objectives))
     baselines = baseline_params(space)
-    studies.check_storage_target(job.storage)
+    storage.check_storage_target(job.storage)
     ds = ds or data.load_dataset(job.dataset, job.data_dir)
-    wanted = {"dataset": ds.name, "val_fraction": space.val_fraction, "split_seed": job.seed, "subset": job.subset}
+    built_in = known.built_in if known else job.space is None
+    made = studies.new_record(ds.name, space.val_fraction, job.seed, job.subset, space.objectives, text,
+                              ds.fingerprint(), job.epochs, built_in)
     data.split_sizes(ds, space.val_fraction, job.subset)  # a dataset too small to split fails before the study
-    study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, wanted,
-                               space, baselines, job.heartbeat, objectives=space.objectives)
+    study = studies.open_study(job.study, job.storage, job.sampler, job.pruner, job.seed, job.epochs, made,
+                               space, baselines, job.heartbeat)
     return study, space, ds, job, devices
+
+
+def _space_of(job: SearchJob, space: Space | None, device: str
+              ) -> tuple[Space, str, Dataset | None, studies.StudyRecord | None]:
+    """The space to search and its text for the study's record, the dataset if it had to be read for it, and the
+    record of the existing study whose recorded space it is (joined without --space), else None."""
+    if job.space is not None or space is not None:
+        space = space or load_space(job.space)
+        return space, space.path.read_text(errors="replace") if space.path else "", None, None
+    name, ds = job.study, None
+    known = studies.recorded(job.storage, name) if name else None
+    if not (known and known.space):
+        ds = data.load_dataset(job.dataset or names.DEFAULT_DATASET, job.data_dir)
+        raw = builtin_space(job.dataset or names.DEFAULT_DATASET, ds, device)
+        name = name or raw["name"]
+        known = studies.recorded(job.storage, name)
+        if not (known and known.space):  # a new study, or one made before nas recorded its space
+            return parse_space(raw), yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), ds, None
+    return studies.recorded_space(known, name), known.space, ds, known
 
 
 def _pruner(name: str | None, objectives: tuple[str, ...]) -> str:
@@ -239,13 +258,13 @@ def _pruner(name: str | None, objectives: tuple[str, ...]) -> str:
 def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: list[str], rows: list[dict[str, Any]],
             on_event: Callable[[Event], None], deadline: float | None) -> Outcome:
     """Run the trials here or in workers until `deadline`, collecting the rows of this run's trials into `rows`."""
-    split = study.user_attrs["data"]  # a resumed study keeps the split it started with
-    n_train, n_val = data.split_sizes(ds, split["val_fraction"], split["subset"])
+    split = studies.read_record(study)  # a resumed study keeps the split it started with
+    n_train, n_val = data.split_sizes(ds, split.val_fraction, split.subset)
     trials = study.get_trials(deepcopy=False)
     n_workers, threads = len(devices), system.pick_threads(len(devices), job.threads)
-    done = [studies.accuracy(t) for t in trials if t.state == studies.State.COMPLETE]
-    on_event(Started(study.study_name, job.storage, sum(t.state in studies.FINISHED for t in trials),
-                     sum(t.state == studies.State.WAITING for t in trials), max(done, default=None), n_train, n_val,
+    done = [record.accuracy(t) for t in trials if t.state == record.State.COMPLETE]
+    on_event(Started(study.study_name, job.storage, sum(t.state in record.FINISHED for t in trials),
+                     sum(t.state == record.State.WAITING for t in trials), max(done, default=None), n_train, n_val,
                      tuple(sorted(set(devices))), job.epochs, n_workers, threads.n, threads.why))
 
     def count(event: Event) -> None:
@@ -265,8 +284,14 @@ def _search(study: Study, space: Space, ds: Dataset, job: SearchJob, devices: li
         failed = workers.run_workers(study, devices, work, job.trials, count, late_after)
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     return Outcome(study.study_name, job.storage, {s: states.count(s) for s in sorted(set(states))},
-                   _best_rows(study, space), n_workers, rows, failed, gave_up, space.objectives, job.space is None,
-                   studies.count_trials(study.get_trials(deepcopy=False)), ds, space, study)
+                   _best_rows(study, space), n_workers, rows, failed, gave_up, space.objectives, _built_in(study, job),
+                   record.count_trials(study.get_trials(deepcopy=False)), ds, space, study)
+
+
+def _built_in(study: Study, job: SearchJob) -> bool:
+    """Whether the space searched is nas's own, as the study recorded it (older studies: no --space given)."""
+    known = studies.read_record(study)
+    return known.built_in if known is not None and known.space is not None else job.space is None
 
 
 def _best_rows(study: Study, space: Space | None) -> list[dict[str, Any]]:
@@ -274,10 +299,10 @@ def _best_rows(study: Study, space: Space | None) -> list[dict[str, Any]]:
     limit: `study.top_trials`); none when there is nothing to rank or the storage cannot say."""
     try:
         if space is not None and len(space.objectives) > 1:
-            return [studies.trial_row(t) for t in studies.front(study)]
-        return [studies.trial_row(t) for t in studies.top_trials(study, 5)]
+            return [record.trial_row(t) for t in studies.front(study)]
+        return [record.trial_row(t) for t in studies.top_trials(study, 5)]
     except Exception as e:  # after a signal the storage may be gone too: the table is a courtesy then
-        if isinstance(e, studies.StudyError) or studies.storage_failure(e) is not None:
+        if isinstance(e, storage.StudyError) or storage.storage_failure(e) is not None:
             return []
         raise
 
@@ -298,8 +323,8 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     is slow leaves its part to the others and the run still makes exactly `job.trials` trials. Nets
     rejected before training do not count (`study.run_trials`)."""
     device = torch.device(device)
-    split = study.user_attrs["data"]
-    prepared = data.prepare_search_data(ds, split["val_fraction"], split["split_seed"], device, split["subset"])
+    split = studies.read_record(study)
+    prepared = data.prepare_search_data(ds, split.val_fraction, split.split_seed, device, split.subset)
     objective = Objective(space, prepared, job.epochs, device, job.seed,
                           on_epoch=lambda number, record: (checkpoint(), on_event(EpochDone(worker, number, record))),
                           pareto=job.pruner == "pareto", deadline=deadline, grace=job.trial_grace,
@@ -315,7 +340,7 @@ def _run_here(study: Study, space: Space, ds: Dataset, job: SearchJob, device: s
     if job.study_trials:  # and while the study, counted in its storage, has fewer than asked
         take = claims.claimer(study, job.study_trials, take)
     studies.run_trials(study, objective, _fitting_threads(take, job), deadline, on_trial, redraw=bool(space.dimensions()),
-                       built_in=job.space is None)
+                       built_in=_built_in(study, job))
 
 
 def _fitting_threads(take: Callable[[], bool], job: SearchJob) -> Callable[[], bool]:
@@ -336,9 +361,9 @@ def _fitting_threads(take: Callable[[], bool], job: SearchJob) -> Callable[[], b
 def _record_interrupted(study: Study) -> None:
     """The objective records its trial as interrupted; a signal between Optuna's steps may leave one running."""
     try:
-        studies.fail_own_trials(study, "interrupted")
+        storage.fail_own_trials(study, "interrupted")
     except Exception as e:
-        if studies.storage_failure(e) is None:
+        if storage.storage_failure(e) is None:
             raise  # the storage is gone too: the next search fails the trial (this process will not exist)
 
 

@@ -12,7 +12,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from nas import study as studies
+from nas import storage
 from nas.errors import NasError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -48,7 +48,7 @@ def signals_interrupt() -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         if not _pending:
             _pending.append(signum)
-            if not studies.in_transaction():  # else the next checkpoint raises it, the transaction done
+            if not storage.in_transaction():  # else the next checkpoint raises it, the transaction done
                 raise Interrupted(signum)
 
     if threading.current_thread() is not threading.main_thread():

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from nas import study as studies, system
-from nas.errors import NasError
+from nas import storage, system
+from nas.record import State, TrialRecord
+from nas.errors import NasBug, NasError
 from nas.signals import SIGNALS, Interrupted, checkpoint, signals_interrupt
 from nas.train import pick_device
 
@@ -99,7 +100,7 @@ def run_workers(study: Study, devices: list[str], work: Work, n_trials: int, on_
     except Interrupted:
         _stop(procs)
         watch.drain(0)
-        studies.fail_own_trials(study, "interrupted", [p.pid for p in procs])  # of a worker that had to be killed
+        storage.fail_own_trials(study, "interrupted", [p.pid for p in procs])  # of a worker that had to be killed
         raise
     except Exception:  # the storage failed here: no worker may be left behind, a stopped one included
         _stop(procs)
@@ -145,7 +146,7 @@ class _Watch:
                 continue
             self.ended.add(i)
             self.drain(0)  # its own last words first
-            retried = studies.fail_dead_workers_trials(self.study, ownerless_after=OWNERLESS_AFTER_DEATH)
+            retried = storage.fail_dead_workers_trials(self.study, ownerless_after=OWNERLESS_AFTER_DEATH)
             retried = retried or _failed_for(self.study, p.pid)  # another worker may have seen it die first
             if i not in self.said:
                 message = f"worker {i} (pid {p.pid}) {_how_it_ended(p.exitcode)}" + (
@@ -170,7 +171,7 @@ class _Watch:
         self.ended.update(i for i, _ in late)  # stopped here: not a worker that failed
         _stop([p for _, p in late], DEADLINE_GRACE)
         self.drain(0)
-        stopped = studies.fail_own_trials(self.study, "stopped at the time limit", [p.pid for _, p in late])
+        stopped = storage.fail_own_trials(self.study, "stopped at the time limit", [p.pid for _, p in late])
         for i, p in late:
             self.on_event(WorkerFailed(i, f"worker {i} (pid {p.pid}) was still running {DEADLINE_GRACE} s past the "
                                           "time limit and was stopped" + (f"; its trial {', '.join(f'#{n}' for n in stopped)}"
@@ -201,9 +202,9 @@ def _is_stopped(pid: int) -> bool:
 
 
 def _failed_for(study: Study, pid: int) -> list[int]:
-    """The trials recorded as failed because worker `pid` of this machine died (`study.fail_dead_workers_trials`)."""
-    return [t.number for t in study.get_trials(deepcopy=False, states=(studies.State.FAIL,))
-            if (t.user_attrs.get("reason") or "").endswith(f":{pid} died")]
+    """The trials recorded as failed because worker `pid` of this machine died (`storage.fail_dead_workers_trials`)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(State.FAIL,))
+            if (TrialRecord(t).reason or "").endswith(f":{pid} died")]
 
 
 def _how_it_ended(exitcode: int) -> str:
@@ -228,8 +229,11 @@ def _worker(work: Work, worker: int, device: str, events: Connection, parent: in
     except NasError as e:
         put(WorkerFailed(worker, f"worker {worker}: {e}"))
         sys.exit(2)
+    except NasBug as e:
+        put(WorkerFailed(worker, f"worker {worker}: {e}"))
+        sys.exit(1)
     except Exception as e:
-        cause = studies.storage_failure(e)
+        cause = storage.storage_failure(e)
         if cause is None:
             raise
         held = (" (another process holds the study's SQLite file: a worker stopped with SIGSTOP or Ctrl-Z? `kill -CONT` it "

@@ -350,7 +350,7 @@ def test_counts_say_one_in_the_singular_and_others_in_the_plural():
 
 def test_rejected_nets_are_counted_apart_from_trained_trials_and_baselines_are_marked():
     from nas.views import _tally
-    from nas.study import count_trials, trial_row
+    from nas.record import count_trials, trial_row
 
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"x": 0.5})

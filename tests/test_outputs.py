@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_images
-from nas import files, study as studies
+from nas import files, storage, study as studies
 from nas.cli import app
 from nas.files import WriteError, is_export, write_file
 
@@ -344,7 +344,7 @@ def test_a_run_interrupted_while_writing_the_report_says_the_export_is_done_and_
 def test_an_escaped_sqlite_url_makes_the_folder_sqlite_uses(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url = "sqlite:///my%20studies/s.db"
-    studies.check_storage_target(url)
-    studies.open_storage(url, create=True)
+    storage.check_storage_target(url)
+    storage.open_storage(url, create=True)
     assert (tmp_path / "my studies" / "s.db").is_file() and not (tmp_path / "my%20studies").exists()
     assert studies.list_studies(url) == []  # read back from the same file

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nas import latency, study as studies
+from nas import latency, pareto, study as studies
 from nas.cli import app
 from nas.objective import Objective
 from nas.spacefile import parse_space
@@ -53,8 +53,8 @@ def stops(objective: Objective, trial: optuna.Trial, epoch: int, acc: float) -> 
 def test_dominators_counts_those_as_good_in_every_objective_and_better_in_one():
     me = (0.80, 2.0)
     others = [(0.85, 1.0), (0.80, 2.0), (0.80, 1.5), (0.90, 3.0), (0.70, 0.5), (0.81, 2.0)]
-    assert studies.dominators(me, others) == 3  # (0.85, 1.0), (0.80, 1.5), (0.81, 2.0); a tie dominates nothing
-    assert studies.dominators((0.5,), [(0.6,), (0.5,), (0.4,)]) == 1  # accuracy alone: the single-objective case
+    assert pareto.dominators(me, others) == 3  # (0.85, 1.0), (0.80, 1.5), (0.81, 2.0); a tie dominates nothing
+    assert pareto.dominators((0.5,), [(0.6,), (0.5,), (0.4,)]) == 1  # accuracy alone: the single-objective case
 
 
 def test_the_pareto_pruner_stops_a_trial_that_enough_others_dominate_at_the_same_epoch():

@@ -34,7 +34,7 @@ def test_seed_lenet_is_the_tutorial_net():
 
 
 def test_every_registry_agrees_with_the_names_the_space_and_the_command_line_allow():
-    from nas import names, study, train
+    from nas import names, record, study, train
 
     by_field = {"conv": model.BLOCKS, "activation": model.ACTIVATIONS, "pool": model.POOLS, "padding": model.PADDINGS,
                 "optimizer": train.OPTIMIZERS, "augment": train.AUGMENTATIONS, "schedule": train.SCHEDULES,
@@ -45,7 +45,7 @@ def test_every_registry_agrees_with_the_names_the_space_and_the_command_line_all
     for field, allowed in named.items():
         assert tuple(by_field.get(field, model.INITS)) == allowed, field
     assert tuple(study.SAMPLERS) == names.SAMPLERS and tuple(study.PRUNERS) == names.PRUNERS
-    assert tuple(study.OBJECTIVES) == names.OBJECTIVES == sf._OBJECTIVE.allowed
+    assert tuple(record.OBJECTIVES) == names.OBJECTIVES == sf._OBJECTIVE.allowed
 
 
 @pytest.mark.parametrize("lookup,words", [

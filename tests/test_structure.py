@@ -29,19 +29,26 @@ ALLOWED = {
     "model": {"errors", "names", "spec", "system"},  # a spec's net: built, sized, and whether it fits (system: memory)
     "train": {"data", "errors", "model", "names", "spec", "system"},  # the loop; a spec's seeded net trained on prepared data
     "latency": set(),  # torch and ONNX Runtime only
-    "objective": {"data", "latency", "model", "space", "spec", "study", "train"},
-    "study": {"errors", "files", "names", "space"},
-    "claims": {"study"},  # the study-wide trial count, in the storage beside Optuna's tables
+    # the optuna layer: a trial's record, fronts, storage, studies, the objective (DESIGN.md's table)
+    "record": {"names"},  # the only module that spells a trial's attr keys
+    "pareto": {"record"},
+    "storage": {"errors", "files", "record"},
+    "study": {"errors", "names", "pareto", "record", "space", "spacefile", "storage"},
+    "objective": {"data", "errors", "latency", "model", "pareto", "record", "space", "spec", "storage", "study", "train"},
+    "claims": {"record"},  # the study-wide trial count, in the storage beside Optuna's tables
     "autospace": {"files"},  # the built-in space of a dataset, as plain data (files: a name as text)
-    "signals": {"errors", "study"},  # signals -> Interrupted (study: whether a storage transaction is open)
-    "workers": {"errors", "signals", "study", "system", "train"},  # worker processes, whatever work they run
-    "search": {"autospace", "claims", "data", "errors", "names", "objective", "signals", "space", "spacefile", "study", "system", "train", "workers"},
+    "signals": {"errors", "storage"},  # signals -> Interrupted (storage: whether a transaction is open)
+    "workers": {"errors", "record", "signals", "storage", "system", "train"},  # worker processes, whatever work they run
+    "search": {"autospace", "claims", "data", "errors", "names", "objective", "record", "signals", "space", "spacefile",
+               "storage", "study", "system", "train", "workers"},
     "preview": {"autospace", "data", "files", "model", "names", "space", "spacefile", "train"},
-    "autorun": {"data", "errors", "files", "model", "names", "report", "retrain", "search", "signals", "space", "spacefile", "spec", "study", "train"},  # search, then retrain and export
+    "autorun": {"data", "errors", "files", "model", "names", "record", "report", "retrain", "search", "signals", "space",
+                "spacefile", "spec", "study", "train"},  # search, then retrain and export
     "report": {"files", "names", "study"},
     "dashboard": {"study"},  # optuna-dashboard on a storage
     "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spacefile", "spec", "system"},  # no Optuna
-    "retrain": {"data", "export", "files", "model", "signals", "space", "spacefile", "spec", "study", "train"},
+    "retrain": {"data", "export", "files", "model", "record", "signals", "space", "spacefile", "spec", "storage", "study",
+                "train"},
     "views": {"autorun", "errors", "names", "search"},  # results as text: the library inside its functions only
     "progress": {"errors", "names", "retrain", "search", "train", "views", "workers"},  # events, routed by type
     "cli": set(MODULES) - {"cli", "__init__"},  # inside its commands only (checked below)
@@ -49,8 +56,8 @@ ALLOWED = {
 }
 EDGE = ("views", "progress", "cli")  # what the user sees: imported by nothing else, the library only lazily
 HEAVY = {  # third-party libraries and the only modules that may import them
-    "optuna": {"objective", "study", "report", "dashboard", "retrain"},
-    "sqlalchemy": {"study", "claims"},
+    "optuna": {"record", "pareto", "storage", "study", "objective", "report", "dashboard", "retrain"},
+    "sqlalchemy": {"storage", "claims"},
     "optuna_dashboard": {"dashboard"},
     "plotly": {"report"},
     "torch": {"data", "model", "train", "latency", "objective", "search", "workers", "preview", "export", "retrain",
@@ -144,6 +151,11 @@ def test_best_that_only_lists_loads_optuna_but_not_torch(finished_study):
     storage, _ = finished_study
     assert _loaded_by(_cli("best", "--storage", storage)) == ["optuna", "sqlalchemy"]
     assert _loaded_by(_cli("best", "--storage", storage, "--json", "--top", "2", "--trial", "0")) == ["optuna", "sqlalchemy"]
+
+
+def test_help_loads_neither_torch_nor_optuna_nor_sqlalchemy():
+    assert _loaded_by(_cli("--help")) == []
+    assert _loaded_by(_cli("search", "--help")) == []
 
 
 def test_load_model_loads_torch_but_neither_optuna_nor_sqlalchemy(finished_study):

@@ -419,28 +419,28 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path):
 def test_a_new_trial_names_its_process_in_the_same_row_it_is_created_with(tmp_path):
     """No moment exists where a trial runs without its worker: a kill -9 there would leave it RUNNING
     for ever (neither the host:pid rule nor Optuna's heartbeat rule could see it)."""
-    from nas import study as studies
+    from nas import storage
 
     url = f"sqlite:///{tmp_path}/nas.db"
-    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="owned")
+    study = optuna.create_study(storage=storage.open_storage(url, create=True), study_name="owned")
     study.enqueue_trial({"x": 1.0})
     queued, new = study.ask(), study.ask()  # the queued trial first, then a new one
     for t in (queued, new):  # read back by a second storage: what another process would see now
         row = optuna.load_study(study_name="owned", storage=url).get_trials()[t.number]
-        assert row.state == State.RUNNING and row.user_attrs == studies.process_identity()
+        assert row.state == State.RUNNING and row.user_attrs == storage.process_identity()
 
 
 def test_a_running_trial_that_names_no_worker_and_never_beat_is_failed_and_retried(tmp_path):
-    from nas import study as studies
+    from nas import storage
 
     url = f"sqlite:///{tmp_path}/nas.db"
-    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="lost")
+    study = optuna.create_study(storage=storage.open_storage(url, create=True), study_name="lost")
     plain = optuna.load_study(study_name="lost", storage=url)  # an older nas: the trial is made before its worker is set
     lost = plain.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     beating = plain.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     study._storage._backend.record_heartbeat(beating._trial_id)  # Optuna's own rule handles this one
-    assert studies.fail_dead_workers_trials(study) == []  # within the grace period: it may be starting
-    assert studies.fail_dead_workers_trials(study, ownerless_after=0) == [lost.number]
+    assert storage.fail_dead_workers_trials(study) == []  # within the grace period: it may be starting
+    assert storage.fail_dead_workers_trials(study, ownerless_after=0) == [lost.number]
     trials = study.get_trials()
     assert trials[lost.number].state == State.FAIL and "no worker recorded itself" in trials[lost.number].user_attrs["reason"]
     assert trials[beating.number].state == State.RUNNING
@@ -450,10 +450,10 @@ def test_a_running_trial_that_names_no_worker_and_never_beat_is_failed_and_retri
 def test_a_worker_continued_after_its_trial_was_failed_elsewhere_goes_on_without_a_traceback(tmp_path):
     """Stopped (SIGSTOP) past the heartbeat grace, a worker's trial is failed and queued again by another;
     continued, it must not die on Optuna's "Cannot tell a FAIL trial" but report it and go on."""
-    from nas import study as studies
+    from nas import storage, study as studies
 
     url = f"sqlite:///{tmp_path}/nas.db"
-    study = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="stale")
+    study = optuna.create_study(storage=storage.open_storage(url, create=True), study_name="stale")
     other = optuna.load_study(study_name="stale", storage=url)  # the worker that saw the heartbeat go stale
 
     def objective(trial):
