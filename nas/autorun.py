@@ -101,8 +101,10 @@ def run(job: RunJob, on_event: Callable[[Any], None]) -> RunOutcome:
     Every target is checked before the search starts. A signal after the search raises `RunInterrupted`."""
     start = job.search.started or time.monotonic()  # the command's start: importing torch counts too
     space = _check_targets(job)
+    # One best net: accuracy alone, even where a study joined without --space records several objectives.
     outcome = searching.run(replace(job.search, trials=MAX_TRIALS, timeout=SEARCH_SHARE * job.budget, started=start,
-                                    trial_grace=TRIAL_GRACE_SHARE * job.budget), on_event, space)
+                                    trial_grace=TRIAL_GRACE_SHARE * job.budget,
+                                    objectives=job.search.objectives or ("accuracy",)), on_event, space)
     if outcome.gave_up:  # the space gives no net that can be trained: more time would not help
         raise NasError(outcome.gave_up)
     if outcome.nothing_trained and not outcome.out_of_time:  # the budget is not what stopped them
