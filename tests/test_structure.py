@@ -4,6 +4,7 @@ belong, the command line stays thin, and errors keep their causes."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,6 @@ ALLOWED = {
     "names": {"errors"},  # the names users may write, for the CLI's choices: imports nothing heavy
     "files": {"errors"},  # every write nas makes
     "spec": set(),  # the plain data of one network
-    "system": set(),  # cores, load and threads: the standard library only
     "space": {"errors", "spec"},  # the Space model and sampling: plain data
     "spacefile": {"files", "names", "space", "spec"},  # space files (YAML) -> a validated Space
     "system": set(),  # the machine: cores, threads, memory (no torch)
@@ -191,3 +191,24 @@ def test_public_functions_say_what_they_do():
                 if not ast.get_docstring(node):
                     missing.append(f"nas.{module}.{node.name}")
     assert not missing
+
+
+def test_docs_architecture_md_holds_the_same_import_table():
+    """The contributors' table (docs/architecture.md) is this file's ALLOWED, module by module."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| [^|]* \| `(\w+)` \| [^|]* \| ([^|]*) \|$", text, flags=re.M)
+    documented = {m: set(re.findall(r"`(\w+)`", imports)) for m, imports in rows if m != "cli"}
+    assert documented == {m: ALLOWED[m] for m in MODULES if m != "cli"}
+    assert {m for m, _ in rows} == set(MODULES)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_is_one_job_of_a_readable_size(module):
+    """A docstring naming its job, at most 500 lines, no function over 50 (issue 23)."""
+    source = (PACKAGE / f"{module}.py").read_text()
+    tree = ast.parse(source)
+    assert ast.get_docstring(tree), f"nas/{module}.py has no docstring naming its job"
+    assert len(source.splitlines()) <= 500, f"nas/{module}.py has {len(source.splitlines())} lines"
+    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 50]
+    assert not long, f"nas/{module}.py: functions over 50 lines: {long}"
