@@ -175,7 +175,8 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
                         retrained=retrain.retrained_rows([trained]), tally=record.count_trials(study.trials))
     if job.export is not None:
         best.export = retrain.export_trained(trained, job.export, study, job.force)
-    cut = cut_message(trained.metrics["epochs"], plan.epochs)
+    cut = cut_message(trained.metrics["epochs"], plan.epochs, trained.metrics.get("last_epoch_images"),
+                      trained.metrics.get("train_images"))
     if plan.n_images:
         cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images in each of its "
                f"{plan.epochs} epoch{'s' * (plan.epochs > 1)}, to fit the --budget" + (f"; {cut}" if cut else ""))
@@ -191,12 +192,17 @@ def _part(final: data.Prepared, n_images: int) -> data.Prepared:
     return replace(final, train=train, mean=mean, std=std)
 
 
-def cut_message(ran: int, planned: int) -> str | None:
-    """What the summary says of a retrain that ran `ran` of its `planned` epochs (None: all of them)."""
-    if ran >= planned:
+def cut_message(ran: int, planned: int, last_images: int | None = None, n_images: int | None = None) -> str | None:
+    """What the summary says of a retrain that ran `ran` of its `planned` epochs, the last maybe on only
+    `last_images` of its `n_images` (None: all of them, as planned)."""
+    cut_last = last_images is not None and n_images is not None and last_images < n_images
+    if ran >= planned and not cut_last:
         return None
-    return (f"the retrain ran {ran} of the {planned} epochs planned: it went slower than measured, so it was cut "
-            "to keep the --budget" + (" (the learning rate schedule laid out again over them)" if ran > 1 else ""))
+    whole = ran - cut_last
+    ran_text = (f"{whole} of the {planned} epochs planned and a last one on {last_images:,} of {n_images:,} images"
+                if cut_last else f"{ran} of the {planned} epochs planned")
+    return (f"the retrain ran {ran_text}: it went slower than measured, so it was cut to keep the --budget"
+            + (" (the learning rate schedule laid out again over them)" if ran > 1 else ""))
 
 
 def plan_retrain(spec: ArchSpec, final: data.Prepared, device: torch.device, seconds: float,

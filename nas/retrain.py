@@ -264,12 +264,19 @@ def retrain_trial(
         "retrained_on_train_and_val": bool(retrain_epochs),
         "epochs": len(history),
         "seed": seed,
-    } | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
+    } | _cut_epoch(history, len(data.train)) | describe_model(model, spec, ds) | score_on_test(model, test, ds.classes)
     if recorded.has("latency_ms"):  # what the search measured, beside what the export measures again
         metrics["search_latency_ms"] = recorded.latency_ms
     if spec != searched:
         metrics["searched_arch"] = searched.describe()
     return Trained(model, spec, metrics, test)
+
+
+def _cut_epoch(history: list[EpochRecord], n_train: int) -> dict[str, int]:
+    """A last epoch cut short to keep a deadline: the images it trained on, of how many (else nothing)."""
+    if history and 0 < history[-1].images < n_train:
+        return {"last_epoch_images": history[-1].images, "train_images": n_train}
+    return {}
 
 
 def export_trained(trained: Trained, out: Path, study: optuna.Study | None = None, force: bool = False) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ class EpochRecord:
     train_acc: float
     val_acc: float
     seconds: float
+    images: int = 0  # trained on in this epoch: fewer than the training set in a retrain's cut last epoch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,37 +149,62 @@ def fit(
 
     `precision`: `auto` is bf16 autocast on CUDA and fp32 elsewhere; `bf16` or `fp32` force it.
     `deadline` (a `time.monotonic()` time): past it, between two batches, raise `TimeUp`. With `shrink`, the
-    epochs are cut after the first to those that fit before it at its pace (`epochs_within`), the learning
-    rate schedule laid out again over them; the caller sees fewer records."""
+    epochs are cut after the first to what fits before it at its pace (`_replan`): whole epochs and a last
+    one on part of the images, the schedule laid out again; the caller sees fewer records, or fewer `images`."""
     device = next(model.parameters()).device
     dtype = _prepare(model, device, precision)
-    opt, per_epoch = make_optimizer(model, recipe), math.ceil(len(train.y) / recipe.batch_size)
-    make_schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")
-    schedule = make_schedule(opt, epochs * per_epoch)
+    opt = make_optimizer(model, recipe)
+    schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")(opt, epochs * _steps(train, recipe))
     shuffle = torch.Generator(device=device).manual_seed(seed)
-    history, epoch = [], 0  # the records so far, and the epoch in progress
+    history, epoch, last = [], 0, train  # the records so far, the epoch in progress, what the last epoch trains on
     while epoch < epochs:
         epoch, start = epoch + 1, time.perf_counter()
+        part = last if epoch == epochs else train
+        batches = _batch_reporter(on_batch, batch_every, epoch, _steps(part, recipe), len(part.y))
         try:
-            batches = _batch_reporter(on_batch, batch_every, epoch, per_epoch, len(train.y))
-            loss, train_acc = train_one_epoch(model, train, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
+            loss, train_acc = train_one_epoch(model, part, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
                                               schedule, recipe.label_smoothing, deadline, batches)
         except TimeUp:
             raise TimeUp(history) from None
+        trained = time.perf_counter()
         val_acc = evaluate(model, val, dtype)
         if not math.isfinite(loss):
             raise Diverged(epoch)
-        record = EpochRecord(epoch, loss, train_acc, val_acc, time.perf_counter() - start)
+        record = EpochRecord(epoch, loss, train_acc, val_acc, time.perf_counter() - start, len(part.y))
         history.append(record)
         if on_epoch:
             on_epoch(record)
-        if deadline is not None and epoch < epochs:
-            fits = epochs_within(record.seconds, deadline - time.monotonic(), epochs) if shrink and epoch == 1 else epochs
-            if fits < epochs:  # slower than planned: the schedule is laid out again over the epochs that fit
-                epochs, schedule = fits, make_schedule(opt, (fits - 1) * per_epoch) if fits > 1 else schedule
-            if epoch < epochs and time.monotonic() >= deadline:
-                raise TimeUp(history)
+        if deadline is not None and shrink and epoch == 1 < epochs:
+            timed = (trained - start, record.seconds - (trained - start))  # training, scoring
+            epochs, last, schedule = _replan(train, recipe, opt, schedule, timed, deadline, epochs, shuffle)
+        if deadline is not None and epoch < epochs and time.monotonic() >= deadline:
+            raise TimeUp(history)
     return history
+
+
+def _steps(train: Split, recipe: TrainSpec) -> int:
+    """Optimizer steps in one epoch of `train`."""
+    return math.ceil(len(train.y) / recipe.batch_size)
+
+
+def _replan(train: Split, recipe: TrainSpec, opt: torch.optim.Optimizer, schedule: Any, first: tuple[float, float],
+            deadline: float, epochs: int, shuffle: torch.Generator) -> tuple[int, Split, Any]:
+    """After a first epoch that took `first` (training, scoring) seconds: the epochs that fit before `deadline`,
+    what the last trains on (part of the images when only part fits), and the schedule laid out again over
+    the steps left; all as they were when every epoch fits."""
+    whole, share = epochs_within(*first, deadline - time.monotonic(), epochs)
+    if whole == epochs:
+        return epochs, train, schedule
+    last = _random_part(train, int(share * len(train.y)), shuffle) if share else train
+    steps = (whole - 1) * _steps(train, recipe) + (_steps(last, recipe) if share else 0)
+    make_schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")
+    return whole + (1 if share else 0), last, make_schedule(opt, steps) if steps else schedule
+
+
+def _random_part(train: Split, n: int, generator: torch.Generator) -> Split:
+    """`n` images of `train` drawn at random (on its device): a last epoch cut to the time left."""
+    keep = torch.randperm(len(train.y), generator=generator, device=generator.device)[:n]
+    return Split(train.x[keep], train.y[keep])
 
 
 def _batch_reporter(on_batch: Callable[[BatchRecord], None] | None, every: float, epoch: int, n_batches: int,
@@ -198,10 +224,19 @@ def _batch_reporter(on_batch: Callable[[BatchRecord], None] | None, every: float
     return done
 
 
-def epochs_within(first_epoch: float, seconds_left: float, planned: int) -> int:
-    """How many of `planned` epochs fit when the first took `first_epoch` seconds and `seconds_left`
-    remain after it (at least the one done)."""
-    return max(1, min(planned, 1 + int(max(0.0, seconds_left) / max(first_epoch, 1e-9))))
+MIN_SHARE = 0.1  # a cut last epoch on fewer of the images than this share is not worth its scoring
+
+
+def epochs_within(train_s: float, score_s: float, seconds_left: float, planned: int) -> tuple[int, float]:
+    """What of `planned` epochs fits when the first took `train_s` to train and `score_s` to score and
+    `seconds_left` remain after it: the whole epochs (at least the one done), and the share of the
+    images that one more epoch, cut short, can train on and still be scored in time (0: none, or too few)."""
+    per = max(train_s + score_s, 1e-9)
+    more = int(max(0.0, seconds_left) / per)
+    if 1 + more >= planned:
+        return planned, 0.0
+    share = min(1.0, (seconds_left - more * per - score_s) / max(train_s, 1e-9))
+    return 1 + more, share if share >= MIN_SHARE else 0.0
 
 
 def train_spec(

@@ -127,10 +127,12 @@ def test_a_schedule_laid_out_again_mid_run_still_peaks_at_the_recipes_lr_and_ann
     assert max(lrs) == pytest.approx(0.1, rel=1e-2) and lrs[-1] < 0.002
 
 
-def test_epochs_within_cuts_the_epochs_to_what_the_first_ones_pace_fits():
-    assert epochs_within(2.0, 10.0, 20) == 6  # the one done and 5 more
-    assert epochs_within(2.0, 100.0, 20) == 20  # never more than planned
-    assert epochs_within(5.0, -3.0, 20) == 1  # already late: the one done
+def test_epochs_within_cuts_the_epochs_to_what_the_first_ones_pace_fits_and_a_share_of_one_more():
+    assert epochs_within(1.5, 0.5, 10.0, 20) == (6, 0.0)  # the one done and 5 more, nothing left over
+    assert epochs_within(1.5, 0.5, 11.5, 20) == (6, pytest.approx(2 / 3))  # 1.5 s left: 0.5 to score, 1 to train
+    assert epochs_within(1.5, 0.5, 10.6, 20) == (6, 0.0)  # 0.1 s of training: not worth scoring again
+    assert epochs_within(2.0, 0.0, 100.0, 20) == (20, 0.0)  # never more than planned
+    assert epochs_within(4.0, 1.0, -3.0, 20) == (1, 0.0)  # already late: the one done
 
 
 def test_fit_stops_between_batches_at_its_deadline(idx_dir):
