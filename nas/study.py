@@ -321,6 +321,7 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
 
 
 MAX_REJECTED_IN_A_ROW = 50  # nets refused before training, one after another, before a run gives up
+ENOUGH_TO_JUDGE = 10  # ... or this many, when time runs out and no net of the run was trained
 
 
 class Infeasible(NasError):
@@ -369,6 +370,8 @@ def run_trials(
             if not redraw or n_rejected == MAX_REJECTED_IN_A_ROW:
                 raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw, built_in))
             if deadline and time.monotonic() >= deadline:
+                if n_rejected >= ENOUGH_TO_JUDGE and all(r["rejected"] for r in rows):  # on a busy machine, time may
+                    raise Infeasible(_infeasible_message(rows[-n_rejected:], redraw, built_in))  # end the 50 first
                 return  # out of time while drawing: a few rejected nets say nothing of the space
 
 
