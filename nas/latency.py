@@ -2,31 +2,41 @@
 CPU (one thread, as a small device or one server core runs it), and with PyTorch on a CUDA device.
 
 Weights do not change the time of a dense network, so a net is timed right after it is built, before
-it trains: a search knows each net's latency, like its size, before spending an epoch on it.
+it trains, and once per study (`timed_once`, keyed by `arch_key`): a search knows each net's latency,
+like its size, before spending an epoch on it, and one architecture has one latency whatever its
+learning rate. Other processes on the machine only ever add time, so the runs of each batch size are
+interleaved (a burst of load hits both alike) and the figure is a low percentile of them, with the
+spread of the faster half recorded beside it as the measurement's noise.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import json
 import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from nas.spec import ArchSpec
+
 BATCHES = (1, 64)  # one image (an app answering a user), and a batch (a server)
 WARMUP = 3  # runs before timing: the first ones allocate and pick kernels
 MIN_RUNS, MAX_RUNS = 5, 200
-SECONDS = 0.1  # timing each batch size stops after this long (or MAX_RUNS), so a net costs well under a second
+SECONDS = 0.25  # timing each batch size stops after this long (or MAX_RUNS): once per architecture, under a second
+PERCENTILE = 20  # the figure: contention only adds time, so a low percentile is the net's own speed
+SPREAD = (10, 50)  # the noise recorded beside it: the 50th minus the 10th percentile
 
 
 def onnx_latency(model: nn.Module, input_shape: tuple[int, int, int], seconds: float = SECONDS) -> dict[str, float]:
-    """`model`'s median milliseconds per call at each of BATCHES on the CPU through ONNX Runtime,
-    as {"latency_ms": batch 1, "latency_ms_64": batch 64}; the model is exported to memory first."""
+    """`model`'s milliseconds per call at each of BATCHES on the CPU through ONNX Runtime (see `low_percentiles`),
+    as {"latency_ms": batch 1, "latency_ms_64": batch 64, and their spreads}; the model is exported to memory first."""
     cpu = copy.deepcopy(model).cpu().eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -38,7 +48,7 @@ def onnx_latency(model: nn.Module, input_shape: tuple[int, int, int], seconds: f
 
 
 def session_latency(onnx: bytes | Path, input_shape: tuple[int, int, int], seconds: float = SECONDS) -> dict[str, float]:
-    """Median milliseconds per call of an ONNX model (bytes or a file) at each of BATCHES, one CPU thread."""
+    """Milliseconds per call of an ONNX model (bytes or a file) at each of BATCHES, one CPU thread."""
     import numpy as np
     import onnxruntime
 
@@ -47,46 +57,82 @@ def session_latency(onnx: bytes | Path, input_shape: tuple[int, int, int], secon
     session = onnxruntime.InferenceSession(onnx if isinstance(onnx, bytes) else str(onnx), options,
                                            providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    out = {}
-    for n in BATCHES:
-        x = {name: np.random.default_rng(0).random((n, *input_shape), dtype=np.float32)}
-        out[_key(n)] = median_ms(lambda: session.run(None, x), seconds)
-    return out
+    images = {n: {name: np.random.default_rng(0).random((n, *input_shape), dtype=np.float32)} for n in BATCHES}
+    return low_percentiles({_key(n): (lambda x=x: session.run(None, x)) for n, x in images.items()}, seconds)
 
 
 def torch_latency(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device,
                   seconds: float = SECONDS) -> dict[str, float]:
-    """Median milliseconds per call of `model` on `device` (a GPU) at each of BATCHES, in eval mode."""
+    """Milliseconds per call of `model` on `device` (a GPU) at each of BATCHES, in eval mode."""
     was_training = model.training
     model.eval()
-    out = {}
+    images = {n: torch.rand(n, *input_shape, device=device) for n in BATCHES}
+
+    def call(x: torch.Tensor) -> None:
+        model(x)
+        torch.cuda.synchronize(device)
+
     try:
         with torch.inference_mode():
-            for n in BATCHES:
-                x = torch.rand(n, *input_shape, device=device)
-
-                def call() -> None:
-                    model(x)
-                    torch.cuda.synchronize(device)
-
-                out[_key(n, "gpu_")] = median_ms(call, seconds)
+            return low_percentiles({_key(n, "gpu_"): (lambda x=x: call(x)) for n, x in images.items()}, seconds)
     finally:
         model.train(was_training)
+
+
+def low_percentiles(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, float]:
+    """For each named call, its PERCENTILE-th percentile in milliseconds, and under `spread_key(name)` its
+    SPREAD (see `interleaved_times`)."""
+    out = {}
+    for key, times in interleaved_times(calls, seconds).items():
+        cuts = statistics.quantiles(times, n=100, method="inclusive")  # cuts[k - 1] is the k-th percentile
+        out[key] = round(cuts[PERCENTILE - 1] * 1000, 4)
+        out[spread_key(key)] = round((cuts[SPREAD[1] - 1] - cuts[SPREAD[0] - 1]) * 1000, 4)
     return out
 
 
-def median_ms(call: Callable[[], object], seconds: float = SECONDS) -> float:
-    """The median milliseconds of `call()` over MIN_RUNS to MAX_RUNS timed runs, after WARMUP untimed ones;
-    timing stops once `seconds` have gone by (after MIN_RUNS)."""
-    for _ in range(WARMUP):
-        call()
-    times: list[float] = []
-    stop = time.perf_counter() + seconds
-    while len(times) < MAX_RUNS and (len(times) < MIN_RUNS or time.perf_counter() < stop):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 4)
+def interleaved_times(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, list[float]]:
+    """Seconds of each timed run of each call, after WARMUP untimed ones: the calls take turns, one run each,
+    MIN_RUNS to MAX_RUNS rounds, stopping once `seconds` per call have gone by (after MIN_RUNS)."""
+    for call in calls.values():
+        for _ in range(WARMUP):
+            call()
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    stop = time.perf_counter() + seconds * len(calls)
+    rounds = 0
+    while rounds < MAX_RUNS and (rounds < MIN_RUNS or time.perf_counter() < stop):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[key].append(time.perf_counter() - start)
+        rounds += 1
+    return times
+
+
+def spread_key(key: str) -> str:
+    """Where the noise of the figure under `key` is kept: `latency_ms_64` -> `latency_spread_ms_64`."""
+    return key.replace("latency_ms", "latency_spread_ms")
+
+
+def arch_key(spec: ArchSpec, device: str = "cpu") -> str:
+    """What a net's speed depends on, as a short hash: its layers and the device it is timed on, not how it
+    is trained nor how its weights start (a learning rate does not change the time of a forward pass)."""
+    layers = {k: v for k, v in spec.to_dict().items() if k not in ("training", "init")}
+    return hashlib.sha256(json.dumps([layers, device], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def timed_once(key: str, read: Callable[[], Mapping[str, Any]], record: Callable[[str, Any], None],
+               measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The times recorded under `key` (in the study, by `read` and `record`), or `measure()`d and recorded there.
+    Read again after measuring: of two workers timing one net together, the first recorded figure stands."""
+    name = f"latency:{key}"
+    known = read().get(name)
+    if known is None:
+        times = measure()
+        known = read().get(name)
+        if known is None:
+            record(name, times)
+            known = times
+    return dict(known)
 
 
 def _key(n: int, prefix: str = "") -> str:

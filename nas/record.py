@@ -24,6 +24,8 @@ FIELDS: dict[str, str] = {name: name for name in (
     "arch",  # its one-line form
     "seed", "epochs",  # the training seed and the epochs asked for
     "n_params", "flops", "latency_ms",  # sizes, and latency where an objective or constraint needs it
+    "latency_spread_ms",  # that latency's noise: p50 - p10 of its timed runs (`latency.low_percentiles`)
+    "arch_key",  # what its latency depends on, hashed (`latency.arch_key`): a study times each once
     "curve",  # one dict per epoch trained (`train.EpochRecord.to_dict`)
     "seconds",  # wall time of its training
     "reason",  # why it was pruned, rejected or failed
@@ -73,6 +75,7 @@ class TrialRecord:
     n_params = property(lambda self: self._get("n_params"), doc="Its parameter count.")
     flops = property(lambda self: self._get("flops"), doc="Its FLOPs per image.")
     latency_ms = property(lambda self: self._get("latency_ms"), doc="Its measured latency, if measured.")
+    latency_spread_ms = property(lambda self: self._get("latency_spread_ms"), doc="That latency's noise.")
     curve = property(lambda self: self._get("curve") or [], doc="One dict per epoch trained.")
     seconds = property(lambda self: self._get("seconds"), doc="Wall time of its training.")
     reason = property(lambda self: self._get("reason"), doc="Why it was pruned, rejected or failed.")
@@ -117,6 +120,7 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "n_params": r.n_params,
         "flops": r.flops,
         "latency_ms": r.latency_ms,
+        "latency_spread_ms": r.latency_spread_ms,
         "epochs_run": len(r.curve),
         "seconds": r.seconds,
         "arch": r.arch,

@@ -152,6 +152,8 @@ def show_best(result: Any, retrain_epochs: int | None, export: Path | None, json
     shown = f"Pareto front ({', '.join(result.objectives)}):" if len(result.objectives) > 1 else "best"
     title = f"{shown} {len(result.rows)} of {_tally(result.tally)} in {result.study!r}"
     console.print(_trials_table(result.rows, title=_text(title)))
+    for note in _within_noise(result.rows):
+        console.print(note, highlight=False, soft_wrap=True)
     if result.retrained:
         table = Table("rank", "#", "val acc", "test acc", "test − val", "params", "architecture",
                       title=f"top {len(result.retrained)} retrained on train+val for {names.counted(retrain_epochs, 'epoch')}, "
@@ -330,6 +332,19 @@ def _count_reasons(rows: list[dict[str, Any]]) -> dict[str, int]:
         examples.setdefault(kind, reason)
         counts[examples[kind]] = counts.get(examples[kind], 0) + 1
     return counts
+
+
+def _within_noise(rows: list[dict[str, Any]]) -> list[str]:
+    """A note for each two trials, next in latency, whose latencies differ by less than the noise measured
+    on either: on this machine they are equally fast, whatever their order in the table."""
+    timed = sorted((r for r in rows if r.get("latency_spread_ms") is not None), key=lambda r: r["latency_ms"])
+    notes = []
+    for a, b in zip(timed, timed[1:]):
+        noise = max(a["latency_spread_ms"], b["latency_spread_ms"])
+        if b["latency_ms"] - a["latency_ms"] < noise:
+            notes.append(f"#{a['number']} and #{b['number']} differ in latency by {b['latency_ms'] - a['latency_ms']:.3f} ms, "
+                         f"less than the measured noise ({noise:.3f} ms): take them as equally fast.")
+    return notes
 
 
 def _trials_table(rows: list[dict[str, Any]], title: Text | None = None) -> Table:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nas import latency, pareto, study as studies
+from nas import latency, pareto, study as studies, views
 from nas.cli import app
 from nas.objective import Objective
 from nas.spacefile import parse_space
@@ -83,20 +83,46 @@ def test_a_gentler_pruner_needs_more_dominating_trials():
     assert not stops(pareto_objective(dominated_by=3), ask(study, 2.0), 1, 0.5)
 
 
-def test_latency_timing_is_bounded_by_runs_and_time():
+def test_latency_timing_is_bounded_by_runs_and_time_and_interleaves_the_calls():
     calls = []
-    latency.median_ms(lambda: calls.append(1), seconds=0)
-    assert len(calls) == latency.WARMUP + latency.MIN_RUNS  # no time left: the fewest runs
-    calls.clear()
-    latency.median_ms(lambda: calls.append(1), seconds=float("inf"))
-    assert len(calls) == latency.WARMUP + latency.MAX_RUNS  # all the time in the world: still a bounded count
+    times = latency.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0)
+    assert [len(t) for t in times.values()] == [latency.MIN_RUNS] * 2  # no time left: the fewest runs
+    assert calls[2 * latency.WARMUP:] == ["a", "b"] * latency.MIN_RUNS  # taking turns: a burst of load hits both
+    times = latency.interleaved_times({"a": lambda: None}, seconds=float("inf"))
+    assert len(times["a"]) == latency.MAX_RUNS  # all the time in the world: still a bounded count
 
 
-def test_onnx_latency_times_a_net_at_batch_1_and_64():
+def test_onnx_latency_times_a_net_at_batch_1_and_64_with_its_noise():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
     times = latency.onnx_latency(net, (1, 28, 28), seconds=0)
-    assert set(times) == {"latency_ms", "latency_ms_64"} and 0 < times["latency_ms"] < times["latency_ms_64"]
+    assert set(times) == {"latency_ms", "latency_ms_64", "latency_spread_ms", "latency_spread_ms_64"}
+    assert 0 < times["latency_ms"] < times["latency_ms_64"] and times["latency_spread_ms"] >= 0
     assert net.training  # the caller's model is left as it was (timed on a copy in eval mode)
+
+
+def test_one_architecture_has_one_latency_in_a_study_whatever_its_learning_rate(idx_dir, tmp_path):
+    space = tmp_path / "one-net.yaml"  # one architecture; only the learning rate is searched
+    space.write_text("name: one\nobjectives: [accuracy, latency]\nbudget: {epochs: 1}\n"
+                     "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\n"
+                     "training: {lr: {float: [1.0e-4, 1.0e-2], log: true}}\n")
+    db = f"sqlite:///{tmp_path}/one.db"
+    result = CliRunner().invoke(app, ["search", "--space", str(space), "--storage", db, "--data-dir", str(idx_dir),
+                                      "--trials", "3", "--pruner", "none", "--quiet"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="one", storage=db)
+    assert len({t.params["lr"] for t in study.trials}) == 3
+    assert len({t.user_attrs["latency_ms"] for t in study.trials}) == 1  # timed once, by the first trial
+    assert len({t.user_attrs["arch_key"] for t in study.trials}) == 1
+    assert all(t.user_attrs["latency_spread_ms"] >= 0 and "latency_spread_ms_64" in t.user_attrs for t in study.trials)
+    [(key, times)] = [(k, v) for k, v in study.user_attrs.items() if k.startswith("latency:")]
+    assert key == f"latency:{study.trials[0].user_attrs['arch_key']}" and times["latency_ms"] == study.trials[2].user_attrs["latency_ms"]
+
+
+def test_best_says_when_two_points_of_the_front_are_within_the_noise():
+    rows = [{"number": 1, "latency_ms": 1.00, "latency_spread_ms": 0.05}, {"number": 2, "latency_ms": 1.03, "latency_spread_ms": 0.01},
+            {"number": 3, "latency_ms": 2.0, "latency_spread_ms": 0.05}]
+    assert views._within_noise(rows) == ["#1 and #2 differ in latency by 0.030 ms, less than the measured noise (0.050 ms): "
+                                         "take them as equally fast."]
 
 
 def test_a_search_for_accuracy_and_latency_has_a_front_that_best_lists(multi_study):

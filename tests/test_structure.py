@@ -28,7 +28,7 @@ ALLOWED = {
     "data": {"files", "formats", "names"},
     "model": {"errors", "names", "spec", "system"},  # a spec's net: built, sized, and whether it fits (system: memory)
     "train": {"data", "errors", "model", "names", "spec", "system"},  # the loop; a spec's seeded net trained on prepared data
-    "latency": set(),  # torch and ONNX Runtime only
+    "latency": {"spec"},  # torch and ONNX Runtime; a spec names the architecture it times
     # the optuna layer: a trial's record, fronts, storage, studies, the objective (DESIGN.md's table)
     "record": {"names"},  # the only module that spells a trial's attr keys
     "pareto": {"record"},
