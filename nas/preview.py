@@ -44,6 +44,7 @@ class SpacePreview:
     n_classes: int
     epochs: int
     samples: list[SampledNet]
+    objectives: tuple[str, ...] = ("accuracy",)  # what a search of the space maximises (accuracy) and minimises
 
 
 def builtin_space(dataset: str | None, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
@@ -83,4 +84,4 @@ def preview_space(path: str | None, dataset: str | None = None, data_dir: str | 
             samples.append(SampledNet(spec.describe(), (), None, None, f"invalid: {e}"))
     n_discrete, n_continuous = n_combinations(space)
     return SpacePreview(space.name, [(name, dim_text(dim)) for name, dim in dims.items()], n_discrete, n_continuous,
-                        len(baselines), shape, n_classes, space.epochs, samples)
+                        len(baselines), shape, n_classes, space.epochs, samples, space.objectives)

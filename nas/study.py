@@ -307,14 +307,16 @@ def newest_study(storage: str | optuna.storages.BaseStorage, nas_only: bool = Tr
 
 
 def list_studies(storage: str) -> list[dict[str, Any]]:
-    """Every study in `storage` with its trial count, best value and start time."""
-    rows = []
-    for s in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=True):
+    """Every study in `storage` with its trial count, best value (or with several objectives, the size of its
+    front) and start time."""
+    rows, rdb = [], open_storage(storage)
+    for s in optuna.get_all_study_summaries(rdb, include_best_trial=True):
         single = len(s.directions) == 1
         rows.append({
             "name": s.study_name,
             "trials": s.n_trials,
             "best": s.best_trial.value if single and s.best_trial else None,  # several objectives: no one best
+            "front": None if single else len(optuna.load_study(study_name=s.study_name, storage=rdb).best_trials),
             "started": s.datetime_start.isoformat(" ", "seconds") if s.datetime_start else None,
         })
     return rows

@@ -249,6 +249,9 @@ def show_preview(preview: Any, source: str) -> None:
         f" × {names.counted(preview.n_continuous, 'continuous dimension')}" if preview.n_continuous else "")
     console.print(f"size: {size}; {names.counted(preview.n_baselines, 'baseline')}; input {preview.input_shape}, "
                   f"{names.counted(preview.n_classes, 'class', 'classes')}; {names.counted(preview.epochs, 'epoch')} per trial")
+    costs = preview.objectives[1:]
+    console.print("objectives: accuracy (maximised)" + (f", {', '.join(costs)} (minimised)" if costs else ""),
+                  highlight=False)
     for i, net in enumerate(preview.samples, 1):
         console.print(f"\n[bold]sample {i}[/]: {plain(net.arch)}", highlight=False)
         if net.n_params is None:
@@ -301,10 +304,12 @@ def show_studies(rows: list[dict[str, Any]], storage: str, json_out: bool) -> No
     """`nas studies`: the studies of a storage, their trials and best accuracy."""
     if json_out:
         return show_json(rows)
-    table = Table("study", "trials", "best val acc", "started", title=_text(storage))
+    fronts = any(r["front"] is not None for r in rows)  # a study of several objectives has a front, not one best
+    table = Table("study", "trials", "best val acc", *(["front"] if fronts else []), "started", title=_text(storage))
     for r in rows:
+        front = [str(r["front"]) if r["front"] is not None else "-"] if fronts else []
         table.add_row(_text(r["name"]), str(r["trials"]), f"{r['best']:.4f}" if r["best"] is not None else "-",
-                      _text(r["started"] or "-"))
+                      *front, _text(r["started"] or "-"))
     console.print(table if rows else _text(f"no studies in {storage} yet: run `nas search`."), soft_wrap=True)
 
 

@@ -49,7 +49,7 @@ def test_help_imports_no_library_and_shows_flags_without_a_type():
 def test_validate_shows_dimensions_size_and_sampled_shapes():
     out = squash(nas_cli("validate", "--space", SPACES / "lenet.yaml").output)
     for text in ("block3.channels", "choice ['conv5x5', 'conv3x3x2']", "discrete combinations", "2 baselines",
-                 "sample 1", "sample 3", "parameters", "MFLOPs"):
+                 "sample 1", "sample 3", "parameters", "MFLOPs", "objectives: accuracy (maximised)"):
         assert text in out
     assert "1×28×28 →" in out
 
@@ -112,7 +112,7 @@ def test_search_resume_best_export_load_and_train(tmp_path, tiny_space, idx_dir)
     assert len(trained["history"]) == 1 and 0 <= trained["test_accuracy"] <= 1
 
     listing = json.loads(nas_cli("studies", "--storage", db, "--json").stdout)
-    assert [(s["name"], s["trials"]) for s in listing] == [("tiny", 5)]
+    assert [(s["name"], s["trials"], s["front"]) for s in listing] == [("tiny", 5, None)]  # one objective: no front
 
 
 def test_export_without_retraining_reproduces_the_trial(tmp_path, tiny_space, idx_dir):

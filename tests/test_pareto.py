@@ -171,3 +171,15 @@ def test_single_objective_searches_measure_no_latency_unless_a_constraint_asks(t
     assert result.exit_code == 1 and "too slow:" in squash(result.output), result.output
     [trial] = optuna.load_study(study_name="limited", storage=db).trials
     assert trial.user_attrs["rejected"] and trial.user_attrs["latency_ms"] > 1.0e-6 and trial.constraints["max_latency_ms"] > 0
+
+
+def test_studies_shows_the_size_of_the_front_and_validate_the_objectives(multi_study, tmp_path):
+    study = optuna.load_study(study_name="multi", storage=multi_study)
+    [row] = json.loads(CliRunner().invoke(app, ["studies", "--storage", multi_study, "--json"]).stdout)
+    assert row["front"] == len(study.best_trials) and row["best"] is None
+    assert "front" in squash(CliRunner().invoke(app, ["studies", "--storage", multi_study]).output)
+    space = tmp_path / "multi.yaml"
+    space.write_text("name: m\nobjectives: [accuracy, latency, params]\n"
+                     "architecture: {blocks: 1, block: {channels: 4}, head: {layers: 1, units: 8}}\n")
+    out = squash(CliRunner().invoke(app, ["validate", "--space", str(space)]).output)
+    assert "objectives: accuracy (maximised), latency, params (minimised)" in out, out
