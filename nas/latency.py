@@ -115,8 +115,10 @@ def spread_key(key: str) -> str:
 
 def arch_key(spec: ArchSpec, device: str = "cpu") -> str:
     """What a net's speed depends on, as a short hash: its layers and the device it is timed on, not how it
-    is trained nor how its weights start (a learning rate does not change the time of a forward pass)."""
-    layers = {k: v for k, v in spec.to_dict().items() if k not in ("training", "init")}
+    is trained nor how its weights start (a learning rate does not change the time of a forward pass), nor
+    its dropout (nothing at inference: the exported graph has none)."""
+    d = spec.to_dict()
+    layers = [d["readout"]] + [{k: v for k, v in layer.items() if k != "dropout"} for layer in d["blocks"] + d["head"]]
     return hashlib.sha256(json.dumps([layers, device], sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -3,6 +3,7 @@ measurement, and the front through `nas search`, `nas best` and its export."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -15,6 +16,7 @@ from nas import latency, pareto, study as studies, views
 from nas.cli import app
 from nas.objective import Objective
 from nas.spacefile import parse_space
+from nas.spec import ArchSpec
 from nas.train import EpochRecord
 
 State = optuna.trial.TrialState
@@ -116,6 +118,11 @@ def test_one_architecture_has_one_latency_in_a_study_whatever_its_learning_rate(
     assert all(t.user_attrs["latency_spread_ms"] >= 0 and "latency_spread_ms_64" in t.user_attrs for t in study.trials)
     [(key, times)] = [(k, v) for k, v in study.user_attrs.items() if k.startswith("latency:")]
     assert key == f"latency:{study.trials[0].user_attrs['arch_key']}" and times["latency_ms"] == study.trials[2].user_attrs["latency_ms"]
+    spec = ArchSpec.from_dict(study.trials[0].user_attrs["spec"])
+    other = dataclasses.replace(spec, blocks=tuple(dataclasses.replace(b, dropout=0.3) for b in spec.blocks))
+    assert latency.arch_key(other) == latency.arch_key(spec)  # dropout is nothing at inference
+    wider = dataclasses.replace(spec, blocks=tuple(dataclasses.replace(b, channels=8) for b in spec.blocks))
+    assert latency.arch_key(wider) != latency.arch_key(spec) != latency.arch_key(spec, "cuda")
 
 
 def test_best_says_when_two_points_of_the_front_are_within_the_noise():
