@@ -140,7 +140,7 @@ def _retrain_best(result: Best, study: optuna.Study, candidates: list[optuna.tri
     dev = pick_device(job.device)
     with signals_interrupt():
         ds = load_dataset(job.dataset, job.data_dir)
-        check_fingerprint(study, read_record(study), ds.fingerprint(), job.storage)
+        check_fingerprint(study, read_record(study), ds.fingerprint(), job.storage, ds.name)
         trained = [retrain_trial(t, study, ds, dev, job.retrain_epochs, i, len(candidates), _stoppable(on_event))
                    for i, t in enumerate(candidates, 1)]
         trained.sort(key=lambda m: m.metrics["test_accuracy"], reverse=True)

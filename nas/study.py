@@ -212,24 +212,28 @@ def _check_resumable(study: optuna.Study, storage: str, record: StudyRecord, spa
                          f"{','.join(record.objectives)}: resume it with `nas search --study {study.study_name} "
                          f"--objectives {was}` (then `nas best --trial N --export DIR` exports a net of its "
                          "front), or pass a new --study name.")
-    for key in ("dataset", "subset"):
+    # Where both have a fingerprint, the contents decide (`check_fingerprint`), not where the data was read from.
+    by_name = ("dataset",) if not (known.fingerprint and record.fingerprint) else ()
+    for key in (*by_name, "subset"):
         if getattr(known, key) != getattr(record, key):
             raise StudyError(
                 f"study {study.study_name!r} in {storage} was searched with {key} {getattr(known, key)!r}, not "
                 f"{getattr(record, key)!r}: resume it with the same --{key}, or pass a new --study name."
             )
-    check_fingerprint(study, known, record.fingerprint, storage)
+    check_fingerprint(study, known, record.fingerprint, storage, record.dataset)
     if space is not None:
         _check_space(study, storage, space)
 
 
-def check_fingerprint(study: optuna.Study, known: StudyRecord, fingerprint: str | None, storage: str) -> None:
-    """Refuse data whose `fingerprint` differs from the one the study recorded (none recorded: any data)."""
+def check_fingerprint(study: optuna.Study, known: StudyRecord, fingerprint: str | None, storage: str,
+                      dataset: str) -> None:
+    """Refuse `dataset` if its `fingerprint` differs from the one the study recorded (none recorded: any data),
+    wherever each was read from."""
     if known.fingerprint and fingerprint and known.fingerprint != fingerprint:
         raise StudyError(
-            f"study {study.study_name!r} in {storage} was searched on {known.dataset} with content fingerprint "
-            f"{known.fingerprint}, but the dataset read now has fingerprint {fingerprint}: its images or labels "
-            "changed. Use the data the study was searched on, or pass a new --study name."
+            f"study {study.study_name!r} in {storage} was searched with dataset {known.dataset!r} (content "
+            f"fingerprint {known.fingerprint}), but the dataset read now, {dataset!r}, has fingerprint {fingerprint}: "
+            "its images or labels changed. Use the data the study was searched on, or pass a new --study name."
         )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +85,36 @@ def test_a_dataset_whose_contents_changed_is_refused_with_both_fingerprints(old)
     np.savez(old / "old_data.npz", **arrays)
     out = nas("search", "--study", "new", "--storage", DB, "--trials", "1", "--device", "cpu", "--quiet", code=2)
     assert known in out and "changed" in " ".join(out.split())
+
+
+def run_nas(cwd: Path, *args: object) -> subprocess.CompletedProcess:
+    """`nas ARGS` as a user types it, in its own process started in `cwd`."""
+    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_plain_search_in_another_folder_joins_by_name_and_other_data_is_refused(old, tmp_path_factory):
+    """A worker elsewhere (another folder, as on another machine) has only the storage, the study's name and its
+    copy of the data: no space file. Its own copy joins; another dataset is refused before any trial."""
+    url = f"sqlite:///{old / 'old_study.db'}"
+    nas("search", "--space", "old_space.yaml", "--study", "joined", "--storage", url, "--trials", "1", "--device", "cpu",
+        "--quiet")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    shutil.copy(old / "old_data.npz", elsewhere / "copy.npz")
+    done = run_nas(elsewhere, "search", "--storage", url, "--study", "joined", "--dataset", "copy.npz", "--trials", 1,
+                   "--device", "cpu", "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(optuna.load_study(study_name="joined", storage=url).trials) == 2
+    with np.load(elsewhere / "copy.npz") as f:
+        arrays = dict(f)
+    arrays["x_train"][0] = 255 - arrays["x_train"][0]  # one image changed: other data under the same name
+    np.savez(elsewhere / "copy.npz", **arrays)
+    known = studies.read_record(optuna.load_study(study_name="joined", storage=url)).fingerprint
+    done = run_nas(elsewhere, "search", "--storage", url, "--study", "joined", "--dataset", "copy.npz", "--trials", 1,
+                   "--device", "cpu", "--quiet")
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2 and known in said and "copy.npz" in said and "changed" in said, said
+    assert len(optuna.load_study(study_name="joined", storage=url).trials) == 2
 
 
 def test_a_bug_in_nas_stops_the_search_with_a_message_not_a_failed_trial(old, monkeypatch):
