@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import write_idx_dataset
 from test_claims import counted
 from test_survive import LONG_TRIALS, QUICK_TRIALS
 
@@ -62,6 +63,35 @@ def test_a_cancelled_task_leaves_its_trial_interrupted_and_the_others_finish_the
     kept, _ = counted(postgres_url, "slurm-cancel")
     assert len(kept) == 5 and not [t for t in trials if t.state == State.RUNNING], (said, logs(tmp_path))
     assert (tmp_path / "results" / "export" / "model.onnx").is_file(), logs(tmp_path)
+
+
+def test_a_task_joins_by_name_without_a_space_file_and_one_with_other_data_is_refused_saying_why(
+        slurm, postgres_url, tmp_path, idx_dir):
+    """The study is made once (on the login node, with the space file); tasks then need only the storage, the
+    study's name and the data. A task whose data differs is refused before it trains, and its log says why."""
+    from nas.cli import app
+    from nas.data import load_dataset
+    from typer.testing import CliRunner
+
+    space = tmp_path / "quick.yaml"
+    space.write_text(QUICK_TRIALS)
+    made = CliRunner().invoke(app, ["search", "--space", str(space), "--storage", postgres_url, "--study", "slurm-data",
+                                    "--data-dir", str(idx_dir), "--trials", "1", "--pruner", "none", "--quiet"])
+    assert made.exit_code == 0, made.output
+    other = write_idx_dataset(tmp_path / "other", n_train=60)  # same name and shape, other images
+    for name, folder in (("right", idx_dir), ("wrong", other)):
+        env = {"NAS_STORAGE": postgres_url, "NAS_STUDY": "slurm-data", "NAS_TRIALS": "2", "NAS_DATA_DIR": str(folder),
+               "NAS_WORKERS": "1", "NAS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        slurm.run("env", *(f"{k}={v}" for k, v in env.items()), "sbatch", f"--chdir={tmp_path}",
+                  f"--output={tmp_path}/{name}.log", f"--job-name={name}", str(SUBMIT.parent / "nas-search.sbatch"))
+    slurm.wait_idle(600)
+    right, wrong = (tmp_path / "right.log").read_text(), (tmp_path / "wrong.log").read_text()
+    kept, n_all = counted(postgres_url, "slurm-data")
+    assert len(kept) == 2 == n_all, right + wrong  # the study's one, and the right task's one
+    said = " ".join(wrong.split())
+    known, now = (load_dataset("fashion-mnist", d).fingerprint() for d in (idx_dir, other))
+    assert known in said and now in said and "changed" in said, said
+    assert "wrong FAILED" in slurm.run("squeue", "--noheader", "--states=all", "--format=%j %T"), wrong
 
 
 def running_trial(storage: str, study: str, tmp_path: Path) -> optuna.trial.FrozenTrial:
