@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def _spec(args: argparse.Namespace, arm: str):
     from nas import study as studies
+    from nas.record import TrialRecord
     from nas.spec import ArchSpec
 
     width, augment = arm.split(":")
     trial = studies.trained_trial(studies.load_study(args.study, args.storage), args.trial)
-    spec = ArchSpec.from_dict(trial.user_attrs["spec"]).widened(float(width))
+    spec = ArchSpec.from_dict(TrialRecord(trial).spec).widened(float(width))
     return dataclasses.replace(spec, training=dataclasses.replace(spec.training, augment=augment))
 
 

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import optuna
 
-from nas.study import StudyError, load_study, open_storage, quiet_optuna
+from nas.storage import StudyError, open_storage
+from nas.study import load_study, quiet_optuna
 
 
 def serve_dashboard(storage: str, study_name: str | None, host: str, port: int, on_ready: Callable[[str], None]) -> None:

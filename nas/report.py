@@ -20,8 +20,10 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from nas.files import check_file_target, check_not_input, write_file
 from nas.names import counted
-from nas.study import (accuracy, front, load_study, objectives_of, quiet_optuna, storage_inputs, top_trials,
-                       trial_row)
+from nas.pareto import non_dominated
+from nas.record import OBJECTIVES, TrialRecord, accuracy, trial_row
+from nas.storage import storage_inputs
+from nas.study import front, load_study, objectives_of, quiet_optuna, recorded_export, top_trials
 
 N_SLICES = 4  # slice plots of the most important parameters
 N_PARALLEL = 8  # parameters on the parallel-coordinates plot
@@ -55,25 +57,21 @@ def summarize(study: optuna.Study, top: int = 10) -> Summary:
     for t in sorted(done, key=lambda t: t.number):
         best_so_far = max(best_so_far, accuracy(t))
         history.append({"number": t.number, "value": accuracy(t), "best": best_so_far})
-    sized = [t for t in done if t.user_attrs.get("n_params") is not None]
-    costs = ["n_params", "flops"] + (["latency_ms"] if any("latency_ms" in t.user_attrs for t in sized) else [])
+    sized = [t for t in done if TrialRecord(t).n_params is not None]
+    costs = ["params", "flops"] + (["latency"] if any(TrialRecord(t).has("latency_ms") for t in sized) else [])
     objectives = objectives_of(study)
     ranked, unranked = importances(study, len(done))
-    export = study.user_attrs.get("export")
+    export = recorded_export(study)
     return Summary(
         study=study.study_name,
         counts={s: states.count(s) for s in sorted(set(states))},
         best=trial_row(top_trials(study, 1)[0]),
         history=history,
-        curves=[
-            {"number": t.number, "state": t.state.name.lower(), "reason": t.user_attrs.get("reason"),
-             "epochs": [r["epoch"] for r in t.user_attrs["curve"]], "val_acc": [r["val_acc"] for r in t.user_attrs["curve"]]}
-            for t in trials if t.user_attrs.get("curve")
-        ],
+        curves=[_curve(t) for t in trials if TrialRecord(t).curve],
         importances=ranked,
-        size=[{"number": t.number, "value": accuracy(t), "arch": t.user_attrs.get("arch", "")}
-              | {c: t.user_attrs.get(c) for c in costs} for t in sized],
-        pareto={cost: pareto_front([t for t in sized if cost in t.user_attrs], cost) for cost in costs},
+        size=[{"number": t.number, "value": accuracy(t), "arch": TrialRecord(t).arch or ""}
+              | {OBJECTIVES[c]: TrialRecord(t).cost(c) for c in costs} for t in sized],
+        pareto={OBJECTIVES[c]: pareto_front([t for t in sized if TrialRecord(t).cost(c) is not None], c) for c in costs},
         top=[trial_row(t) for t in top_trials(study, top)],
         export=export,
         objectives=objectives,
@@ -100,14 +98,20 @@ def importances(study: optuna.Study, n_done: int) -> tuple[dict[str, float], str
     return ranked, None if ranked else "the completed trials share one set of parameters (nothing was searched)"
 
 
+def _curve(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's learning curve: its validation accuracy per epoch, its state and why it stopped."""
+    r = TrialRecord(t)
+    return {"number": t.number, "state": t.state.name.lower(), "reason": r.reason,
+            "epochs": [e["epoch"] for e in r.curve], "val_acc": [e["val_acc"] for e in r.curve]}
+
+
 def pareto_front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[int]:
-    """Numbers of the trials no other trial beats on both accuracy (higher) and `cost` (lower)."""
-    numbers, best = [], float("-inf")
-    for t in sorted(trials, key=lambda t: (t.user_attrs[cost], -accuracy(t))):
-        if accuracy(t) > best:
-            numbers.append(t.number)
-            best = accuracy(t)
-    return numbers
+    """Numbers of the trials no other trial beats on both accuracy (higher) and the objective `cost` (lower,
+    e.g. "params"), cheapest first: `pareto.non_dominated` over the two. Of equal points one is drawn."""
+    ranked = sorted(trials, key=lambda t: (TrialRecord(t).cost(cost), -accuracy(t)))
+    points = [(accuracy(t), TrialRecord(t).cost(cost)) for t in ranked]
+    kept = [i for i in non_dominated(points) if not i or points[i] != points[i - 1]]
+    return [ranked[i].number for i in kept]
 
 
 def _importance_target(study: optuna.Study) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from nas.record import FINISHED, State, TrialRecord, accuracy, reason_kinds, tri
 from nas.space import Choice, FloatRange, IntRange, Space
 from nas.spacefile import parse_space
 from nas.storage import StudyError, fail_dead_workers_trials, open_storage, sqlite_path, this_worker
-from nas.storage import storage_inputs  # noqa: F401  (nas.report imports it from here)
 
 # Study user attrs: "data" (the split) and "objectives" are what every nas study has recorded; "record" holds
 # the whole StudyRecord of a study made since; "export" what `nas best --export` wrote.
@@ -148,6 +147,11 @@ def _write_record(study: optuna.Study, record: StudyRecord) -> None:
 def record_export(study: optuna.Study, metrics: dict[str, Any]) -> None:
     """Record on the study what `nas best --export` wrote, for `nas report`."""
     study.set_user_attr(EXPORT_ATTR, metrics)
+
+
+def recorded_export(study: optuna.Study) -> dict[str, Any] | None:
+    """What `nas best --export` last recorded on the study (`record_export`), or None."""
+    return study.user_attrs.get(EXPORT_ATTR)
 
 
 def objectives_of(study: optuna.Study) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ def test_pareto_front_keeps_only_trials_nothing_beats_on_both_accuracy_and_size(
               _trial(4, 0.79, 1000), _trial(5, 0.90, 20000)]
     for i, t in enumerate(trials):
         t.number = i
-    assert pareto_front(trials, "n_params") == [0, 1, 3]
+    assert pareto_front(trials, "params") == [0, 1, 3]
     assert pareto_front(trials, "flops") == [0, 1, 3]
 
 

@@ -44,8 +44,8 @@ ALLOWED = {
     "preview": {"autospace", "data", "files", "model", "names", "space", "spacefile", "train"},
     "autorun": {"data", "errors", "files", "model", "names", "record", "report", "retrain", "search", "signals", "space",
                 "spacefile", "spec", "study", "train"},  # search, then retrain and export
-    "report": {"files", "names", "study"},
-    "dashboard": {"study"},  # optuna-dashboard on a storage
+    "report": {"files", "names", "pareto", "record", "storage", "study"},
+    "dashboard": {"storage", "study"},  # optuna-dashboard on a storage
     "export": {"errors", "files", "formats", "latency", "model", "signals", "space", "spacefile", "spec", "system"},  # no Optuna
     "retrain": {"data", "export", "files", "model", "record", "signals", "space", "spacefile", "spec", "storage", "study",
                 "train"},
