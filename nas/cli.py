@@ -111,7 +111,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", metavar="", help="Replace an 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress output; only the result.")]
 TrialsOpt = Annotated[int, typer.Option("--trials", min=1, help="Trials to run now (added to the study).")]
 StudyTrialsOpt = Annotated[Optional[int], typer.Option(
-    "--study-trials", min=1, help="Run until the study holds N trials in all, counted in its storage: workers on any "
+    "--study-trials", min=1, max=2**31 - 1, help="Run until the study holds N trials in all, counted in its storage: workers on any "
     "number of machines (a Slurm array, a Kubernetes Job) together run exactly N.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop after this many seconds.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per trial (default: the space's).")]

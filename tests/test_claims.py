@@ -87,3 +87,12 @@ def test_lost_reasons_are_told_from_trained_failures():
     assert claims.is_lost("interrupted") and claims.is_lost(None)
     assert claims.is_lost("failed: worker vm:12 died")
     assert not claims.is_lost("failed: RuntimeError: boom") and not claims.is_lost("diverged at epoch 1")
+
+
+@pytest.mark.parametrize("value", ["0", "99999999999999999999"])
+def test_a_study_count_out_of_range_is_refused_before_anything_opens(tmp_path, value):
+    """A count the storage cannot hold (SQLite's and PostgreSQL's integers) is a usage error, not an OverflowError."""
+    code, out, err = here("search", "--space", "lenet", "--study-trials", value, "--storage", f"sqlite:///{tmp_path}/s.db")
+    said = " ".join((out + err).split())
+    assert code == 2 and "--study-trials" in said and "Traceback" not in said and "OverflowError" not in said, said
+    assert not (tmp_path / "s.db").exists()
