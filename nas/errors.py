@@ -15,3 +15,10 @@ class NasBug(Exception):
             f"{where} stopped on an error that is a bug in nas, not in your input: {type(error).__name__}: {error}. "
             "Please report it with the command you ran and this message. What finished before it is saved; the "
             "same command continues the study.")
+
+    @classmethod
+    def relayed(cls, message: str) -> "NasBug":
+        """The bug another process (a worker) hit, as it said it: stops this one with the same message."""
+        bug = cls.__new__(cls)
+        Exception.__init__(bug, message)
+        return bug

@@ -51,6 +51,7 @@ class WorkerFailed:
 
     worker: int
     message: str
+    bug: bool = False  # a bug in nas: the parent stops every worker and the command with it
 
 
 def check_count(n_workers: int | None) -> None:
@@ -97,7 +98,9 @@ def run_workers(study: Study, devices: list[str], work: Work, n_trials: int, on_
             checkpoint()
             if late_after is not None and time.monotonic() > late_after + DEADLINE_GRACE:
                 watch.stop_late()
-    except Interrupted:
+            if watch.bug:  # as with one process, a bug stops the search: the others' trials are interrupted
+                raise NasBug.relayed(watch.bug)
+    except (Interrupted, NasBug):
         _stop(procs)
         watch.drain(0)
         storage.fail_own_trials(study, "interrupted", [p.pid for p in procs])  # of a worker that had to be killed
@@ -110,6 +113,8 @@ def run_workers(study: Study, devices: list[str], work: Work, n_trials: int, on_
             p.join()
         watch.drain(0)
     watch.note_ended()
+    if watch.bug:  # one hit it in its last trial, after which nothing was left to stop
+        raise NasBug.relayed(watch.bug)
     return watch.failed
 class _Watch:
     """What the parent of the workers knows of them: their events, which ended early, and why."""
@@ -120,6 +125,7 @@ class _Watch:
         self.said: set[int] = set()  # workers that reported their own error
         self.ended: set[int] = set()  # workers whose end has been dealt with
         self.stopped: set[int] = set()  # workers seen stopped, and told of
+        self.bug: str | None = None  # what the first worker to hit a bug in nas said of it
 
     def drain(self, wait: float) -> None:
         """Pass on the events the workers have sent, waiting up to `wait` seconds for the first."""
@@ -135,6 +141,9 @@ class _Watch:
                 if isinstance(event, WorkerFailed):
                     self.said.add(event.worker)
                     self.failed.append(event.message)
+                    if event.bug:  # the command ends with it, and says it then (once)
+                        self.bug = self.bug or event.message
+                        continue
                 self.on_event(event)
             ready = multiprocessing.connection.wait(self.pipes, timeout=0)
 
@@ -230,7 +239,7 @@ def _worker(work: Work, worker: int, device: str, events: Connection, parent: in
         put(WorkerFailed(worker, f"worker {worker}: {e}"))
         sys.exit(2)
     except NasBug as e:
-        put(WorkerFailed(worker, f"worker {worker}: {e}"))
+        put(WorkerFailed(worker, f"worker {worker}: {e}", bug=True))
         sys.exit(1)
     except Exception as e:
         cause = storage.storage_failure(e)

@@ -675,3 +675,36 @@ def test_a_search_piped_to_a_file_prints_a_whole_line_at_least_every_interval(tm
     assert max(b - a for a, b in zip(times, times[1:])) <= every + slack, (times, lines)
     assert len(started) > 80 and "150 epochs per trial; 1 torch thread" in started, lines  # whole: not wrapped at 80
     assert len(trial) > 80 and "conv5x5:4" in trial and ("stopped at the time limit after epoch" in trial or " complete " in trial), lines
+
+
+INJECT_BUG = """
+import multiprocessing, os
+if os.environ.get("NAS_TEST_BUG"):  # only in the worker named here: the other must be stopped by its parent
+    import nas.objective
+    real = nas.objective.new_model
+    def new_model(*args, **kwargs):
+        if multiprocessing.current_process().name == os.environ["NAS_TEST_BUG"]:
+            raise TypeError("an injected bug")
+        return real(*args, **kwargs)
+    nas.objective.new_model = new_model
+"""
+
+
+def test_a_bug_in_one_worker_stops_every_worker_and_the_search(tmp_path, idx_dir, monkeypatch):
+    """As with one process: a bug in nas (not a failed trial) ends the command with exit 1, the other
+    worker's trial interrupted, not left running; without the parent stopping it the other worker would
+    have run the rest of the 30 trials."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT_BUG)  # runs in every process: the fork server too
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "inject"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("NAS_TEST_BUG", "nas-worker-0")
+    db = f"sqlite:///{tmp_path}/nas.db"
+    space = tmp_path / "quick.yaml"
+    space.write_text(QUICK_TRIALS)
+    code, out, err = finish(search(space, db, idx_dir, 30, "--workers", 2))
+    said = " ".join(err.split())
+    assert code == 1 and "bug in nas" in said and "TypeError: an injected bug" in said, out + err
+    assert said.count("an injected bug") == 1 and "Traceback" not in err
+    trials = optuna.load_study(study_name="quick", storage=db).get_trials()
+    assert not [t for t in trials if t.state == State.RUNNING]
+    assert sum(t.state == State.COMPLETE for t in trials) < 15, [t.state for t in trials]
