@@ -96,8 +96,8 @@ def run_workers(study: Study, devices: list[str], work: Work, n_trials: int, on_
             watch.note_ended()
             watch.note_stopped()
             checkpoint()
-            if late_after is not None and time.monotonic() > late_after + DEADLINE_GRACE:
-                watch.stop_late()
+            if late_after is not None and time.monotonic() > late_after + DEADLINE_GRACE and watch.stop_late():
+                late_after = time.monotonic()  # the others get one more grace to record their last trial
             if watch.bug:  # as with one process, a bug stops the search: the others' trials are interrupted
                 raise NasBug.relayed(watch.bug)
     except (Interrupted, NasBug):
@@ -173,10 +173,15 @@ class _Watch:
                 self.on_event(WorkerFailed(i, f"worker {i} (pid {p.pid}) is stopped (SIGSTOP or Ctrl-Z): the others "
                                               f"wait while it holds the study's storage; `kill -CONT {p.pid}` resumes it"))
 
-    def stop_late(self) -> None:
+    def stop_late(self) -> bool:
         """Stop the workers still there past the deadline's grace (a frozen or stopped one) and record
-        their trials as stopped at the time limit: the time the user gave bounds the whole command."""
-        late = [(i, p) for i, p in enumerate(self.procs) if p.is_alive()]
+        their trials as stopped at the time limit: the time the user gave bounds the whole command.
+        A stopped (SIGSTOP) worker may hold the study's SQLite lock that the others wait on to record their
+        last trial: such ones are stopped first, alone, and True returned (the others are still there)."""
+        late = [(i, p) for i, p in enumerate(self.procs) if p.is_alive() and i not in self.ended]
+        frozen = [(i, p) for i, p in late if _is_stopped(p.pid)]
+        if frozen:
+            late = frozen
         self.ended.update(i for i, _ in late)  # stopped here: not a worker that failed
         _stop([p for _, p in late], DEADLINE_GRACE)
         self.drain(0)
@@ -185,6 +190,7 @@ class _Watch:
             self.on_event(WorkerFailed(i, f"worker {i} (pid {p.pid}) was still running {DEADLINE_GRACE} s past the "
                                           "time limit and was stopped" + (f"; its trial {', '.join(f'#{n}' for n in stopped)}"
                                                                           " is recorded as stopped" if stopped else "")))
+        return any(p.is_alive() for i, p in enumerate(self.procs) if i not in self.ended)
 
 
 def _stop(procs: list[multiprocessing.Process], grace: float = STOP_GRACE) -> None:
