@@ -71,25 +71,8 @@ def run_workers(study: Study, devices: list[str], work: Work, n_trials: int, on_
     worker stops at its deadline by itself; one still there DEADLINE_GRACE past `late_after` (frozen,
     stopped) is stopped by this process, and its trial recorded as stopped at the time limit.
     """
-    # A fork server that has imported torch once forks each worker, ready in a moment; a plain fork
-    # would copy this process's torch and SQLite state, spawn would import torch again in every worker.
-    # torch's optimizers import torch._dynamo on first use (about a second): once, in the server (and the work's module).
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([getattr(work, "func", work).__module__, "torch._dynamo"])
-    else:  # Windows
-        ctx = multiprocessing.get_context("spawn")
-    # Nothing the workers share may be held by one of them: a worker killed or stopped (SIGSTOP) while
-    # holding a lock would stall the others for ever. So each worker sends its events down its own pipe
-    # (one write per event, atomic at these sizes) and takes trials from a semaphore (one atomic step).
-    tickets = ctx.Semaphore(min(n_trials, MAX_TICKETS))
-    pipes = [ctx.Pipe(duplex=False) for _ in devices]
-    procs = [ctx.Process(target=_worker, args=(work, i, d, send, os.getpid(), tickets), name=f"nas-worker-{i}",
-                         daemon=True) for i, (d, (_, send)) in enumerate(zip(devices, pipes))]
-    for p, (_, send) in zip(procs, pipes):
-        p.start()
-        send.close()  # the worker's end: once the worker is gone, its pipe reads as ended
-    watch = _Watch(study, procs, [receive for receive, _ in pipes], on_event)
+    procs, pipes, tickets = _start(devices, work, n_trials)  # the count must outlive the workers' start: see _start
+    watch = _Watch(study, procs, pipes, on_event)
     try:
         while any(p.is_alive() for p in procs):
             watch.drain(0.2)
@@ -116,6 +99,34 @@ def run_workers(study: Study, devices: list[str], work: Work, n_trials: int, on_
     if watch.bug:  # one hit it in its last trial, after which nothing was left to stop
         raise NasBug.relayed(watch.bug)
     return watch.failed
+
+
+def _start(devices: list[str], work: Work, n_trials: int) -> tuple[list[Any], list[Connection], Any]:
+    """One started worker process per device, the pipe each sends its events down, and the semaphore they
+    take trials from (`n_trials` in all). The caller holds on to the semaphore until the workers are done:
+    `Process.start` lets go of its arguments, and a semaphore no one holds is removed before a worker
+    forked from the fork server can open it."""
+    # A fork server that has imported torch once forks each worker, ready in a moment; a plain fork
+    # would copy this process's torch and SQLite state, spawn would import torch again in every worker.
+    # torch's optimizers import torch._dynamo on first use (about a second): once, in the server (and the work's module).
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([getattr(work, "func", work).__module__, "torch._dynamo"])
+    else:  # Windows
+        ctx = multiprocessing.get_context("spawn")
+    # Nothing the workers share may be held by one of them: a worker killed or stopped (SIGSTOP) while
+    # holding a lock would stall the others for ever. So each worker sends its events down its own pipe
+    # (one write per event, atomic at these sizes) and takes trials from a semaphore (one atomic step).
+    tickets = ctx.Semaphore(min(n_trials, MAX_TICKETS))
+    pipes = [ctx.Pipe(duplex=False) for _ in devices]
+    procs = [ctx.Process(target=_worker, args=(work, i, d, send, os.getpid(), tickets), name=f"nas-worker-{i}",
+                         daemon=True) for i, (d, (_, send)) in enumerate(zip(devices, pipes))]
+    for p, (_, send) in zip(procs, pipes):
+        p.start()
+        send.close()  # the worker's end: once the worker is gone, its pipe reads as ended
+    return procs, [receive for receive, _ in pipes], tickets
+
+
 class _Watch:
     """What the parent of the workers knows of them: their events, which ended early, and why."""
 
