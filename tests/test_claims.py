@@ -29,6 +29,7 @@ def storage(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.mark.slow
 def test_three_processes_run_exactly_the_study_trials_asked_for(storage, tmp_path, idx_dir):
     name = f"claims-{tmp_path.name}"[:60]
     space = tmp_path / "quick.yaml"
@@ -65,6 +66,7 @@ def test_the_count_includes_earlier_trials_and_lost_ones_are_run_again(tmp_path,
     assert counted(storage, "quick")[1] == 5
 
 
+@pytest.mark.slow
 def test_a_search_stopped_by_sigterm_resumes_with_the_same_command_and_ends_at_the_count(tmp_path, idx_dir):
     storage = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "medium.yaml"

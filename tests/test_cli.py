@@ -75,6 +75,7 @@ def test_a_broken_space_gets_one_paragraph_and_exit_2(tmp_path, text, where):
     assert not (tmp_path / "s.db").exists()
 
 
+@pytest.mark.slow
 def test_search_resume_best_export_load_and_train(tmp_path, tiny_space, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     common = ["--storage", db, "--data-dir", idx_dir]
@@ -195,6 +196,7 @@ def test_an_image_folder_dataset_works_end_to_end(tmp_path, tiny_space):
     assert sorted(c["class"] for c in said[0]["top"]) == out["export"]["classes"]
 
 
+@pytest.mark.slow
 def test_a_search_reads_its_space_and_dataset_once_and_its_parent_builds_no_objective(tmp_path, tiny_space, idx_dir,
                                                                                      calls):
     """Counted through the real functions (they still run): once each, with one worker or two."""
@@ -275,6 +277,7 @@ def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_pat
     assert len(warm) == 2 and [t.params for t in trials[:2]] == warm  # and the search ran it first
 
 
+@pytest.mark.slow
 def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir, calls):
     """The retrain reuses what the search read: the dataset is read once, the training set copied to the device once."""
     from nas import data

@@ -300,6 +300,7 @@ def cli_home():
     return home
 
 
+@pytest.mark.slow
 @CLI_FUZZ
 @given(name=names)
 def test_hostile_study_names_in_studies_best_and_report(cli_home, name):

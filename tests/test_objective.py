@@ -127,6 +127,7 @@ def test_a_trial_that_raises_fails_alone_with_its_reason_and_the_study_goes_on(p
     assert second.state == optuna.trial.TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_no_network_outlives_its_trial(tiny_space, prepared):
     """Nothing accumulates across trials: after each one, no model (and so no weight tensor) is left alive."""
     import gc

@@ -156,6 +156,7 @@ def test_an_export_file_that_is_a_pipe_is_refused_not_read(tmp_path, name):
     assert isinstance(error, NasError) and f"{name}: is a named pipe (FIFO), but an export's {name}" in str(error)
 
 
+@pytest.mark.slow
 def test_the_commands_refuse_pipes_and_devices_in_a_real_process(tmp_path):
     """The same through the real command line: exit 2 and one `error:` line, in seconds."""
     pipe = fifo(tmp_path / "d.npz")
@@ -214,6 +215,7 @@ def test_study_and_path_names_that_look_like_markup_are_printed_as_they_are(host
     assert b"\x1b" not in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", [ASCII, C_LOCALE], ids=["PYTHONIOENCODING=ascii", "LANG=C"])
 def test_latin1_and_markup_class_names_survive_search_export_and_predict_on_any_console(hostile, env):
     """The classes are the folders' names as text (b'caf\\xe9' as caf\\xe9), the same in the export, so
@@ -259,6 +261,7 @@ def test_a_non_utf8_dataset_path_is_searched_and_refused_only_where_it_would_be_
         os.rename(latin, hostile / "imgs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns, checks", [("20", ["table"]), ("0", ["table", "error"]), ("²", ["error", "usage"])])
 def test_a_tiny_zero_or_odd_console_width_still_shows_the_figures_and_the_errors(hostile, columns, checks):
     """COLUMNS=0 printed nothing at all (typer's usage errors neither), COLUMNS=² crashed Rich's int()."""

@@ -244,6 +244,7 @@ def temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith((".out-", ".nas-")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_the_export_leaves_no_temporary_and_keeps_the_earlier_export(study, signum):
     before = {p.name: digest(p) for p in (study / "out").iterdir()}
@@ -273,6 +274,7 @@ def test_an_error_that_a_signal_caused_inside_an_extension_is_the_signal(error, 
     assert type(raised.value).__name__ == expected and getattr(raised.value, "status", 143) == 143
 
 
+@pytest.mark.slow
 def test_a_kill_9_during_the_export_is_cleaned_by_the_next_run_and_only_ours(study):
     proc = start_train_export(study, "--force")
     left = wait_for_temporary(study, proc)
@@ -315,6 +317,7 @@ def test_an_export_moved_aside_by_a_killed_run_is_put_back(study):
 # --- 4. nas run interrupted after its export --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_while_writing_the_report_says_the_export_is_done_and_how_to_finish(tmp_path, idx_dir,
                                                                                               monkeypatch):
     from nas import report as reporting

@@ -165,6 +165,7 @@ def test_any_trial_of_the_front_exports_with_its_latency_measured_again(multi_st
     assert "ONNX latency measured again after the export" in squash(result.output)
 
 
+@pytest.mark.slow
 def test_single_objective_searches_measure_no_latency_unless_a_constraint_asks(tiny_space, idx_dir, tmp_path):
     db = f"sqlite:///{tmp_path}/s.db"
     args = ["--storage", db, "--data-dir", str(idx_dir), "--trials", "2", "--quiet"]

@@ -25,6 +25,7 @@ REAL = Path("/usr/share/datasets/fashion-mnist")
 SPACES = Path(__file__).parent.parent / "nas" / "spaces"
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.real_data,
     pytest.mark.skipif(not REAL.is_dir(), reason=f"Fashion-MNIST not installed in {REAL} (apt-get install dataset-fashion-mnist)"),
 ]

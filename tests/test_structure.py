@@ -147,6 +147,7 @@ def test_predict_loads_neither_torch_nor_optuna_nor_sqlalchemy(finished_study, t
     assert _loaded_by(_cli("predict", export, tmp_path / "a.png", tmp_path / "b.npz", "--json")) == []
 
 
+@pytest.mark.slow
 def test_best_that_only_lists_loads_optuna_but_not_torch(finished_study):
     storage, _ = finished_study
     assert _loaded_by(_cli("best", "--storage", storage)) == ["optuna", "sqlalchemy"]
@@ -158,6 +159,7 @@ def test_help_loads_neither_torch_nor_optuna_nor_sqlalchemy():
     assert _loaded_by(_cli("search", "--help")) == []
 
 
+@pytest.mark.slow
 def test_load_model_loads_torch_but_neither_optuna_nor_sqlalchemy(finished_study):
     _, export = finished_study
     assert _loaded_by(f"import nas; nas.load_model({str(export)!r})") == ["torch"]

@@ -93,6 +93,7 @@ def run_nas(cwd: Path, *args: object) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_a_plain_search_in_another_folder_joins_by_name_and_other_data_is_refused(old, tmp_path_factory):
     """A worker elsewhere (another folder, as on another machine) has only the storage, the study's name and its
     copy of the data: no space file. Its own copy joins; another dataset is refused before any trial."""

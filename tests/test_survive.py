@@ -136,6 +136,7 @@ def long_space(tmp_path, request):
     return path
 
 
+@pytest.mark.slow
 def test_kill_9_then_an_immediate_resume_leaves_no_running_trial_and_reruns_its_parameters(storage, long_space, idx_dir):
     study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
     one_finished_trial(storage, study_name, long_space.parent, idx_dir)  # finished trials must be kept
@@ -159,6 +160,7 @@ def test_kill_9_then_an_immediate_resume_leaves_no_running_trial_and_reruns_its_
     assert {t.number: t.params for t in after if t.number in done_before and t.state == State.COMPLETE} == done_before
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_path, long_space, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
@@ -182,6 +184,7 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_hint_resumes(tmp_p
     assert len(finished) == 2 and left == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_command(tmp_path, long_space, idx_dir, signum):
     db = f"sqlite:///{tmp_path}/my studies/s.db"  # a space in the path, a ; in the study name: the hint must paste
@@ -206,6 +209,7 @@ def test_sigterm_and_sighup_end_a_search_like_ctrl_c_with_a_quoted_resume_comman
         assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_search_even_when_it_was_started_with_sigint_ignored(tmp_path, long_space, idx_dir):
     """A shell starts background jobs with SIGINT ignored; nas installs its own handler anyway."""
     db = f"sqlite:///{tmp_path}/nas.db"
@@ -219,6 +223,7 @@ def test_ctrl_c_stops_a_search_even_when_it_was_started_with_sigint_ignored(tmp_
     assert optuna.load_study(study_name=study_name, storage=db).trials[stopped.number].user_attrs["reason"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_search_started_with_nohup_ignores_sighup_and_finishes(tmp_path, idx_dir):
     """`nohup nas search ...` asks for SIGHUP to be ignored (the terminal closing); nas keeps that."""
     db = f"sqlite:///{tmp_path}/nas.db"
@@ -235,6 +240,7 @@ def test_a_search_started_with_nohup_ignores_sighup_and_finishes(tmp_path, idx_d
     assert trial.state == State.COMPLETE and len(trial.intermediate_values) == 60  # trained to the end
 
 
+@pytest.mark.slow
 def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(storage, tmp_path, idx_dir):
     space = tmp_path / "quick.yaml"
     name = f"workers-{os.getpid()}-{storage[:5]}"
@@ -250,6 +256,7 @@ def test_workers_option_runs_the_trials_in_separate_processes_on_one_study(stora
     assert len({t.params["lr"] for t in trials}) == 5  # each worker's sampler draws its own values
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_marks_their_trials_interrupted(tmp_path, long_space, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     study_name = long_space.read_text().split("name: ")[1].split("\n")[0]
@@ -265,6 +272,7 @@ def test_ctrl_c_stops_every_worker_and_marks_their_trials_interrupted(tmp_path, 
     assert all(t.user_attrs["reason"] == "interrupted" for t in trials)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_signal_to_the_parent_ends_every_worker_and_no_trial_is_left_running(tmp_path, long_space, idx_dir, signum):
     db = f"sqlite:///{tmp_path}/nas.db"
@@ -285,6 +293,7 @@ def test_a_signal_to_the_parent_ends_every_worker_and_no_trial_is_left_running(t
     assert all(t.user_attrs["reason"] == "interrupted" for t in trials), said  # each worker recorded its own trial
 
 
+@pytest.mark.slow
 def test_a_worker_stopped_by_sigterm_is_reported_and_the_other_finishes(tmp_path, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "medium.yaml"
@@ -300,6 +309,7 @@ def test_a_worker_stopped_by_sigterm_is_reported_and_the_other_finishes(tmp_path
     assert not [t for t in trials if t.state == State.RUNNING]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_process_leaves_the_others_running_and_exit_1(tmp_path, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "medium.yaml"
@@ -321,6 +331,7 @@ def test_a_killed_worker_process_leaves_the_others_running_and_exit_1(tmp_path, 
     assert len(trials) == 3 and sum(t.state == State.COMPLETE for t in trials) == 2, said
 
 
+@pytest.mark.slow
 def test_three_workers_on_postgresql_run_exactly_the_requested_trials(postgres_url, tmp_path, idx_dir):
     space = tmp_path / "quick.yaml"
     space.write_text(QUICK_TRIALS.replace("name: quick", "name: three-workers"))
@@ -346,6 +357,7 @@ def test_four_local_workers_share_one_sqlite_file_without_lock_errors(tmp_path, 
     assert len(trials) == 32 and all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
 
 
+@pytest.mark.slow
 def test_postgres_storage_serves_best_and_studies(postgres_url, tmp_path, idx_dir):
     space = tmp_path / "quick.yaml"
     space.write_text(QUICK_TRIALS.replace("name: quick", "name: pg-best"))
@@ -361,6 +373,7 @@ def test_postgres_storage_serves_best_and_studies(postgres_url, tmp_path, idx_di
     assert result.exit_code == 0 and "pg-best" in result.stdout, result.output
 
 
+@pytest.mark.slow
 def test_a_postgresql_server_that_never_answers_is_an_error_in_seconds_not_a_hang(tmp_path, long_space, idx_dir):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -376,6 +389,7 @@ def test_a_postgresql_server_that_never_answers_is_an_error_in_seconds_not_a_han
         server.close()
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_a_search_is_an_error_and_the_resume_recovers(tmp_path, long_space, idx_dir):
     disk = tmp_path / "disk"
     mount_tmpfs(disk, "size=40m")
@@ -473,6 +487,7 @@ def children(pid: int) -> set[int]:
     return {int(k) for task in Path(f"/proc/{pid}/task").glob("*") for k in (task / "children").read_text().split()}
 
 
+@pytest.mark.slow
 def test_a_worker_killed_as_its_trial_starts_leaves_no_running_trial(tmp_path, idx_dir):
     """kill -9 of a worker the moment a trial of it appears (before it trains a batch): the parent fails
     that trial at once and queues its parameters; the run ends with nothing RUNNING and exit status 1."""
@@ -506,6 +521,7 @@ def test_a_worker_killed_as_its_trial_starts_leaves_no_running_trial(tmp_path, i
     assert len(rerun) == 1 and dead[0].params.items() <= rerun[0].params.items(), [(t.number, t.params) for t in trials]
 
 
+@pytest.mark.slow
 def test_a_timeout_stops_a_trial_still_training_and_records_it_with_its_value(tmp_path, idx_dir):
     db = f"sqlite:///{tmp_path}/nas.db"
     space = tmp_path / "endless.yaml"
@@ -519,6 +535,7 @@ def test_a_timeout_stops_a_trial_still_training_and_records_it_with_its_value(tm
     assert len(trials[0].user_attrs["curve"]) == int(trials[0].user_attrs["reason"].split()[-1])
 
 
+@pytest.mark.slow
 def test_a_timeout_bounds_a_run_whose_worker_is_frozen(tmp_path, idx_dir):
     """A worker frozen by SIGSTOP (maybe holding SQLite's write lock) is stopped by the parent at the time
     limit; the other's trial stops there with its value: exit 0, nothing RUNNING, no traceback."""
@@ -572,6 +589,7 @@ def test_a_search_where_every_net_diverged_says_so_and_points_at_the_learning_ra
     assert code == 1 and "Every net diverged" in said and "lower the space's `training.lr` range" in said, said
 
 
+@pytest.mark.slow
 def test_images_too_small_for_the_built_in_space_say_so_instead_of_sending_the_user_to_a_space_file(tmp_path):
     import numpy as np
 
@@ -628,6 +646,7 @@ def test_a_retrain_that_cannot_fit_an_epoch_plans_one_pass_over_part_of_the_data
     assert long.n_images is None and long.epochs > 1
 
 
+@pytest.mark.slow
 def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx_dir, tiny_space, calls):
     """No timing is asserted (CI machines are busy): what ran is what the summary says ran. The space file is
     read once: the search uses the one `nas run` read to check it."""
@@ -654,6 +673,7 @@ def test_nas_run_with_a_small_budget_finishes_and_says_what_it_cut(tmp_path, idx
                for t in trials)
 
 
+@pytest.mark.slow
 def test_a_search_piped_to_a_file_prints_a_whole_line_at_least_every_interval(tmp_path, long_space, idx_dir):
     """Acceptance (issue 22): in a log, a status line comes every NAS_LOG_EVERY seconds (30 by default) while a
     slow trial trains, and no line is cut at 80 columns. The gaps get a generous slack: a behaviour, not a speed."""
@@ -690,6 +710,7 @@ if os.environ.get("NAS_TEST_BUG"):  # only in the worker named here: the other m
 """
 
 
+@pytest.mark.slow
 def test_a_bug_in_one_worker_stops_every_worker_and_the_search(tmp_path, idx_dir, monkeypatch):
     """As with one process: a bug in nas (not a failed trial) ends the command with exit 1, the other
     worker's trial interrupted, not left running; without the parent stopping it the other worker would
