@@ -1,7 +1,7 @@
 """Side by side, in one run: nas's default torch thread count against each fixed count, on an idle
 machine and beside a competing load (bench/load.py), timing one training epoch.
 
-    python bench/threads.py [--nets seed_lenet,warm] [--sample 6000] [--reps 3] [--load 2]
+    python bench/threads.py [--nets seed_lenet,warm] [--sample 6000] [--reps 3] [--load 2] [--conditions idle,loaded]
 
 Each arm is a fresh process (its own thread pool) that picks its threads (`auto`: what `nas` picks,
 `nas.system.pick_threads`; `N`: N threads), then times an epoch of the whole Fashion-MNIST training
@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=6000)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--load", type=int, default=2, help="busy processes of the loaded condition")
+    p.add_argument("--conditions", default="idle,loaded", help="idle, loaded or both (comma-separated)")
     p.add_argument("--arm")
     args = p.parse_args()
     if args.arm:
@@ -78,7 +79,8 @@ def main() -> None:
     cores = usable_cores()
     choices = ["auto", *map(str, range(1, cores + 1))]
     print(f"{cores} cores; arms {', '.join(choices)}; {args.reps} repetitions; epoch timed on {args.sample} images")
-    for condition in ("idle", f"beside {args.load} busy processes"):
+    conditions = {"idle": "idle", "loaded": f"beside {args.load} busy processes"}
+    for condition in (conditions[c] for c in args.conditions.split(",")):
         load = start_load(args.load) if condition != "idle" else []
         try:
             time.sleep(1.0 if load else 0)
