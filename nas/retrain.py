@@ -232,14 +232,13 @@ def retrain_trial(
     spec: ArchSpec | None = None,
     deadline: float | None = None,
     prepared: Prepared | None = None,
+    images: int | None = None,
 ) -> Trained:
-    """Train `trial`'s network again and score it on the test set.
-
-    With `retrain_epochs`, train on train+val for that many epochs, as `spec` if given (`nas run` may
-    widen the trial's net), cut short to end by `deadline` (`train_spec`); without, repeat the trial's
-    own training (same split, seed and epochs) so the model is the one the search scored. `prepared` is
-    the data for `retrain_epochs` already on `device` (`nas run` has it there to plan the retrain).
-    """
+    """Train `trial`'s network again and score it on the test set. With `retrain_epochs`, train on train+val
+    for that many epochs, as `spec` if given (`nas run` may widen the trial's net), cut short to end by
+    `deadline` (`train_spec`; `images`: one epoch on that many images); without, repeat the trial's own
+    training (same split, seed and epochs) so the model is the one the search scored. `prepared` is the
+    data for `retrain_epochs` already on `device` (`nas run` has it there to plan the retrain)."""
     from nas.data import prepare_final_data, prepare_search_data, test_split
     from nas.train import train_spec
 
@@ -254,7 +253,8 @@ def retrain_trial(
     if on_event:
         on_event(TrainingStarted(trial.number, index, count, epochs, spec.describe(), ds.name, len(data.train),
                                  len(data.held_out), str(device)))
-    model, history = train_spec(spec, data, epochs, seed, device, on_event, deadline, on_batch=on_event)
+    model, history = train_spec(spec, data, epochs, seed, device, on_event, deadline, on_batch=on_event,
+                                images=images if retrain_epochs else None)
     test = data.test if retrain_epochs else test_split(ds).to(device)
     reproduced = {} if retrain_epochs else {"reproduced_val_accuracy": history[-1].val_acc}  # should equal the trial's
     metrics = reproduced | {

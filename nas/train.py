@@ -143,34 +143,34 @@ def fit(
     deadline: float | None = None,
     shrink: bool = False,
     on_batch: Callable[[BatchRecord], None] | None = None, batch_every: float = 1.0,
+    images: int | None = None,
 ) -> list[EpochRecord]:
     """Train for `epochs` as `recipe` says, scoring `val` after each; `on_epoch` may raise to stop (a pruner does);
     `on_batch` hears of the batches at most once every `batch_every` seconds, and after an epoch's last.
-
     `precision`: `auto` is bf16 autocast on CUDA and fp32 elsewhere; `bf16` or `fp32` force it.
-    `deadline` (a `time.monotonic()` time): past it, between two batches, raise `TimeUp`. With `shrink`, the
-    epochs are cut after the first to what fits before it at its pace (`_replan`): whole epochs and a last
-    one on part of the images, the schedule laid out again; the caller sees fewer records, or fewer `images`."""
+    `deadline` (monotonic): past it, between two batches, raise `TimeUp`. With `shrink`, the epochs are cut
+    after the first to what fits before it (`_replan`): whole epochs and a last one on part of the images.
+    `images`: one epoch on that many random images of `train`; with `shrink` it is resized halfway to what
+    fits before the deadline (`_resizer`): a lone epoch has no later one to correct a pace timed before it."""
     device = next(model.parameters()).device
     dtype = _prepare(model, device, precision)
     opt = make_optimizer(model, recipe)
-    schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")(opt, epochs * _steps(train, recipe))
+    lone = min(images, len(train.y)) if images and epochs == 1 else None  # a single epoch on part of the images
+    schedule = _schedule(recipe, opt, math.ceil(lone / recipe.batch_size) if lone else epochs * _steps(train, recipe))
     shuffle = torch.Generator(device=device).manual_seed(seed)
     history, epoch, last = [], 0, train  # the records so far, the epoch in progress, what the last epoch trains on
     while epoch < epochs:
         epoch, start = epoch + 1, time.perf_counter()
         part = last if epoch == epochs else train
-        batches = _batch_reporter(on_batch, batch_every, epoch, _steps(part, recipe), len(part.y))
+        resize = _resizer(model, val, dtype, recipe, opt, deadline) if lone and shrink and deadline else None
         try:
-            loss, train_acc = train_one_epoch(model, part, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
-                                              schedule, recipe.label_smoothing, deadline, batches)
+            loss, train_acc, seen = train_one_epoch(model, part, opt, recipe.batch_size, shuffle, recipe.augment, dtype,
+                                                    schedule, recipe.label_smoothing, deadline,
+                                                    _batch_reporter(on_batch, batch_every, epoch), lone, resize)
         except TimeUp:
             raise TimeUp(history) from None
         trained = time.perf_counter()
-        val_acc = evaluate(model, val, dtype)
-        if not math.isfinite(loss):
-            raise Diverged(epoch)
-        record = EpochRecord(epoch, loss, train_acc, val_acc, time.perf_counter() - start, len(part.y))
+        record = _scored(model, val, dtype, epoch, loss, train_acc, start, seen)
         history.append(record)
         if on_epoch:
             on_epoch(record)
@@ -182,9 +182,47 @@ def fit(
     return history
 
 
+def _scored(model: nn.Module, val: Split, dtype: torch.dtype | None, epoch: int, loss: float, train_acc: float,
+            start: float, seen: int) -> EpochRecord:
+    """The record of an epoch that began at `start` (perf_counter) and trained on `seen` images, once `val` is scored."""
+    val_acc = evaluate(model, val, dtype)
+    if not math.isfinite(loss):
+        raise Diverged(epoch)
+    return EpochRecord(epoch, loss, train_acc, val_acc, time.perf_counter() - start, seen)
+
+
+def _schedule(recipe: TrainSpec, opt: torch.optim.Optimizer, steps: int) -> Any:
+    """`recipe`'s learning rate schedule for `opt`, laid out over `steps` optimizer steps."""
+    return names.lookup(SCHEDULES, recipe.schedule, "schedule")(opt, steps)
+
+
 def _steps(train: Split, recipe: TrainSpec) -> int:
     """Optimizer steps in one epoch of `train`."""
     return math.ceil(len(train.y) / recipe.batch_size)
+
+
+def _resizer(model: nn.Module, val: Split, dtype: torch.dtype | None, recipe: TrainSpec, opt: torch.optim.Optimizer,
+             deadline: float) -> Callable[[int, int], tuple[int, Any]]:
+    """What `train_one_epoch` calls halfway through a lone epoch begun now, after `seen`
+    of its `n` images: the images it ends after (all those that fit before `deadline` at its pace so far,
+    with the scoring after it, which is timed here on a few images), and the schedule laid out over them,
+    advanced to where training is."""
+    began = time.monotonic()
+
+    def resize(seen: int, n: int) -> tuple[int, Any]:
+        per_image = (time.monotonic() - began) / seen
+        k = min(len(val.y), 512)
+        start = time.monotonic()
+        evaluate(model, Split(val.x[:k], val.y[:k]), dtype)
+        score_s = (time.monotonic() - start) * len(val.y) / max(k, 1)
+        model.train()
+        end = min(n, max(seen, seen + int((deadline - time.monotonic() - score_s) / per_image)))
+        schedule = _schedule(recipe, opt, math.ceil(end / recipe.batch_size))
+        for _ in range(math.ceil(seen / recipe.batch_size) if schedule is not None else 0):
+            schedule.step()  # to where training is: one schedule over the whole epoch, not a restart
+        return end, schedule
+
+    return resize
 
 
 def _replan(train: Split, recipe: TrainSpec, opt: torch.optim.Optimizer, schedule: Any, first: tuple[float, float],
@@ -197,8 +235,7 @@ def _replan(train: Split, recipe: TrainSpec, opt: torch.optim.Optimizer, schedul
         return epochs, train, schedule
     last = _random_part(train, int(share * len(train.y)), shuffle) if share else train
     steps = (whole - 1) * _steps(train, recipe) + (_steps(last, recipe) if share else 0)
-    make_schedule = names.lookup(SCHEDULES, recipe.schedule, "schedule")
-    return whole + (1 if share else 0), last, make_schedule(opt, steps) if steps else schedule
+    return whole + (1 if share else 0), last, _schedule(recipe, opt, steps) if steps else schedule
 
 
 def _random_part(train: Split, n: int, generator: torch.Generator) -> Split:
@@ -207,19 +244,20 @@ def _random_part(train: Split, n: int, generator: torch.Generator) -> Split:
     return Split(train.x[keep], train.y[keep])
 
 
-def _batch_reporter(on_batch: Callable[[BatchRecord], None] | None, every: float, epoch: int, n_batches: int,
-                    n_images: int) -> Callable[[int], None] | None:
-    """What `train_one_epoch` calls after each batch: a clock read, and `on_batch` once `every` seconds passed."""
+def _batch_reporter(on_batch: Callable[[BatchRecord], None] | None, every: float,
+                    epoch: int) -> Callable[[int, int, int], None] | None:
+    """What `train_one_epoch` calls after each batch (its number, of how many, images so far): a clock read,
+    and `on_batch` once `every` seconds passed, and after the last batch."""
     if on_batch is None:
         return None
     start = last = time.monotonic()
 
-    def done(batch: int) -> None:
+    def done(batch: int, n_batches: int, images: int) -> None:
         nonlocal last
         now = time.monotonic()
         if now - last >= every or batch == n_batches:
             last = now
-            on_batch(BatchRecord(epoch, batch, n_batches, n_images * batch / n_batches / max(now - start, 1e-9)))
+            on_batch(BatchRecord(epoch, batch, n_batches, images / max(now - start, 1e-9)))
 
     return done
 
@@ -248,15 +286,17 @@ def train_spec(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     deadline: float | None = None,
     on_batch: Callable[[BatchRecord], None] | None = None,
+    images: int | None = None,
 ) -> tuple[nn.Sequential, list[EpochRecord]]:
     """Build `spec`'s seeded network and train it on `data.train`, scoring `data.held_out` every epoch.
     With a `deadline` (monotonic), the epochs are cut to fit it (`fit`'s shrink) and training stops at it:
-    fewer records than `epochs` say so. `on_batch` hears of progress inside an epoch about once a second."""
+    fewer records than `epochs` say so. `on_batch` hears of progress inside an epoch about once a second.
+    `images`: one epoch on that many images, resized halfway to the deadline (`fit`)."""
     model = new_model(spec, data, seed, device)
     fit_threads()
     try:
         return model, fit(model, data.train, data.held_out, spec.training, epochs=epochs, seed=seed, on_epoch=on_epoch,
-                          deadline=deadline, shrink=True, on_batch=on_batch)
+                          deadline=deadline, shrink=True, on_batch=on_batch, images=images)
     except TimeUp as e:
         return model, e.history
     except Diverged as e:
@@ -324,20 +364,25 @@ def train_one_epoch(
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     label_smoothing: float = 0.0,
     deadline: float | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[float, float]:
-    """One pass over `data` in shuffled batches, stepping `schedule` after each; returns (mean loss,
-    accuracy) read once at the end. Past `deadline` (monotonic), raise `TimeUp` between two batches.
-    `on_batch(k)` is called after the k-th batch (1-based), with nothing read from the device."""
+    on_batch: Callable[[int, int, int], None] | None = None,
+    stop: int | None = None,
+    resize: Callable[[int, int], tuple[int, Any]] | None = None,
+) -> tuple[float, float, int]:
+    """One pass over `data` (or `stop` of its images) in shuffled batches, stepping `schedule` after each;
+    returns (mean loss, accuracy, images trained) read once at the end. Past `deadline` (monotonic), raise
+    `TimeUp` between two batches. `on_batch(k, batches, images)` is called after the k-th batch (1-based)
+    of `batches`, `images` trained so far, with nothing read from the device. Halfway, `resize(seen, n)` may change where the pass stops, and its schedule."""
     model.train()
     n = len(data.y)
+    end = n if stop is None else stop
     order = torch.randperm(n, device=data.x.device, generator=shuffle)
     total_loss = torch.zeros((), device=data.x.device)
     correct = torch.zeros((), device=data.x.device, dtype=torch.long)
-    for i in range(0, n, batch_size):
+    seen = 0
+    while seen < end:
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeUp([])
-        idx = order[i : i + batch_size]
+        idx = order[seen : min(seen + batch_size, end)]
         x, y = data.x[idx], data.y[idx]
         x = augment_batch(x, augment, shuffle)
         with _autocast(x.device, dtype):  # the forward pass only; backward follows the dtypes it chose
@@ -350,9 +395,12 @@ def train_one_epoch(
             schedule.step()
         total_loss += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
+        seen += len(idx)
         if on_batch is not None:
-            on_batch(i // batch_size + 1)
-    return total_loss.item() / n, correct.item() / n
+            on_batch(math.ceil(seen / batch_size), math.ceil(end / batch_size), seen)
+        if resize is not None and seen >= end // 2:
+            (end, schedule), resize = resize(seen, n), None
+    return total_loss.item() / seen, correct.item() / seen, seen
 
 
 def _crop(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -2,12 +2,13 @@ import time
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from nas import space as sp
 from nas import spacefile as sf
-from nas.data import load_dataset, split_train_val
+from nas.data import Split, load_dataset, split_train_val
 from nas.model import build_model
-from nas.train import CROP_PAD, SCHEDULES, Diverged, TimeUp, augment_batch, epochs_within, fit, pick_device
+from nas.train import CROP_PAD, SCHEDULES, Diverged, TimeUp, _resizer, augment_batch, epochs_within, fit, pick_device
 
 SMALL = {"architecture": {"blocks": 1, "block": {"conv": "conv5x5", "channels": 4}, "head": {"layers": 1, "units": 16}},
          "training": {"batch_size": 32, "lr": 0.01}}
@@ -154,3 +155,45 @@ def test_fit_tells_progress_inside_each_epoch_at_most_as_often_as_asked(idx_dir)
     fit(build_model(spec, (1, 28, 28), 10), train, val, spec.training, epochs=2, on_batch=seldom.append,
         batch_every=3600)
     assert [(r.epoch, r.batch) for r in seldom] == [(1, n), (2, n)]  # throttled: only each epoch's last batch
+
+
+def _lone_epoch(idx_dir, name, deadline, images):
+    """One epoch of SMALL on `images` of the training split, with `shrink` and `deadline`; returns its
+    record, the training set's size and every learning rate the epoch's steps used."""
+    spec = sp.sample(sf.parse_space({**SMALL, "training": SMALL["training"] | {"schedule": name}}))
+    train, val = split_train_val(load_dataset("fashion-mnist", idx_dir), 0.25, seed=0)
+    model = build_model(spec, (1, 28, 28), 10)
+    lrs = []  # the rate each optimizer step used
+    hook = register_optimizer_step_pre_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
+    try:
+        history = fit(model, train, val, spec.training, epochs=1, deadline=deadline, shrink=True, images=images)
+    finally:
+        hook.remove()
+    return history[0], len(train.y), lrs
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_a_lone_epoch_planned_on_part_of_the_images_grows_to_all_that_fit_on_one_schedule(idx_dir, name):
+    """A one-epoch retrain whose pace was timed too slow: halfway it sees that the whole set fits before the
+    (far) deadline and trains on all of it, its schedule stretched over them, not restarted."""
+    record, n, lrs = _lone_epoch(idx_dir, name, time.monotonic() + 3600, 64)
+    assert record.images == n and len(lrs) == -(-n // 32)
+    assert lrs[-1] < 0.002 and max(lrs) == pytest.approx(0.01, rel=0.05)  # annealed to the end, peaked once
+    peak = lrs.index(max(lrs))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # no restart after the peak
+
+
+def test_a_lone_epoch_without_a_deadline_trains_on_the_images_asked(idx_dir):
+    record, n, lrs = _lone_epoch(idx_dir, "cosine", None, 96)
+    assert record.images == 96 < n and len(lrs) == 3
+
+
+def test_halfway_through_a_lone_epoch_it_ends_where_the_deadline_allows():
+    """The decision `fit` takes halfway: with the deadline passed, end after the images already trained;
+    with hours left, go on to all of them."""
+    spec = sp.sample(sf.parse_space(SMALL))
+    model = build_model(spec, (1, 28, 28), 10)
+    val = Split(torch.zeros(64, 1, 28, 28, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    assert _resizer(model, val, None, spec.training, opt, time.monotonic() - 1)(500, 4000)[0] == 500
+    assert _resizer(model, val, None, spec.training, opt, time.monotonic() + 3600)(500, 4000)[0] == 4000
