@@ -82,6 +82,7 @@ class Plan:
     seconds_per_epoch: float
     augment: str | None = None  # the augmentation added to the trial's recipe, if any
     n_images: int | None = None  # fewer training images than the whole set: one epoch of all would not fit
+    score_seconds: float = 0.0  # to score the test set once, as the retrain does after training
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,11 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     # One epoch on part of the images is resized halfway to the time left (it may grow to all of them);
     # several run on a fixed part, their count cut after the first if slow.
     lone = plan.epochs == 1 and plan.n_images
+    # Training ends in time to score the test set once more after it (for the export's metrics), as planned.
     trained = retrain.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
-                                    deadline=deadline, prepared=_part(final, plan.n_images) if plan.n_images and not lone
-                                    else final, images=plan.n_images if lone else None)
+                                    deadline=deadline - plan.score_seconds,
+                                    prepared=_part(final, plan.n_images) if plan.n_images and not lone else final,
+                                    images=plan.n_images if lone else None)
     if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
         raise NasError(f"the --budget left no time to retrain the best net (trial #{trial.number}, val accuracy "
                        f"{record.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
@@ -240,11 +243,12 @@ def plan_retrain(spec: ArchSpec, final: data.Prepared, device: torch.device, sec
         wide_epoch = seconds_per_epoch(wide, final, device, sample)
         seconds -= time.monotonic() - began
         if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
-            return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment)
+            return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment,
+                        score_seconds=score_s)
     fits = seconds / per_epoch
     if fits < FEW_EPOCHS:  # whole epochs would leave much of the time unused (or none would fit): as many
         # epochs as start, each over the part of the training set that makes them end in time
         epochs = max(1, math.ceil(fits))
         n = max(spec.training.batch_size, int(len(final.train) * (seconds / epochs - score_s) / train_s))
-        return Plan(spec, 1.0, epochs, per_epoch, augment, n if n < len(final.train) else None)
-    return Plan(spec, 1.0, min(MAX_RETRAIN_EPOCHS, int(fits)), per_epoch, augment)
+        return Plan(spec, 1.0, epochs, per_epoch, augment, n if n < len(final.train) else None, score_s)
+    return Plan(spec, 1.0, min(MAX_RETRAIN_EPOCHS, int(fits)), per_epoch, augment, score_seconds=score_s)

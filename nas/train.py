@@ -205,16 +205,13 @@ def _resizer(model: nn.Module, val: Split, dtype: torch.dtype | None, recipe: Tr
              deadline: float) -> Callable[[int, int], tuple[int, Any]]:
     """What `train_one_epoch` calls halfway through a lone epoch begun now, after `seen`
     of its `n` images: the images it ends after (all those that fit before `deadline` at its pace so far,
-    with the scoring after it, which is timed here on a few images), and the schedule laid out over them,
+    with the scoring after it, timed here on a few images), and the schedule laid out over them,
     advanced to where training is."""
     began = time.monotonic()
 
     def resize(seen: int, n: int) -> tuple[int, Any]:
         per_image = (time.monotonic() - began) / seen
-        k = min(len(val.y), 512)
-        start = time.monotonic()
-        evaluate(model, Split(val.x[:k], val.y[:k]), dtype)
-        score_s = (time.monotonic() - start) * len(val.y) / max(k, 1)
+        score_s = _scoring_seconds(model, val, dtype, 512)
         model.train()
         end = min(n, max(seen, seen + int((deadline - time.monotonic() - score_s) / per_image)))
         schedule = _schedule(recipe, opt, math.ceil(end / recipe.batch_size))
@@ -331,10 +328,17 @@ def epoch_pace(spec: ArchSpec, data: Prepared, device: torch.device, sample: int
     start = time.perf_counter()
     fit(model, Split(data.train.x[:n], data.train.y[:n]), none, spec.training, epochs=1)
     train = (time.perf_counter() - start) * len(data.train) / n
-    held_out, m = data.held_out, min(sample, len(data.held_out))
+    return train, _scoring_seconds(model, data.held_out, None, sample)
+
+
+def _scoring_seconds(model: nn.Module, held_out: Split, dtype: torch.dtype | None, sample: int) -> float:
+    """Seconds to score all of `held_out`, timed on `sample` of its images after an untimed first pass over
+    them (which picks kernels for that batch shape: timed, it made scoring look 4 times slower)."""
+    part = Split(held_out.x[:sample], held_out.y[:sample])
+    evaluate(model, part, dtype)
     start = time.perf_counter()
-    evaluate(model, Split(held_out.x[:m], held_out.y[:m]))
-    return train, (time.perf_counter() - start) * len(held_out) / max(m, 1)
+    evaluate(model, part, dtype)
+    return (time.perf_counter() - start) * len(held_out.y) / max(len(part.y), 1)
 
 
 def _prepare(model: nn.Module, device: torch.device, precision: str) -> torch.dtype | None:
@@ -440,7 +444,7 @@ def augment_batch(x: torch.Tensor, augment: str, gen: torch.Generator) -> torch.
 def predict_logits(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The model's class logits (float32) for every uint8 image in `x`, in large batches."""
     model.eval()
-    with _autocast(x.device, dtype):
+    with torch.no_grad(), _autocast(x.device, dtype):  # no graph to keep: half the memory, and faster
         return torch.cat([model(_as_input(x[i : i + EVAL_BATCH])).float() for i in range(0, len(x), EVAL_BATCH)])
 
 
