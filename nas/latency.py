@@ -6,7 +6,9 @@ it trains, and once per study (`timed_once`, keyed by `arch_key`): a search know
 like its size, before spending an epoch on it, and one architecture has one latency whatever its
 learning rate. Other processes on the machine only ever add time, so the runs of each batch size are
 interleaved (a burst of load hits both alike) and the figure is a low percentile of them, with the
-spread of the faster half recorded beside it as the measurement's noise.
+spread of the faster half recorded beside it as the measurement's noise. On a busy machine a whole
+window of runs can be slowed alike (the load on the other half of a shared core), so the net is timed
+in WINDOWS short windows a PAUSE apart and the lowest window's figure is kept.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from nas.spec import ArchSpec
 BATCHES = (1, 64)  # one image (an app answering a user), and a batch (a server)
 WARMUP = 3  # runs before timing: the first ones allocate and pick kernels
 MIN_RUNS, MAX_RUNS = 5, 200
-SECONDS = 0.25  # timing each batch size stops after this long (or MAX_RUNS): once per architecture, under a second
+SECONDS = 0.06  # per window, timing each batch size stops after this long (or MAX_RUNS)
+WINDOWS, PAUSE = 4, 0.1  # windows, and seconds between them: under a second per architecture, once per study
 PERCENTILE = 20  # the figure: contention only adds time, so a low percentile is the net's own speed
 SPREAD = (10, 50)  # the noise recorded beside it: the 50th minus the 10th percentile
 
@@ -79,23 +82,37 @@ def torch_latency(model: nn.Module, input_shape: tuple[int, int, int], device: t
         model.train(was_training)
 
 
-def low_percentiles(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, float]:
+def low_percentiles(calls: dict[str, Callable[[], object]], seconds: float = SECONDS,
+                    windows: int = WINDOWS) -> dict[str, float]:
     """For each named call, its PERCENTILE-th percentile in milliseconds, and under `spread_key(name)` its
-    SPREAD (see `interleaved_times`)."""
+    SPREAD, in the fastest of `windows` windows of `interleaved_times`, PAUSE apart (`lowest_window`)."""
+    for call in calls.values():
+        for _ in range(WARMUP):
+            call()
+    timed = []
+    for window in range(windows):
+        if window:
+            time.sleep(PAUSE)  # the next window meets the load at another moment
+        timed.append(interleaved_times(calls, seconds))
+    return lowest_window(timed)
+
+
+def lowest_window(windows: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Of each call's windows of run times (seconds), the lowest PERCENTILE-th percentile in milliseconds, and
+    under `spread_key(name)` that window's SPREAD: other processes only ever add time, so the fastest window
+    is the nearest to the net's own speed."""
     out = {}
-    for key, times in interleaved_times(calls, seconds).items():
-        cuts = statistics.quantiles(times, n=100, method="inclusive")  # cuts[k - 1] is the k-th percentile
+    for key in windows[0]:
+        cuts = min((statistics.quantiles(w[key], n=100, method="inclusive") for w in windows),
+                   key=lambda c: c[PERCENTILE - 1])  # cuts[k - 1] is the k-th percentile
         out[key] = round(cuts[PERCENTILE - 1] * 1000, 4)
         out[spread_key(key)] = round((cuts[SPREAD[1] - 1] - cuts[SPREAD[0] - 1]) * 1000, 4)
     return out
 
 
 def interleaved_times(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, list[float]]:
-    """Seconds of each timed run of each call, after WARMUP untimed ones: the calls take turns, one run each,
+    """Seconds of each timed run of each call (warmed up already): the calls take turns, one run each,
     MIN_RUNS to MAX_RUNS rounds, stopping once `seconds` per call have gone by (after MIN_RUNS)."""
-    for call in calls.values():
-        for _ in range(WARMUP):
-            call()
     times: dict[str, list[float]] = {key: [] for key in calls}
     stop = time.perf_counter() + seconds * len(calls)
     rounds = 0
