@@ -32,7 +32,7 @@ BATCHES = (1, 64)  # one image (an app answering a user), and a batch (a server)
 WARMUP = 3  # runs before timing: the first ones allocate and pick kernels
 MIN_RUNS, MAX_RUNS = 5, 200
 SECONDS = 0.06  # per window, timing each batch size stops after this long (or MAX_RUNS)
-WINDOWS, PAUSE = 4, 0.1  # windows, and seconds between them: under a second per architecture, once per study
+WINDOWS, PAUSE = 4, 0.05  # windows, and seconds between them: under a second per architecture, once per study
 PERCENTILE = 20  # the figure: contention only adds time, so a low percentile is the net's own speed
 SPREAD = (10, 50)  # the noise recorded beside it: the 50th minus the 10th percentile
 

@@ -304,7 +304,7 @@ def test_a_search_for_accuracy_and_latency_in_the_builtin_space_queues_the_ladde
     trials = optuna.load_study(study_name="auto-c8", storage=db).trials
     assert len(trials) == len(warm_start(2)) + len(cost_ladder(2)) == 5  # one trained, the others wait their turn
     queued = trials[2].system_attrs["fixed_params"]  # the ladder's first: the smallest net
-    assert queued["readout"] == "gap" and queued["block1.conv"] == "sepconv" and queued["block1.channels"] == 16
+    assert queued["block1.conv"] == "conv5x5" and queued["block1.channels"] == 16 and queued["blocks"] == 1
 
 
 @pytest.mark.slow
