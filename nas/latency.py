@@ -4,11 +4,11 @@ CPU (one thread, as a small device or one server core runs it), and with PyTorch
 Weights do not change the time of a dense network, so a net is timed right after it is built, before
 it trains, and once per study (`timed_once`, keyed by `arch_key`): a search knows each net's latency,
 like its size, before spending an epoch on it, and one architecture has one latency whatever its
-learning rate. Other processes on the machine only ever add time, so the runs of each batch size are
-interleaved (a burst of load hits both alike) and the figure is a low percentile of them, with the
-spread of the faster half recorded beside it as the measurement's noise. On a busy machine a whole
-window of runs can be slowed alike (the load on the other half of a shared core), so the net is timed
-in WINDOWS short windows a PAUSE apart and the lowest window's figure is kept.
+learning rate. Other processes on the machine only ever add time, so the figure is a low percentile of
+many runs, with the spread of the faster half recorded beside it as the measurement's noise; and as a
+whole stretch of runs can be slowed alike on a busy machine (the load on the other half of a shared
+core), the net is timed in WINDOWS short windows a PAUSE apart, each batch size taking its turn in each
+window (a burst of load hits both alike), and the lowest window's figure is kept.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 from nas.spec import ArchSpec
 
 BATCHES = (1, 64)  # one image (an app answering a user), and a batch (a server)
-WARMUP = 3  # runs before timing: the first ones allocate and pick kernels
+WARMUP = 2  # runs before each block of timed ones: the first allocate, pick kernels and refill the caches
 MIN_RUNS, MAX_RUNS = 5, 200
 SECONDS = 0.06  # per window, timing each batch size stops after this long (or MAX_RUNS)
 WINDOWS, PAUSE = 4, 0.05  # windows, and seconds between them: under a second per architecture, once per study
@@ -85,15 +85,12 @@ def torch_latency(model: nn.Module, input_shape: tuple[int, int, int], device: t
 def low_percentiles(calls: dict[str, Callable[[], object]], seconds: float = SECONDS,
                     windows: int = WINDOWS) -> dict[str, float]:
     """For each named call, its PERCENTILE-th percentile in milliseconds, and under `spread_key(name)` its
-    SPREAD, in the fastest of `windows` windows of `interleaved_times`, PAUSE apart (`lowest_window`)."""
-    for call in calls.values():
-        for _ in range(WARMUP):
-            call()
+    SPREAD, in the fastest of `windows` windows of `timed_runs`, PAUSE apart (`lowest_window`)."""
     timed = []
     for window in range(windows):
         if window:
             time.sleep(PAUSE)  # the next window meets the load at another moment
-        timed.append(interleaved_times(calls, seconds))
+        timed.append(timed_runs(calls, seconds))
     return lowest_window(timed)
 
 
@@ -110,18 +107,22 @@ def lowest_window(windows: list[dict[str, list[float]]]) -> dict[str, float]:
     return out
 
 
-def interleaved_times(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, list[float]]:
-    """Seconds of each timed run of each call (warmed up already): the calls take turns, one run each,
-    MIN_RUNS to MAX_RUNS rounds, stopping once `seconds` per call have gone by (after MIN_RUNS)."""
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    stop = time.perf_counter() + seconds * len(calls)
-    rounds = 0
-    while rounds < MAX_RUNS and (rounds < MIN_RUNS or time.perf_counter() < stop):
-        for key, call in calls.items():
+def timed_runs(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, list[float]]:
+    """Seconds of each timed run of each call. The calls take turns, a block of runs each: WARMUP untimed
+    runs, then MIN_RUNS to MAX_RUNS timed ones, stopping once `seconds` have gone by (after MIN_RUNS). Not one
+    run each in turn: a batch of 64 run between two single images evicts what the single image had in cache,
+    and doubled its time (docs/benchmarks.md)."""
+    times: dict[str, list[float]] = {}
+    for key, call in calls.items():
+        for _ in range(WARMUP):
+            call()
+        runs: list[float] = []
+        stop = time.perf_counter() + seconds
+        while len(runs) < MAX_RUNS and (len(runs) < MIN_RUNS or time.perf_counter() < stop):
             start = time.perf_counter()
             call()
-            times[key].append(time.perf_counter() - start)
-        rounds += 1
+            runs.append(time.perf_counter() - start)
+        times[key] = runs
     return times
 
 

@@ -86,18 +86,19 @@ def test_a_gentler_pruner_needs_more_dominating_trials():
     assert not stops(pareto_objective(dominated_by=3), ask(study, 2.0), 1, 0.5)
 
 
-def test_latency_timing_is_bounded_by_runs_and_time_and_interleaves_the_calls():
+def test_latency_timing_is_bounded_by_runs_and_time_and_takes_turns_in_windows():
     calls = []
-    times = latency.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0)
+    times = latency.timed_runs({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0)
     assert [len(t) for t in times.values()] == [latency.MIN_RUNS] * 2  # no time left: the fewest runs
-    assert calls == ["a", "b"] * latency.MIN_RUNS  # taking turns: a burst of load hits both
-    times = latency.interleaved_times({"a": lambda: None}, seconds=float("inf"))
+    block = latency.WARMUP + latency.MIN_RUNS
+    assert calls == ["a"] * block + ["b"] * block  # a warmed-up block each: runs of the other size spoil the cache
+    times = latency.timed_runs({"a": lambda: None}, seconds=float("inf"))
     assert len(times["a"]) == latency.MAX_RUNS  # all the time in the world: still a bounded count
     calls.clear()
     figures = latency.low_percentiles({"latency_ms": lambda: calls.append("a"), "latency_ms_64": lambda: calls.append("b")},
                                       seconds=0, windows=3)
     assert set(figures) == {"latency_ms", "latency_ms_64", "latency_spread_ms", "latency_spread_ms_64"}
-    assert calls == ["a"] * latency.WARMUP + ["b"] * latency.WARMUP + ["a", "b"] * latency.MIN_RUNS * 3  # warmed once
+    assert calls == (["a"] * block + ["b"] * block) * 3  # taking turns in every window: a burst of load hits both
 
 
 def test_latency_keeps_the_fastest_window_with_its_own_spread():
@@ -108,7 +109,7 @@ def test_latency_keeps_the_fastest_window_with_its_own_spread():
 
 def test_latency_timed_in_windows_takes_the_window_that_was_not_slowed():
     runs = iter(range(10_000))
-    slowed = lambda: time.sleep(0.02 if next(runs) < latency.WARMUP + 2 * latency.MIN_RUNS else 0.0)  # 2 windows slowed
+    slowed = lambda: time.sleep(0.02 if next(runs) < 2 * (latency.WARMUP + latency.MIN_RUNS) else 0.0)  # 2 windows slowed
     times = latency.low_percentiles({"latency_ms": slowed}, seconds=0, windows=3)
     assert times["latency_ms"] < 20  # the third window's figure, not a slowed one (each of those over 20 ms)
 
