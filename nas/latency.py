@@ -4,9 +4,11 @@ CPU (one thread, as a small device or one server core runs it), and with PyTorch
 Weights do not change the time of a dense network, so a net is timed right after it is built, before
 it trains, and once per study (`timed_once`, keyed by `arch_key`): a search knows each net's latency,
 like its size, before spending an epoch on it, and one architecture has one latency whatever its
-learning rate. Other processes on the machine only ever add time, so the runs of each batch size are
-interleaved (a burst of load hits both alike) and the figure is a low percentile of them, with the
-spread of the faster half recorded beside it as the measurement's noise.
+learning rate. Other processes on the machine only ever add time, so the figure is a low percentile of
+many runs, with the spread of the faster half recorded beside it as the measurement's noise; and as a
+whole stretch of runs can be slowed alike on a busy machine (the load on the other half of a shared
+core), the net is timed in WINDOWS short windows a PAUSE apart, each batch size taking its turn in each
+window (a burst of load hits both alike), and the lowest window's figure is kept.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from torch import nn
 from nas.spec import ArchSpec
 
 BATCHES = (1, 64)  # one image (an app answering a user), and a batch (a server)
-WARMUP = 3  # runs before timing: the first ones allocate and pick kernels
+WARMUP = 2  # runs before each block of timed ones: the first allocate, pick kernels and refill the caches
 MIN_RUNS, MAX_RUNS = 5, 200
-SECONDS = 0.25  # timing each batch size stops after this long (or MAX_RUNS): once per architecture, under a second
+SECONDS = 0.06  # per window, timing each batch size stops after this long (or MAX_RUNS)
+WINDOWS, PAUSE = 4, 0.05  # windows, and seconds between them: under a second per architecture, once per study
+MAX_WINDOWS, NOISY = 8, 0.1  # more windows while the fastest one's spread is over this share of its figure
 PERCENTILE = 20  # the figure: contention only adds time, so a low percentile is the net's own speed
 SPREAD = (10, 50)  # the noise recorded beside it: the 50th minus the 10th percentile
 
@@ -79,32 +83,53 @@ def torch_latency(model: nn.Module, input_shape: tuple[int, int, int], device: t
         model.train(was_training)
 
 
-def low_percentiles(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, float]:
+def low_percentiles(calls: dict[str, Callable[[], object]], seconds: float = SECONDS,
+                    windows: int = WINDOWS) -> dict[str, float]:
     """For each named call, its PERCENTILE-th percentile in milliseconds, and under `spread_key(name)` its
-    SPREAD (see `interleaved_times`)."""
+    SPREAD, in the fastest of `windows` windows of `timed_runs`, PAUSE apart (`lowest_window`); up to
+    MAX_WINDOWS while the first call's fastest window is still `noisy` (all slowed by a burst of load)."""
+    timed = [timed_runs(calls, seconds)]
+    while len(timed) < windows or (len(timed) < MAX_WINDOWS and noisy(lowest_window(timed), next(iter(calls)))):
+        time.sleep(PAUSE)  # the next window meets the load at another moment
+        timed.append(timed_runs(calls, seconds))
+    return lowest_window(timed)
+
+
+def noisy(figures: dict[str, float], key: str) -> bool:
+    """Whether the figure under `key` has a spread over NOISY of it: a quiet window's runs agree within a few
+    per cent, and one as spread as that was slowed too (docs/benchmarks.md)."""
+    return figures[spread_key(key)] > NOISY * figures[key]
+
+
+def lowest_window(windows: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Of each call's windows of run times (seconds), the lowest PERCENTILE-th percentile in milliseconds, and
+    under `spread_key(name)` that window's SPREAD: other processes only ever add time, so the fastest window
+    is the nearest to the net's own speed."""
     out = {}
-    for key, times in interleaved_times(calls, seconds).items():
-        cuts = statistics.quantiles(times, n=100, method="inclusive")  # cuts[k - 1] is the k-th percentile
+    for key in windows[0]:
+        cuts = min((statistics.quantiles(w[key], n=100, method="inclusive") for w in windows),
+                   key=lambda c: c[PERCENTILE - 1])  # cuts[k - 1] is the k-th percentile
         out[key] = round(cuts[PERCENTILE - 1] * 1000, 4)
         out[spread_key(key)] = round((cuts[SPREAD[1] - 1] - cuts[SPREAD[0] - 1]) * 1000, 4)
     return out
 
 
-def interleaved_times(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, list[float]]:
-    """Seconds of each timed run of each call, after WARMUP untimed ones: the calls take turns, one run each,
-    MIN_RUNS to MAX_RUNS rounds, stopping once `seconds` per call have gone by (after MIN_RUNS)."""
-    for call in calls.values():
+def timed_runs(calls: dict[str, Callable[[], object]], seconds: float = SECONDS) -> dict[str, list[float]]:
+    """Seconds of each timed run of each call. The calls take turns, a block of runs each: WARMUP untimed
+    runs, then MIN_RUNS to MAX_RUNS timed ones, stopping once `seconds` have gone by (after MIN_RUNS). Not one
+    run each in turn: a batch of 64 run between two single images evicts what the single image had in cache,
+    and doubled its time (docs/benchmarks.md)."""
+    times: dict[str, list[float]] = {}
+    for key, call in calls.items():
         for _ in range(WARMUP):
             call()
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    stop = time.perf_counter() + seconds * len(calls)
-    rounds = 0
-    while rounds < MAX_RUNS and (rounds < MIN_RUNS or time.perf_counter() < stop):
-        for key, call in calls.items():
+        runs: list[float] = []
+        stop = time.perf_counter() + seconds
+        while len(runs) < MAX_RUNS and (len(runs) < MIN_RUNS or time.perf_counter() < stop):
             start = time.perf_counter()
             call()
-            times[key].append(time.perf_counter() - start)
-        rounds += 1
+            runs.append(time.perf_counter() - start)
+        times[key] = runs
     return times
 
 

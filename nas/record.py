@@ -24,7 +24,7 @@ FIELDS: dict[str, str] = {name: name for name in (
     "arch",  # its one-line form
     "seed", "epochs",  # the training seed and the epochs asked for
     "n_params", "flops", "latency_ms",  # sizes, and latency where an objective or constraint needs it
-    "latency_spread_ms",  # that latency's noise: p50 - p10 of its timed runs (`latency.low_percentiles`)
+    "latency_spread_ms",  # that latency's noise: p50 - p10 of its fastest window's runs (`latency.low_percentiles`)
     "arch_key",  # what its latency depends on, hashed (`latency.arch_key`): a study times each once
     "curve",  # one dict per epoch trained (`train.EpochRecord.to_dict`)
     "seconds",  # wall time of its training

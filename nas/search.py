@@ -237,7 +237,7 @@ def _space_of(job: SearchJob, space: Space | None, device: str
     known = studies.recorded(job.storage, name) if name else None
     if not (known and known.space):
         ds = data.load_dataset(job.dataset or names.DEFAULT_DATASET, job.data_dir)
-        raw = builtin_space(job.dataset or names.DEFAULT_DATASET, ds, device)
+        raw = builtin_space(job.dataset or names.DEFAULT_DATASET, ds, device, job.objectives or ("accuracy",))
         name = name or raw["name"]
         known = studies.recorded(job.storage, name)
         if not (known and known.space):  # a new study, or one made before nas recorded its space

@@ -277,6 +277,36 @@ def test_search_without_a_space_uses_the_builtin_one_written_by_validate(tmp_pat
     assert len(warm) == 2 and [t.params for t in trials[:2]] == warm  # and the search ran it first
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8), (1, 4, 4)])
+def test_a_builtin_space_searched_for_a_cost_adds_a_ladder_of_new_architectures_to_the_warm_start(shape):
+    from nas.autospace import default_space
+    from nas.latency import arch_key
+    from nas.model import assess
+    from nas.space import sample
+    from nas.spacefile import parse_space
+
+    alone = parse_space(default_space("x.npz", "x", shape, 60_000, gpu=False))
+    costly = parse_space(default_space("x.npz", "x", shape, 60_000, gpu=False, objectives=("accuracy", "latency")))
+    warm, all_params = baseline_params(alone), baseline_params(costly)
+    assert all_params[:len(warm)] == warm and len(all_params) > len(warm)  # accuracy alone: the warm start only
+    specs = [sample(costly, optuna.trial.FixedTrial(params)) for params in all_params]
+    ladder = {arch_key(spec) for spec in specs[len(warm):]}
+    assert len(ladder) == len(specs) - len(warm) and not ladder & {arch_key(spec) for spec in specs[:len(warm)]}
+    assert all(assess(spec, shape, 10, torch.device("cpu"), None, costly.max_mflops)[1] is None for spec in specs)
+
+
+def test_a_search_for_accuracy_and_latency_in_the_builtin_space_queues_the_ladder_after_the_warm_start(tmp_path):
+    from nas.autospace import cost_ladder, warm_start
+
+    data, db = small_colour_npz(tmp_path / "c8.npz", 8), f"sqlite:///{tmp_path}/s.db"
+    nas_cli("search", "--dataset", data, "--storage", db, "--trials", 1, "--epochs", 1, "--objectives",
+            "accuracy,latency", "--quiet")
+    trials = optuna.load_study(study_name="auto-c8", storage=db).trials
+    assert len(trials) == len(warm_start(2)) + len(cost_ladder(2)) == 5  # one trained, the others wait their turn
+    queued = trials[2].system_attrs["fixed_params"]  # the ladder's first: the smallest net
+    assert queued["block1.conv"] == "conv5x5" and queued["block1.channels"] == 16 and queued["blocks"] == 1
+
+
 @pytest.mark.slow
 def test_run_searches_retrains_the_best_exports_it_and_writes_the_report(tmp_path, idx_dir, calls):
     """The retrain reuses what the search read: the dataset is read once, the training set copied to the device once."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 
 import optuna
 import pytest
@@ -85,13 +86,43 @@ def test_a_gentler_pruner_needs_more_dominating_trials():
     assert not stops(pareto_objective(dominated_by=3), ask(study, 2.0), 1, 0.5)
 
 
-def test_latency_timing_is_bounded_by_runs_and_time_and_interleaves_the_calls():
+def test_latency_timing_is_bounded_by_runs_and_time_and_takes_turns_in_windows():
     calls = []
-    times = latency.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0)
+    times = latency.timed_runs({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0)
     assert [len(t) for t in times.values()] == [latency.MIN_RUNS] * 2  # no time left: the fewest runs
-    assert calls[2 * latency.WARMUP:] == ["a", "b"] * latency.MIN_RUNS  # taking turns: a burst of load hits both
-    times = latency.interleaved_times({"a": lambda: None}, seconds=float("inf"))
+    block = latency.WARMUP + latency.MIN_RUNS
+    assert calls == ["a"] * block + ["b"] * block  # a warmed-up block each: runs of the other size spoil the cache
+    times = latency.timed_runs({"a": lambda: None}, seconds=float("inf"))
     assert len(times["a"]) == latency.MAX_RUNS  # all the time in the world: still a bounded count
+    calls.clear()
+    figures = latency.low_percentiles({"latency_ms": lambda: calls.append("a"), "latency_ms_64": lambda: calls.append("b")},
+                                      seconds=0, windows=3)
+    assert set(figures) == {"latency_ms", "latency_ms_64", "latency_spread_ms", "latency_spread_ms_64"}
+    n_windows, rest = divmod(len(calls), 2 * block)  # at least 3 (more while the fastest is noisy)
+    assert calls == (["a"] * block + ["b"] * block) * n_windows and not rest and 3 <= n_windows <= latency.MAX_WINDOWS
+
+
+def test_latency_keeps_the_fastest_window_with_its_own_spread():
+    slow, fast = [0.004, 0.005, 0.006, 0.009, 0.02], [0.001, 0.0012, 0.0013, 0.0014, 0.003]
+    times = latency.lowest_window([{"latency_ms": slow}, {"latency_ms": fast}, {"latency_ms": slow}])
+    assert times["latency_ms"] == pytest.approx(1.16) and times["latency_spread_ms"] == pytest.approx(0.22)
+
+
+def test_latency_times_more_windows_while_the_fastest_is_noisy():
+    assert latency.noisy({"latency_ms": 0.05, "latency_spread_ms": 0.01}, "latency_ms")  # 20%: slowed as well
+    assert not latency.noisy({"latency_ms": 0.05, "latency_spread_ms": 0.002}, "latency_ms")  # 4%: a quiet window
+    runs = iter(range(10_000))
+    block = latency.WARMUP + latency.MIN_RUNS
+    uneven = lambda: time.sleep(0.002 * (next(runs) % block))  # each window's runs: 4, 6, ... 12 ms; never quiet
+    latency.low_percentiles({"latency_ms": uneven}, seconds=0, windows=2)
+    assert next(runs) == latency.MAX_WINDOWS * block  # as many windows as allowed
+
+
+def test_latency_timed_in_windows_takes_the_window_that_was_not_slowed():
+    runs = iter(range(10_000))
+    slowed = lambda: time.sleep(0.02 if next(runs) < 2 * (latency.WARMUP + latency.MIN_RUNS) else 0.0)  # 2 windows slowed
+    times = latency.low_percentiles({"latency_ms": slowed}, seconds=0, windows=3)
+    assert times["latency_ms"] < 20  # the third window's figure, not a slowed one (each of those over 20 ms)
 
 
 def test_onnx_latency_times_a_net_at_batch_1_and_64_with_its_noise():
