@@ -32,7 +32,7 @@ from nas.space import Space
 from nas.spacefile import load_space
 from nas.spec import ArchSpec
 from nas.model import assess
-from nas.train import epoch_pace, pick_device, seconds_per_epoch
+from nas.train import epoch_pace, pick_device
 
 SEARCH_SHARE = 0.5  # of the budget; the rest retrains the best net, exports it and writes the report: the 24-min
 # search of docs/benchmarks.md found its winner at 16 min, and val 0.885 within 2 (the rest is within its noise)
@@ -184,10 +184,10 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
         best.export = retrain.export_trained(trained, job.export, study, job.force)
     cut = cut_message(trained.metrics["epochs"], plan.epochs, trained.metrics.get("last_epoch_images"),
                       trained.metrics.get("train_images"))
-    if lone:
-        ran = trained.metrics.get("last_epoch_images", len(final.train))
+    ran = trained.metrics.get("last_epoch_images", len(final.train))
+    if lone:  # None when it grew to all of them: nothing was cut
         cut = (f"the retrain's one epoch saw {ran:,} of the {len(final.train):,} training images, to fit the --budget "
-               f"({plan.n_images:,} planned, then resized halfway to its pace)")
+               f"({plan.n_images:,} planned, then resized halfway to its pace)") if ran < len(final.train) else None
     elif plan.n_images:
         cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images in each of its "
                f"{plan.epochs} epoch{'s' * (plan.epochs > 1)}, to fit the --budget" + (f"; {cut}" if cut else ""))
@@ -240,11 +240,12 @@ def plan_retrain(spec: ArchSpec, final: data.Prepared, device: torch.device, sec
         if too_large or per_epoch * info.flops / flops * MIN_WIDE_EPOCHS > 1.5 * seconds:
             continue  # more memory than the device has, or far too slow by its FLOPs: not worth timing
         began = time.monotonic()
-        wide_epoch = seconds_per_epoch(wide, final, device, sample)
+        wide_train, wide_score = epoch_pace(wide, final, device, sample)
         seconds -= time.monotonic() - began
-        if seconds / wide_epoch >= MIN_WIDE_EPOCHS:
-            return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(seconds / wide_epoch)), wide_epoch, augment,
-                        score_seconds=score_s)
+        left = seconds - (wide_score - score_s)  # the wider net scores the test set slower after training too
+        if left / (wide_train + wide_score) >= MIN_WIDE_EPOCHS:
+            return Plan(wide, width, min(MAX_RETRAIN_EPOCHS, int(left / (wide_train + wide_score))),
+                        wide_train + wide_score, augment, score_seconds=wide_score)
     fits = seconds / per_epoch
     if fits < FEW_EPOCHS:  # whole epochs would leave much of the time unused (or none would fit): as many
         # epochs as start, each over the part of the training set that makes them end in time

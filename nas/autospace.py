@@ -88,9 +88,9 @@ def warm_start(max_blocks: int) -> list[dict[str, Any]]:
     cosine schedule and label smoothing: small modern nets' recipe, and what won the 40-minute Fashion-MNIST
     search (docs/benchmarks.md). No augmentation: it pays only over more epochs than a trial has. Both fit
     the FLOP budget at any image size, since that budget grows with the image's area."""
-    residual = _block("residual", 16)
-    return [_net([residual, _block("conv3x3x2", 32)][:max_blocks], "flatten", 4e-3, 5e-4),
-            _net([residual, _block("conv5x5", 24, "relu")][:max_blocks], "flatten", 5e-3, 5e-3)]
+    # a block of its own in each net: a dict shared by two would be written as a YAML anchor and alias
+    return [_net([_block("residual", 16), _block("conv3x3x2", 32)][:max_blocks], "flatten", 4e-3, 5e-4),
+            _net([_block("residual", 16), _block("conv5x5", 24, "relu")][:max_blocks], "flatten", 5e-3, 5e-3)]
 
 
 def cost_ladder(max_blocks: int) -> list[dict[str, Any]]:
@@ -100,9 +100,8 @@ def cost_ladder(max_blocks: int) -> list[dict[str, Any]]:
     after a trial's 4 epochs (docs/benchmarks.md); TPE alone drew the same few nets again with other
     training settings. (A global-average-pool head is cheaper still, but learns next to nothing in 4
     epochs.) Those the image's block count makes equal to an earlier baseline are left out."""
-    conv16 = _block("conv5x5", 16)
-    ladder = [_net(blocks, "flatten", 4e-3, 5e-4)
-              for blocks in ([conv16], [conv16, _block("conv5x5", 32)][:max_blocks], [_block("residual", 16)])]
+    ladder = [_net(blocks, "flatten", 4e-3, 5e-4) for blocks in (
+        [_block("conv5x5", 16)], [_block("conv5x5", 16), _block("conv5x5", 32)][:max_blocks], [_block("residual", 16)])]
     known = [net["architecture"] for net in warm_start(max_blocks)]
     distinct = []
     for net in ladder:

@@ -202,21 +202,23 @@ def _steps(train: Split, recipe: TrainSpec) -> int:
 
 
 def _resizer(model: nn.Module, val: Split, dtype: torch.dtype | None, recipe: TrainSpec, opt: torch.optim.Optimizer,
-             deadline: float) -> Callable[[int, int], tuple[int, Any]]:
-    """What `train_one_epoch` calls halfway through a lone epoch begun now, after `seen`
-    of its `n` images: the images it ends after (all those that fit before `deadline` at its pace so far,
-    with the scoring after it, timed here on a few images), and the schedule laid out over them,
-    advanced to where training is."""
+             deadline: float) -> Callable[[int, int, int], tuple[int, Any]]:
+    """What `train_one_epoch` calls halfway through a lone epoch begun now, after `seen` of its `n` images in
+    `batches` steps: the images it ends after (all those that fit before `deadline` at its pace so far, with
+    the scoring after it, timed here on a few images), and the schedule laid out over its steps, advanced
+    to where training is (one schedule over the whole epoch, not a restart)."""
     began = time.monotonic()
 
-    def resize(seen: int, n: int) -> tuple[int, Any]:
-        per_image = (time.monotonic() - began) / seen
+    def resize(seen: int, batches: int, n: int) -> tuple[int, Any]:
+        if val.x.is_cuda:  # the host runs ahead of the GPU: wait for the steps so far before reading the clock
+            torch.cuda.synchronize(val.x.device)
+        per_image = max(time.monotonic() - began, 1e-6) / seen
         score_s = _scoring_seconds(model, val, dtype, 512)
         model.train()
         end = min(n, max(seen, seen + int((deadline - time.monotonic() - score_s) / per_image)))
-        schedule = _schedule(recipe, opt, math.ceil(end / recipe.batch_size))
-        for _ in range(math.ceil(seen / recipe.batch_size) if schedule is not None else 0):
-            schedule.step()  # to where training is: one schedule over the whole epoch, not a restart
+        schedule = _schedule(recipe, opt, batches + math.ceil((end - seen) / recipe.batch_size))
+        for _ in range(batches if schedule is not None else 0):
+            schedule.step()
         return end, schedule
 
     return resize
@@ -370,21 +372,24 @@ def train_one_epoch(
     deadline: float | None = None,
     on_batch: Callable[[int, int, int], None] | None = None,
     stop: int | None = None,
-    resize: Callable[[int, int], tuple[int, Any]] | None = None,
+    resize: Callable[[int, int, int], tuple[int, Any]] | None = None,
 ) -> tuple[float, float, int]:
     """One pass over `data` (or `stop` of its images) in shuffled batches, stepping `schedule` after each;
     returns (mean loss, accuracy, images trained) read once at the end. Past `deadline` (monotonic), raise
-    `TimeUp` between two batches. `on_batch(k, batches, images)` is called after the k-th batch (1-based)
-    of `batches`, `images` trained so far, with nothing read from the device. Halfway, `resize(seen, n)` may change where the pass stops, and its schedule."""
+    `TimeUp` between two batches (a pass given a `stop` ends there instead, once it trained a batch).
+    `on_batch(k, batches, images)` after the k-th batch, nothing read from the device; halfway,
+    `resize(seen, batches, n)` may change where the pass stops, and its schedule."""
     model.train()
     n = len(data.y)
     end = n if stop is None else stop
     order = torch.randperm(n, device=data.x.device, generator=shuffle)
     total_loss = torch.zeros((), device=data.x.device)
     correct = torch.zeros((), device=data.x.device, dtype=torch.long)
-    seen = 0
+    seen = batches = 0
     while seen < end:
         if deadline is not None and time.monotonic() >= deadline:
+            if stop is not None and seen:  # a lone epoch ends here, scored with what it trained
+                break
             raise TimeUp([])
         idx = order[seen : min(seen + batch_size, end)]
         x, y = data.x[idx], data.y[idx]
@@ -397,13 +402,12 @@ def train_one_epoch(
         opt.step()
         if schedule is not None:
             schedule.step()
-        total_loss += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(idx)
-        if on_batch is not None:
-            on_batch(math.ceil(seen / batch_size), math.ceil(end / batch_size), seen)
+        total_loss, correct = total_loss + loss.detach() * len(idx), correct + (logits.argmax(1) == y).sum()
+        seen, batches = seen + len(idx), batches + 1
         if resize is not None and seen >= end // 2:
-            (end, schedule), resize = resize(seen, n), None
+            (end, schedule), resize = resize(seen, batches, n), None
+        if on_batch is not None:
+            on_batch(batches, batches + math.ceil((end - seen) / batch_size), seen)
     return total_loss.item() / seen, correct.item() / seen, seen
 
 
@@ -444,7 +448,7 @@ def augment_batch(x: torch.Tensor, augment: str, gen: torch.Generator) -> torch.
 def predict_logits(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The model's class logits (float32) for every uint8 image in `x`, in large batches."""
     model.eval()
-    with torch.no_grad(), _autocast(x.device, dtype):  # no graph to keep: half the memory, and faster
+    with _autocast(x.device, dtype):
         return torch.cat([model(_as_input(x[i : i + EVAL_BATCH])).float() for i in range(0, len(x), EVAL_BATCH)])
 
 

@@ -157,7 +157,7 @@ def test_fit_tells_progress_inside_each_epoch_at_most_as_often_as_asked(idx_dir)
     assert [(r.epoch, r.batch) for r in seldom] == [(1, n), (2, n)]  # throttled: only each epoch's last batch
 
 
-def _lone_epoch(idx_dir, name, deadline, images):
+def _lone_epoch(idx_dir, name, deadline, images, on_batch=None):
     """One epoch of SMALL on `images` of the training split, with `shrink` and `deadline`; returns its
     record, the training set's size and every learning rate the epoch's steps used."""
     spec = sp.sample(sf.parse_space({**SMALL, "training": SMALL["training"] | {"schedule": name}}))
@@ -166,17 +166,19 @@ def _lone_epoch(idx_dir, name, deadline, images):
     lrs = []  # the rate each optimizer step used
     hook = register_optimizer_step_pre_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
     try:
-        history = fit(model, train, val, spec.training, epochs=1, deadline=deadline, shrink=True, images=images)
+        history = fit(model, train, val, spec.training, epochs=1, deadline=deadline, shrink=True, images=images,
+                  on_batch=on_batch, batch_every=0)
     finally:
         hook.remove()
     return history[0], len(train.y), lrs
 
 
-@pytest.mark.parametrize("name", ["cosine", "onecycle"])
-def test_a_lone_epoch_planned_on_part_of_the_images_grows_to_all_that_fit_on_one_schedule(idx_dir, name):
+@pytest.mark.parametrize("name,images", [("cosine", 64), ("onecycle", 64), ("onecycle", 20)])
+def test_a_lone_epoch_planned_on_part_of_the_images_grows_to_all_that_fit_on_one_schedule(idx_dir, name, images):
     """A one-epoch retrain whose pace was timed too slow: halfway it sees that the whole set fits before the
-    (far) deadline and trains on all of it, its schedule stretched over them, not restarted."""
-    record, n, lrs = _lone_epoch(idx_dir, name, time.monotonic() + 3600, 64)
+    (far) deadline and trains on all of it, its schedule stretched over them, not restarted (also when
+    the first batch was a partial one: one-cycle refuses a step past its plan)."""
+    record, n, lrs = _lone_epoch(idx_dir, name, time.monotonic() + 3600, images)
     assert record.images == n and len(lrs) == -(-n // 32)
     assert lrs[-1] < 0.002 and max(lrs) == pytest.approx(0.01, rel=0.05)  # annealed to the end, peaked once
     peak = lrs.index(max(lrs))
@@ -195,5 +197,12 @@ def test_halfway_through_a_lone_epoch_it_ends_where_the_deadline_allows():
     model = build_model(spec, (1, 28, 28), 10)
     val = Split(torch.zeros(64, 1, 28, 28, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    assert _resizer(model, val, None, spec.training, opt, time.monotonic() - 1)(500, 4000)[0] == 500
-    assert _resizer(model, val, None, spec.training, opt, time.monotonic() + 3600)(500, 4000)[0] == 4000
+    assert _resizer(model, val, None, spec.training, opt, time.monotonic() - 1)(500, 16, 4000)[0] == 500
+    assert _resizer(model, val, None, spec.training, opt, time.monotonic() + 3600)(500, 16, 4000)[0] == 4000
+
+
+def test_a_lone_epoch_that_reaches_its_deadline_ends_there_with_what_it_trained(idx_dir):
+    """Slower after halfway than before (here each batch is followed by a pause): at the deadline the epoch
+    ends and is scored, rather than raising TimeUp and losing the whole retrain."""
+    record, n, _ = _lone_epoch(idx_dir, "cosine", time.monotonic() + 1.0, 10**6, on_batch=lambda _: time.sleep(0.3))
+    assert 0 < record.images < n
