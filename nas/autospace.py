@@ -51,6 +51,7 @@ def default_space(dataset: str, name: str, input_shape: tuple[int, int, int], n_
         "description": f"the built-in space for {name_text(name)} ({'×'.join(map(str, input_shape))}), for a "
                        f"{'GPU' if gpu else 'CPU'}",
         "dataset": dataset,
+        **({"objectives": list(objectives)} if len(objectives) > 1 else {}),
         "budget": {"epochs": GPU_EPOCHS if gpu else CPU_EPOCHS,
                    **({"val_fraction": SUBSET_VAL_FRACTION, "subset": subset} if n_train > subset * 1.25
                       else {"val_fraction": 0.1})},

@@ -324,18 +324,24 @@ def validate(
     write: Annotated[Optional[Path], typer.Option(
         "--write", help="Write the built-in space for --dataset (and --device) to this file, to start a space from.",
         dir_okay=False)] = None,
+    objectives: ObjectivesOpt = None,
 ) -> None:
     """Check a space file (or the built-in space for --dataset); show its dimensions, its size and a few
     sampled architectures."""
     with _user_errors():
         from nas import preview as previews
+        from nas.spacefile import parse_objectives
 
         if write and space:
             raise NasError("--write writes the built-in space for --dataset; leave out --space.")
+        if objectives and space:
+            raise NasError("--objectives shows the built-in space for a search of those objectives; a space file "
+                           "names its own (`objectives:`). Leave out --space or --objectives.")
+        wanted = parse_objectives(objectives) if objectives else ("accuracy",)
         if write:
-            previews.write_builtin_space(write, dataset, data_dir, device)
-        views.show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed, device),
-                           str(space or "the built-in space"))
+            previews.write_builtin_space(write, dataset, data_dir, device, wanted)
+        views.show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed, device,
+                                                  wanted), str(space or "the built-in space"))
         if write:
             views.show_space_written(write)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -47,29 +47,32 @@ class SpacePreview:
     objectives: tuple[str, ...] = ("accuracy",)  # what a search of the space maximises (accuracy) and minimises
 
 
-def builtin_space(dataset: str | None, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """The built-in space `nas search --device DEVICE` uses for `dataset` without a space file (`autospace`)."""
+def builtin_space(dataset: str | None, data_dir: str | None = None, device: str = "auto",
+                  objectives: Sequence[str] = ("accuracy",)) -> dict[str, Any]:
+    """The built-in space `nas search --device DEVICE --objectives ...` uses for `dataset` without a space file
+    (`autospace`)."""
     name = dataset or names.DEFAULT_DATASET
-    return autospace.builtin_space(name, load_dataset(name, data_dir), str(pick_device(device)))
+    return autospace.builtin_space(name, load_dataset(name, data_dir), str(pick_device(device)), objectives)
 
 
-def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = None, device: str = "auto") -> None:
+def write_builtin_space(out: Path, dataset: str | None, data_dir: str | None = None, device: str = "auto",
+                        objectives: Sequence[str] = ("accuracy",)) -> None:
     """Write the built-in space for `dataset` to `out` as a space file to start from (never over the dataset)."""
     check_file_target(out, "the space file")
     check_not_input(out, "--write", dataset_inputs(dataset or names.DEFAULT_DATASET, data_dir))
     if dataset and name_text(dataset) != dataset:
         raise WriteError(f"{name_text(dataset)}: the dataset's path is not UTF-8, so a space file (UTF-8 YAML) "
                          "cannot name it; rename it with UTF-8 characters, or search it without a space file.")
-    write_file(out, space_text(builtin_space(dataset, data_dir, device)))
+    write_file(out, space_text(builtin_space(dataset, data_dir, device, objectives)))
 
 
 def preview_space(path: str | None, dataset: str | None = None, data_dir: str | None = None, n_samples: int = 3,
-                  seed: int = 0, device: str = "auto") -> SpacePreview:
+                  seed: int = 0, device: str = "auto", objectives: Sequence[str] = ("accuracy",)) -> SpacePreview:
     """Check a space file (and its baselines), or the built-in space of `dataset` when `path` is None, and
     draw `n_samples` nets from it (one from a fixed architecture), each sized on the meta device (`device`
     picks the built-in space, as `nas search --device` does);
     nothing is trained or allocated."""
-    space = load_space(path) if path else parse_space(builtin_space(dataset, data_dir, device))
+    space = load_space(path) if path else parse_space(builtin_space(dataset, data_dir, device, objectives))
     baselines = baseline_params(space)
     shape, n_classes = dataset_shape(dataset or space.dataset, data_dir)
     dims = space.dimensions()

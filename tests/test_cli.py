@@ -54,6 +54,11 @@ def test_validate_shows_dimensions_size_and_sampled_shapes():
     assert "1×28×28 →" in out
 
 
+def test_validate_objectives_are_for_the_builtin_space_not_a_space_file():
+    out = squash(nas_cli("validate", "--space", "lenet", "--objectives", "accuracy,latency", code=2).output)
+    assert "a space file names its own (`objectives:`)" in out and "Leave out --space or --objectives" in out
+
+
 def test_validate_a_fixed_architecture():
     out = squash(nas_cli("validate", "--space", SPACES / "seed_lenet.yaml").output)
     assert "a fixed architecture" in out and "1×28×28 → 6×12×12 → 16×4×4 → 120 → 84 → 10; 44,426 parameters" in out
@@ -245,18 +250,23 @@ def test_the_builtin_space_is_scaled_to_the_images(shape, blocks):
         assert len(spec.blocks) == min(2, blocks) and assess(spec, shape, 10, torch.device("cpu"), None, space.max_mflops)[1] is None
 
 
-@pytest.mark.parametrize("device", ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else [])])
-def test_validate_writes_the_builtin_space_that_search_uses_on_this_machine(tmp_path, device):
+@pytest.mark.parametrize("device,objectives", [("auto", None), ("cpu", None), ("cpu", "accuracy,params"),
+                                               *([("cuda", None)] if torch.cuda.is_available() else [])])
+def test_validate_writes_the_builtin_space_that_search_uses_on_this_machine(tmp_path, device, objectives):
     """One decision (`autospace.builtin_space`): `nas validate --write` and `nas search` with the same --device
-    build the same space (a GPU's is larger; `--device cpu` on a GPU machine asks for a CPU's)."""
+    and --objectives build the same space (a GPU's is larger; `--device cpu` on a GPU machine asks for a CPU's;
+    a search for a cost starts from more baselines), written as plain YAML (no anchors a user would trip on)."""
     from dataclasses import replace
 
     from nas import search as searching
 
     data = small_colour_npz(tmp_path / "c.npz", 8)
-    nas_cli("validate", "--dataset", data, "--device", device, "--write", tmp_path / "auto.yaml")
+    wanted = ["--objectives", objectives] if objectives else []
+    nas_cli("validate", "--dataset", data, "--device", device, *wanted, "--write", tmp_path / "auto.yaml")
+    assert "&id" not in (tmp_path / "auto.yaml").read_text()
     written = load_space(tmp_path / "auto.yaml")
-    job = searching.SearchJob(None, dataset=str(data), storage=f"sqlite:///{tmp_path}/s.db", device=device, epochs=1)
+    job = searching.SearchJob(None, dataset=str(data), storage=f"sqlite:///{tmp_path}/s.db", device=device, epochs=1,
+                              objectives=tuple(objectives.split(",")) if objectives else None)
     searched = searching.run(job, lambda event: None).space
     assert replace(searched, baselines=(), path=None) == replace(written, baselines=(), path=None)
     assert baseline_params(searched) == baseline_params(written)
