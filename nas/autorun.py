@@ -165,14 +165,14 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     final = data.prepare_final_data(ds, device)
     plan = plan_retrain(ArchSpec.from_dict(record.TrialRecord(trial).spec), final, device,
                         END_MARGIN * (deadline - time.monotonic()), built_in=outcome.built_in)
-    # One epoch on part of the images is resized halfway to the time left (it may grow to all of them);
-    # several run on a fixed part, their count cut after the first if slow.
-    lone = plan.epochs == 1 and plan.n_images
+    # A lone epoch is resized halfway to the time left (it may grow to all the images, or shrink); several
+    # run on a fixed part, their count cut after the first if slow.
+    lone = plan.epochs == 1
     # Training ends in time to score the test set once more after it (for the export's metrics), as planned.
     trained = retrain.retrain_trial(trial, study, ds, device, plan.epochs, on_event=on_event, spec=plan.spec,
                                     deadline=deadline - plan.score_seconds,
                                     prepared=_part(final, plan.n_images) if plan.n_images and not lone else final,
-                                    images=plan.n_images if lone else None)
+                                    images=(plan.n_images or len(final.train)) if lone else None)
     if not trained.metrics["epochs"]:  # an untrained net is no answer: say so rather than export it
         raise NasError(f"the --budget left no time to retrain the best net (trial #{trial.number}, val accuracy "
                        f"{record.accuracy(trial):.4f}) after the search: give a larger --budget, or export it as it was "
@@ -187,7 +187,8 @@ def _retrain(job: RunJob, outcome: searching.Outcome, deadline: float,
     ran = trained.metrics.get("last_epoch_images", len(final.train))
     if lone:  # None when it grew to all of them: nothing was cut
         cut = (f"the retrain's one epoch saw {ran:,} of the {len(final.train):,} training images, to fit the --budget "
-               f"({plan.n_images:,} planned, then resized halfway to its pace)") if ran < len(final.train) else None
+               f"({plan.n_images or len(final.train):,} planned, then resized halfway to its pace)"
+               ) if ran < len(final.train) else None
     elif plan.n_images:
         cut = (f"the retrain saw {plan.n_images:,} of the {len(final.train):,} training images in each of its "
                f"{plan.epochs} epoch{'s' * (plan.epochs > 1)}, to fit the --budget" + (f"; {cut}" if cut else ""))

@@ -155,7 +155,7 @@ def fit(
     device = next(model.parameters()).device
     dtype = _prepare(model, device, precision)
     opt = make_optimizer(model, recipe)
-    lone = min(images, len(train.y)) if images and epochs == 1 else None  # a single epoch on part of the images
+    lone = min(images, len(train.y)) if images and epochs == 1 else None  # a single epoch (on part of the images)
     schedule = _schedule(recipe, opt, math.ceil(lone / recipe.batch_size) if lone else epochs * _steps(train, recipe))
     shuffle = torch.Generator(device=device).manual_seed(seed)
     history, epoch, last = [], 0, train  # the records so far, the epoch in progress, what the last epoch trains on
