@@ -11,10 +11,10 @@ and why it was pruned or failed. A trial still training at the search's deadline
 batches and is pruned "stopped at the time limit after epoch k".
 
 With several objectives the trial returns (accuracy, cost, ...). Optuna cannot prune such studies
-(`Trial.report` refuses them), so the `pareto` pruner is applied here: at epochs 1, 2, 4, 8, ... a
-trial stops when `space.dominated_by` other trials that reached that epoch dominate it there, that is
-were at least as accurate at that epoch and cost no more in every other objective, and better in
-one (the spirit of MO-ASHA's non-dominated sorting at rungs; a net's costs are known before it trains).
+(`Trial.report` refuses them), so the `pareto` pruner is applied here: at each epoch from 2 on but the
+last, once 5 finished trials reached that epoch, a trial stops when its Pareto rank there (non-dominated
+sorting on accuracy at that epoch and the costs; a net's costs are known before it trains) is off the
+front and worse than the finished trials' median rank (`pareto.prune_reason`).
 """
 
 from __future__ import annotations
@@ -170,11 +170,11 @@ class Objective:
         return times | torch_latency(model, self.data.input_shape, self.device) if self.device.type == "cuda" else times
 
     def _pareto_prune(self, trial: optuna.Trial, epoch: EpochRecord) -> None:
-        """The pareto pruner (see the module doc), at epochs 1, 2, 4, 8, ... before the last."""
+        """The pareto pruner (see the module doc), at epochs 2, 3, ... before the last."""
         if not pareto.is_rung(epoch.epoch, self.epochs):
             return
         me = (epoch.val_acc, *self._costs(trial))
-        why = pareto.prune_reason(trial.study, trial.number, epoch.epoch, me, self.objectives, self.space.dominated_by)
+        why = pareto.prune_reason(trial.study, trial.number, epoch.epoch, me, self.objectives)
         if why:
             _prune(trial, why)
 

@@ -88,7 +88,6 @@ class Space:
     path: Path | None = None
     objectives: tuple[str, ...] = ("accuracy",)
     max_latency_ms: float | None = None
-    dominated_by: int = 3  # the pareto pruner stops a trial that this many others dominate at an epoch
 
     @property
     def needs_latency(self) -> bool:

@@ -89,7 +89,7 @@ def baseline_params(space: Space) -> list[dict[str, Any]]:
 
 _TOP = ("name", "description", "dataset", "objectives", "budget", "constraints", "architecture", "training",
         "baselines")
-_BUDGET = ("epochs", "val_fraction", "subset", "dominated_by")
+_BUDGET = ("epochs", "val_fraction", "subset", "dominated_by")  # dominated_by: the old pareto rule's; read by nothing now
 _CONSTRAINTS = ("max_params", "max_mflops", "max_latency_ms")
 _ARCH = ("blocks", "block", "head", "init", "readout")
 _HEAD = ("layers", *_LAYER)
@@ -275,7 +275,6 @@ def parse_space(raw: Any, path: Path | None = None, label: str | None = None) ->
         max_params=p.optional(cons.get("max_params"), "constraints.max_params", int, 1),
         max_mflops=p.optional(cons.get("max_mflops"), "constraints.max_mflops", float, 1e-6),
         max_latency_ms=p.optional(cons.get("max_latency_ms"), "constraints.max_latency_ms", float, 1e-6),
-        dominated_by=p.number(budget.get("dominated_by", 3), "budget.dominated_by", int, 1, 1000),
         objectives=p.objectives(top.get("objectives", ["accuracy"]), "objectives"),
         n_blocks=n_blocks,
         blocks=blocks,

@@ -59,7 +59,7 @@ PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
     "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
                                                                reduction_factor=3),
-    "pareto": lambda epochs: optuna.pruners.NopPruner(),  # the objective applies `dominators` itself
+    "pareto": lambda epochs: optuna.pruners.NopPruner(),  # the objective applies `pareto.prune_reason` itself
     "none": lambda epochs: optuna.pruners.NopPruner(),
 }
 names.check_registry(SAMPLERS, names.SAMPLERS, "sampler")

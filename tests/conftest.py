@@ -217,7 +217,7 @@ def multi_study(tmp_path_factory):
     """A real search for (accuracy, latency) on the tiny data, 12 trials with the pareto pruner: its storage URL."""
     space = tmp_path_factory.mktemp("multi-space") / "multi.yaml"
     space.write_text(TINY_SPACE.replace("name: tiny", "name: multi\nobjectives: [accuracy, latency]")
-                     .replace("epochs: 2,", "epochs: 4, dominated_by: 2,"))
+                     .replace("epochs: 2,", "epochs: 4,"))
     folder = made_once(tmp_path_factory, "multi", lambda f: [["search", "--space", space, "--trials", 12, "--quiet"]])
     return f"sqlite:///{folder}/nas.db"
 

@@ -40,8 +40,8 @@ def ask(study: optuna.Study, latency_ms: float) -> optuna.Trial:
     return trial
 
 
-def pareto_objective(epochs: int = 8, dominated_by: int = 2) -> Objective:
-    space = parse_space({"objectives": ["accuracy", "latency"], "budget": {"dominated_by": dominated_by}})
+def pareto_objective(epochs: int = 8) -> Objective:
+    space = parse_space({"objectives": ["accuracy", "latency"], "budget": {"dominated_by": 2}})  # an old key: still read, unused
     return Objective(space, None, epochs, torch.device("cpu"), pareto=True)
 
 
@@ -60,30 +60,32 @@ def test_dominators_counts_those_as_good_in_every_objective_and_better_in_one():
     assert pareto.dominators((0.5,), [(0.6,), (0.5,), (0.4,)]) == 1  # accuracy alone: the single-objective case
 
 
-def test_the_pareto_pruner_stops_a_trial_that_enough_others_dominate_at_the_same_epoch():
+def test_ranks_are_the_depths_of_non_dominated_sorting():
+    points = [(0.9, 3.0), (0.8, 1.0), (0.7, 2.0), (0.6, 3.0), (0.8, 1.0), (0.95, 0.5)]
+    assert pareto.ranks(points) == [1, 1, 2, 3, 1, 0]  # equal points share a rank
+    assert pareto.ranks([]) == [] and pareto.ranks([(0.5,), (0.7,), (0.5,)]) == [1, 0, 1]
+
+
+def test_the_pareto_pruner_stops_a_trial_ranked_behind_the_median_of_the_finished_trials():
     study = optuna.create_study(directions=["maximize", "minimize"])
-    add_trial(study, [0.60, 0.70, 0.75, 0.80], 1.0)
-    add_trial(study, [0.65, 0.72], 1.2, State.PRUNED)  # pruned trials count at the epochs they reached
-    add_trial(study, [0.90], 0.5, State.RUNNING)  # so do running ones
-    objective = pareto_objective(dominated_by=2)
+    chain = [(0.9, 1.0), (0.8, 2.0), (0.7, 3.0), (0.6, 4.0)]  # each dominates the next: ranks 0, 1, 2, 3
+    for i, (acc, ms) in enumerate(chain):  # pruned trials count at the epochs they reached
+        add_trial(study, [0.5, acc, acc, acc][:3 + i % 2], ms, State.COMPLETE if i % 2 else State.PRUNED)
+    add_trial(study, [0.3], 0.5, State.PRUNED)  # stopped before epoch 2: not ranked there
+    add_trial(study, [0.95, 0.95, 0.95], 0.1, State.RUNNING)  # still running: not ranked either
+    objective = pareto_objective()
+    assert not stops(objective, ask(study, 3.5), 2, 0.65)  # 4 finished trials reached epoch 2: too few to judge
 
-    slow = ask(study, 2.0)  # slower than all of them
-    assert stops(objective, slow, 1, 0.62)  # dominated at epoch 1 by the 0.65 and the 0.90 trials
-    fast = ask(study, 0.4)  # faster than every one: nothing dominates it, however inaccurate
-    assert not stops(objective, fast, 1, 0.10)
-    middle = ask(study, 1.1)
-    assert not stops(objective, middle, 1, 0.62)  # only the 0.90 at 0.5 ms beats it in both
-    assert not stops(objective, middle, 3, 0.10)  # epoch 3 is no rung (1, 2, 4, ...)
-    assert stops(objective, ask(study, 1.3), 2, 0.60)  # at epoch 2 the first two trials (0.70 / 1.0, 0.72 / 1.2) beat it
-    assert not stops(objective, ask(study, 1.3), 8, 0.10)  # the last epoch finishes: the trial is already paid for
-
-
-def test_a_gentler_pruner_needs_more_dominating_trials():
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    for acc in (0.7, 0.8):
-        add_trial(study, [acc], 1.0, State.RUNNING)
-    assert stops(pareto_objective(dominated_by=2), ask(study, 2.0), 1, 0.5)
-    assert not stops(pareto_objective(dominated_by=3), ask(study, 2.0), 1, 0.5)
+    add_trial(study, [0.5, 0.5, 0.5, 0.5], 5.0)  # the fifth: ranks 0, 1, 2, 3, 4 at epoch 2, median 2
+    slow = ask(study, 3.5)
+    assert stops(objective, slow, 2, 0.65)  # behind (0.9, 1), (0.8, 2) and (0.7, 3): rank 3
+    assert study.trials[slow.number].user_attrs["reason"] == ("pruned at epoch 2: Pareto rank 3 there, behind the "
+                                                              "median rank 2 of the 5 finished trials that reached it")
+    assert not stops(objective, ask(study, 2.5), 2, 0.75)  # rank 2, at the median: it goes on
+    assert not stops(objective, ask(study, 0.4), 2, 0.10)  # the fastest of those ranked: the front, never stopped
+    assert stops(objective, ask(study, 9.0), 3, 0.01)  # every epoch from 2 on
+    assert not stops(objective, ask(study, 9.0), 1, 0.01)  # never after the first epoch: most nets are near chance
+    assert not stops(objective, ask(study, 9.0), 8, 0.01)  # nor the last: the trial is already paid for
 
 
 def test_latency_timing_is_bounded_by_runs_and_time_and_takes_turns_in_windows():
