@@ -11,8 +11,8 @@ and why it was pruned or failed. A trial still training at the search's deadline
 batches and is pruned "stopped at the time limit after epoch k".
 
 With several objectives the trial returns (accuracy, cost, ...). Optuna cannot prune such studies
-(`Trial.report` refuses them), so the `pareto` pruner is applied here: at each epoch from 2 on but the
-last, once 5 finished trials reached that epoch, a trial stops when its Pareto rank there (non-dominated
+(`Trial.report` refuses them), so the `pareto` pruner is applied here: at each epoch but the last,
+once 5 finished trials reached that epoch, a trial stops when its Pareto rank there (non-dominated
 sorting on accuracy at that epoch and the costs; a net's costs are known before it trains) is off the
 front and worse than the finished trials' median rank (`pareto.prune_reason`).
 """
@@ -170,7 +170,7 @@ class Objective:
         return times | torch_latency(model, self.data.input_shape, self.device) if self.device.type == "cuda" else times
 
     def _pareto_prune(self, trial: optuna.Trial, epoch: EpochRecord) -> None:
-        """The pareto pruner (see the module doc), at epochs 2, 3, ... before the last."""
+        """The pareto pruner (see the module doc), at every epoch before the last."""
         if not pareto.is_rung(epoch.epoch, self.epochs):
             return
         me = (epoch.val_acc, *self._costs(trial))

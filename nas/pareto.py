@@ -5,7 +5,7 @@ A point is (accuracy, cost1, cost2, ...): accuracy is maximised, every cost mini
 another when it is at least as accurate and as cheap in every cost, and better in one. A study's front is
 its completed, feasible trials that no other such trial dominates (what Optuna's `best_trials` gives, from
 the same rule). The pareto pruner ranks points by non-dominated sorting (rank 0: the front; rank 1: the
-front once rank 0 is set aside; ...) and stops a trial at an epoch from 2 on, before the last, when at
+front once rank 0 is set aside; ...) and stops a trial at any epoch but the last when at
 least 5 finished trials reached that epoch and the trial's rank there among them is off the front and
 worse than their median rank: OptunaHub's MultiMetricPruner (Pareto ranks handed to a median pruner),
 which beat our earlier rule (stop when 3 others dominate) on hypervolume per hour (docs/benchmarks.md).
@@ -66,9 +66,9 @@ def _feasible(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def is_rung(epoch: int, epochs: int) -> bool:
-    """Whether the pareto pruner judges a trial after `epoch` of `epochs`: from 2 on, never the last (it is
-    paid for); after one epoch most nets are still near chance, their ranks mostly noise."""
-    return 2 <= epoch < epochs
+    """Whether the pareto pruner judges a trial after `epoch` of `epochs`: every epoch but the last (it is paid
+    for). From epoch 1, as the rival does: waiting for epoch 2 lost it on hypervolume per hour (docs/benchmarks.md)."""
+    return epoch < epochs
 
 
 def points_at(study: optuna.Study, epoch: int, objectives: Sequence[str], but: int) -> list[tuple[float, ...]]:
