@@ -334,10 +334,10 @@ def validate(
 
         if write and space:
             raise NasError("--write writes the built-in space for --dataset; leave out --space.")
-        if objectives and space:
+        if objectives is not None and space:
             raise NasError("--objectives shows the built-in space for a search of those objectives; a space file "
                            "names its own (`objectives:`). Leave out --space or --objectives.")
-        wanted = parse_objectives(objectives) if objectives else ("accuracy",)
+        wanted = parse_objectives(objectives) if objectives is not None else ("accuracy",)
         if write:
             previews.write_builtin_space(write, dataset, data_dir, device, wanted)
         views.show_preview(previews.preview_space(str(space) if space else None, dataset, data_dir, samples, seed, device,
