@@ -16,8 +16,10 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
+import numpy as np
 import optuna
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+from optuna.study._multi_objective import _fast_non_domination_rank
 
 from nas.record import State, TrialRecord, accuracy
 
@@ -43,14 +45,13 @@ def non_dominated(points: Sequence[Point]) -> list[int]:
 
 
 def ranks(points: Sequence[Point]) -> list[int]:
-    """Each point's non-dominated sorting depth: 0 for the front, 1 for the front of the rest, and so on."""
-    out, left, depth = [0] * len(points), list(range(len(points))), 0
-    while left:
-        layer = {left[i] for i in non_dominated([points[j] for j in left])}
-        for i in layer:
-            out[i] = depth
-        left, depth = [i for i in left if i not in layer], depth + 1
-    return out
+    """Each point's non-dominated sorting depth: 0 for the front, 1 for the front of the rest, and so on.
+    Optuna's own sorting (NSGA-II's): peeling fronts with `non_dominated` took 10 s for 1,000 points, and
+    the pruner ranks every finished trial at every epoch."""
+    if not points:
+        return []
+    loss = np.array([(-p[0], *p[1:]) for p in points], dtype=float)  # every objective minimised
+    return [int(r) for r in _fast_non_domination_rank(loss)]
 
 
 def front(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -63,12 +64,6 @@ def front(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.Froze
 def _feasible(t: optuna.trial.FrozenTrial) -> bool:
     """Within every constraint Optuna was given (`Trial.set_constraint`: > 0 is over), or given none."""
     return all(c <= 0 for c in t.system_attrs.get(_CONSTRAINTS_KEY) or ())
-
-
-def is_rung(epoch: int, epochs: int) -> bool:
-    """Whether the pareto pruner judges a trial after `epoch` of `epochs`: every epoch but the last (it is paid
-    for). From epoch 1, as the rival does: waiting for epoch 2 lost it on hypervolume per hour (docs/benchmarks.md)."""
-    return epoch < epochs
 
 
 def points_at(study: optuna.Study, epoch: int, objectives: Sequence[str], but: int) -> list[tuple[float, ...]]:
